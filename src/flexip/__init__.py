@@ -1,0 +1,8 @@
+"""FlexIP: zero-shot subject-driven generation with a continuous preservation/personalization dial."""
+
+from .errors import FlexIPError
+from .models import FlexIPAdapter, FlexIPCondition, FlexIPConfig
+from .reference import EncodedReference, ReferenceEncoder
+
+__all__ = ["EncodedReference", "FlexIPAdapter", "FlexIPCondition", "FlexIPConfig", "FlexIPError", "ReferenceEncoder"]
+__version__ = "0.1.0"

@@ -1,0 +1,254 @@
+"""Gated decoupled cross-attention (method.md §2.3) and its attachment to a diffusers UNet.
+
+    Z = Attn(Q, K_text, V_text) + s * (g * Attn(Q, K_P, V_P) + (1 - g) * Attn(Q, K_S, V_S))
+
+P, S and g reach every `attn2` as the second item of a `(text_embeds, FlexIPCondition)` tuple passed as the
+UNet's `encoder_hidden_states`: diffusers hands that tuple to the cross-attention layers only, so the
+self-attention processors never see (or warn about) our inputs. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+
+class BranchProjections(nn.Module):
+    """The key/value projections of both branches for one cross-attention layer."""
+
+    def __init__(self, in_dim: int, inner_dim: int):
+        super().__init__()
+        self.to_k_preservation = nn.Linear(in_dim, inner_dim, bias=False)
+        self.to_v_preservation = nn.Linear(in_dim, inner_dim, bias=False)
+        self.to_k_personalization = nn.Linear(in_dim, inner_dim, bias=False)
+        self.to_v_personalization = nn.Linear(in_dim, inner_dim, bias=False)
+
+    @torch.no_grad()
+    def copy_from(self, attn: Attention) -> None:
+        """Start every branch from the layer's own text key/value projections."""
+        for to_k in (self.to_k_preservation, self.to_k_personalization):
+            to_k.weight.copy_(attn.to_k.weight)
+        for to_v in (self.to_v_preservation, self.to_v_personalization):
+            to_v.weight.copy_(attn.to_v.weight)
+
+
+def _active_rows(weight: torch.Tensor) -> torch.Tensor | None:
+    """Rows whose weight is non-zero: None means all of them, an empty tensor none."""
+    rows = torch.nonzero(weight).flatten()
+    return None if rows.numel() == weight.numel() else rows
+
+
+@dataclass(eq=False)
+class FlexIPCondition:
+    """What one UNet call needs to add the two branches: tokens P and S, and the per-sample branch weights.
+
+    Build it with `FlexIPCondition.create`. With `cache=True` each layer keeps its branch keys/values after
+    the first call, so a generation computes them once rather than once per denoising step; a condition
+    with a cache must therefore only be reused with the same tokens (the pipeline makes one per call).
+    """
+
+    preservation_tokens: torch.Tensor  # P: (batch, n_p, cross_attention_dim)
+    personalization_tokens: torch.Tensor  # S: (batch, n_s, cross_attention_dim)
+    preservation_weight: torch.Tensor  # s * g: (batch,)
+    personalization_weight: torch.Tensor  # s * (1 - g): (batch,)
+    preservation_rows: torch.Tensor | None
+    personalization_rows: torch.Tensor | None
+    kv_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] | None = field(default=None)
+
+    @classmethod
+    def create(
+        cls,
+        preservation_tokens: torch.Tensor,
+        personalization_tokens: torch.Tensor,
+        preservation: torch.Tensor | float,
+        scale: torch.Tensor | float = 1.0,
+        cache: bool = False,
+    ) -> FlexIPCondition:
+        batch = preservation_tokens.shape[0]
+        device = preservation_tokens.device
+        g = torch.as_tensor(preservation, dtype=torch.float32, device=device).expand(batch)
+        s = torch.as_tensor(scale, dtype=torch.float32, device=device).expand(batch)
+        preservation_weight, personalization_weight = s * g, s * (1 - g)
+        return cls(
+            preservation_tokens=preservation_tokens,
+            personalization_tokens=personalization_tokens,
+            preservation_weight=preservation_weight,
+            personalization_weight=personalization_weight,
+            # Computed once per condition: one host sync per generation, not one per layer and step.
+            preservation_rows=_active_rows(preservation_weight),
+            personalization_rows=_active_rows(personalization_weight),
+            kv_cache={} if cache else None,
+        )
+
+
+class FlexIPAttnProcessor:
+    """Replaces one `attn2` processor; the text path is diffusers' `AttnProcessor2_0`, step for step.
+
+    A branch is computed only for the samples whose weight is non-zero, so g = 1 never touches the
+    Personalization weights (not even as 0 * inf), g = 0 never touches the Preservation weights, and s = 0
+    is the base model exactly.
+    """
+
+    def __init__(self, projections: BranchProjections, original: object):
+        self.projections = projections
+        self.original = original  # the processor this one replaced, restored by `detach`
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | tuple | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        condition = None
+        if isinstance(encoder_hidden_states, tuple):
+            encoder_hidden_states, condition = encoder_hidden_states
+            if not isinstance(condition, FlexIPCondition):
+                raise TypeError(
+                    f"a FlexIP layer got a {type(condition).__name__} beside the text embeddings; it expects a "
+                    "FlexIPCondition (another adapter may be loaded on this UNet: unload it first)"
+                )
+
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+
+        # (batch, tokens, heads * head_dim) -> (batch, heads, tokens, head_dim)
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+
+        if condition is not None:
+            projections = self.projections
+            hidden_states = self._add_branch(
+                attn, hidden_states, query, condition, "preservation",
+                condition.preservation_tokens, condition.preservation_weight, condition.preservation_rows,
+                projections.to_k_preservation, projections.to_v_preservation,
+            )  # fmt: skip
+            hidden_states = self._add_branch(
+                attn, hidden_states, query, condition, "personalization",
+                condition.personalization_tokens, condition.personalization_weight,
+                condition.personalization_rows,
+                projections.to_k_personalization, projections.to_v_personalization,
+            )  # fmt: skip
+
+        hidden_states = attn.to_out[0](hidden_states)  # linear projection
+        hidden_states = attn.to_out[1](hidden_states)  # dropout
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def _add_branch(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        query: torch.Tensor,
+        condition: FlexIPCondition,
+        branch: str,
+        tokens: torch.Tensor,
+        weight: torch.Tensor,
+        rows: torch.Tensor | None,
+        to_k: nn.Linear,
+        to_v: nn.Linear,
+    ) -> torch.Tensor:
+        """hidden_states + weight * Attn(query, to_k(tokens), to_v(tokens)), over the rows with weight != 0."""
+        if rows is not None and rows.numel() == 0:
+            return hidden_states
+        cache_key = (id(self), branch)
+        cached = condition.kv_cache.get(cache_key) if condition.kv_cache is not None else None
+        if cached is None:
+            if rows is not None:
+                tokens = tokens[rows]
+            batch = tokens.shape[0]
+            head_dim = to_k.out_features // attn.heads
+            key = to_k(tokens).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+            value = to_v(tokens).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            if condition.kv_cache is not None:
+                condition.kv_cache[cache_key] = (key, value)
+        else:
+            key, value = cached
+
+        if rows is not None:
+            query, weight = query[rows], weight[rows]
+        out = F.scaled_dot_product_attention(query, key, value)
+        out = out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3]).to(query.dtype)
+        out = out * weight.to(out.dtype)[:, None, None]
+        if rows is None:
+            return hidden_states + out
+        return hidden_states.index_add(0, rows, out)
+
+
+def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:
+    """The UNet's cross-attention layers by processor name, found through diffusers' processor API."""
+    layers = {}
+    for name in unet.attn_processors:
+        module = unet.get_submodule(name.removesuffix(".processor"))
+        if isinstance(module, Attention) and module.is_cross_attention:
+            layers[name] = module
+    return layers
+
+
+def attach(unet: nn.Module, projections: dict[str, BranchProjections]) -> None:
+    """Install a FlexIP processor on every cross-attention layer named in `projections`."""
+    if any(isinstance(p, FlexIPAttnProcessor) for p in unet.attn_processors.values()):
+        raise RuntimeError("a FlexIP adapter is already attached to this UNet; detach it first")
+    processors = {}
+    for name, processor in unet.attn_processors.items():
+        if name in projections:
+            processors[name] = FlexIPAttnProcessor(projections[name], original=processor)
+        else:
+            processors[name] = processor
+    unet.set_attn_processor(processors)
+
+
+def detach(unet: nn.Module) -> None:
+    """Put back the processors that `attach` replaced; the UNet is then exactly as before."""
+    processors = {
+        name: processor.original if isinstance(processor, FlexIPAttnProcessor) else processor
+        for name, processor in unet.attn_processors.items()
+    }
+    unet.set_attn_processor(processors)

@@ -1,0 +1,104 @@
+"""Reference encoding (method.md §2): CLIP image embedding + DINOv2 block features of the subject image."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save
+from torch import nn
+from transformers import AutoImageProcessor, CLIPVisionModelWithProjection, Dinov2Model
+
+from .atomic import atomic_write_bytes
+from .errors import FlexIPError
+
+
+@dataclass
+class EncodedReference:
+    """Encoder features of a batch of reference images; keep it to skip re-encoding the same subject."""
+
+    clip_embeds: torch.Tensor  # (batch, clip_embed_dim): CLIP image embedding (the projected [CLS])
+    dino_tokens: torch.Tensor  # (batch, tokens, dino_hidden_dim): DINOv2 hidden states of one block
+
+    def __len__(self) -> int:
+        return self.clip_embeds.shape[0]
+
+    def null(self) -> EncodedReference:
+        """The null reference (all-zero features): for guidance's unconditional half and condition dropout."""
+        return EncodedReference(torch.zeros_like(self.clip_embeds), torch.zeros_like(self.dino_tokens))
+
+    def to(self, device=None, dtype=None) -> EncodedReference:
+        return EncodedReference(self.clip_embeds.to(device, dtype), self.dino_tokens.to(device, dtype))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One safetensors file with tensors `clip_embeds` and `dino_tokens` (docs/formats.md)."""
+        tensors = {"clip_embeds": self.clip_embeds.contiguous().cpu(), "dino_tokens": self.dino_tokens.contiguous().cpu()}
+        atomic_write_bytes(path, save(tensors, metadata={"format": "flexip-encoded-reference"}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EncodedReference:
+        try:
+            tensors = load_file(path)
+        except Exception as e:  # safetensors raises its own error types
+            raise FlexIPError(f"{path} is not an encoded reference (safetensors) file: {e}") from e
+        missing = {"clip_embeds", "dino_tokens"} - set(tensors)
+        if missing:
+            raise FlexIPError(f"{path}: an encoded reference needs tensors clip_embeds and dino_tokens; missing {sorted(missing)}")
+        clip_embeds, dino_tokens = tensors["clip_embeds"], tensors["dino_tokens"]
+        if clip_embeds.ndim != 2 or dino_tokens.ndim != 3 or clip_embeds.shape[0] != dino_tokens.shape[0]:
+            raise FlexIPError(
+                f"{path}: expected clip_embeds (batch, dim) and dino_tokens (batch, tokens, dim), got "
+                f"{tuple(clip_embeds.shape)} and {tuple(dino_tokens.shape)}"
+            )
+        return cls(clip_embeds, dino_tokens)
+
+
+class ReferenceEncoder(nn.Module):
+    """The two frozen image encoders, each with its own preprocessing."""
+
+    def __init__(self, clip_model, clip_processor, dino_model, dino_processor, dino_layer: int = -2):
+        super().__init__()
+        self.clip_model = clip_model
+        self.dino_model = dino_model
+        self.clip_processor = clip_processor
+        self.dino_processor = dino_processor
+        self.dino_layer = dino_layer
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        clip_model: str | os.PathLike,
+        dino_model: str | os.PathLike,
+        dino_layer: int = -2,
+        torch_dtype: torch.dtype | None = None,
+    ) -> ReferenceEncoder:
+        """Load both encoders and their image processors from hub ids or local directories."""
+        clip = CLIPVisionModelWithProjection.from_pretrained(clip_model, dtype=torch_dtype)
+        dino = Dinov2Model.from_pretrained(dino_model, dtype=torch_dtype)
+        clip_processor = AutoImageProcessor.from_pretrained(clip_model)
+        dino_processor = AutoImageProcessor.from_pretrained(dino_model)
+        return cls(clip.eval().requires_grad_(False), clip_processor, dino.eval().requires_grad_(False),
+                   dino_processor, dino_layer)  # fmt: skip
+
+    @property
+    def clip_embed_dim(self) -> int:
+        return self.clip_model.config.projection_dim
+
+    @property
+    def dino_hidden_dim(self) -> int:
+        return self.dino_model.config.hidden_size
+
+    @torch.no_grad()
+    def forward(self, images: list[Image.Image]) -> EncodedReference:
+        """RGB PIL images -> EncodedReference on the encoders' device and dtype."""
+        clip_pixels = self.clip_processor(images=images, return_tensors="pt")["pixel_values"]
+        dino_pixels = self.dino_processor(images=images, return_tensors="pt")["pixel_values"]
+        clip_param = next(self.clip_model.parameters())
+        dino_param = next(self.dino_model.parameters())
+        clip_embeds = self.clip_model(pixel_values=clip_pixels.to(clip_param.device, clip_param.dtype)).image_embeds
+        hidden_states = self.dino_model(
+            pixel_values=dino_pixels.to(dino_param.device, dino_param.dtype), output_hidden_states=True
+        ).hidden_states
+        return EncodedReference(clip_embeds, hidden_states[self.dino_layer].to(clip_embeds.dtype))
