@@ -67,7 +67,7 @@ def _byte_level_tokenizer() -> CLIPTokenizer:
     others = [b for b in range(256) if b not in printable]
     chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[])
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[], model_max_length=77)
 
 
 def build_tiny_base(seed: int = 0) -> StableDiffusionPipeline:

@@ -1,0 +1,130 @@
+"""Adapter directories, encoded references, the gate, and the tiny-model kit's command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file, save_file
+
+from flexip import EncodedReference, FlexIPAdapter, FlexIPError, ReferenceEncoder
+from flexip.cli import main
+from flexip.models.adapter import CONFIG_NAME, WEIGHTS_NAME
+from flexip.models.gate import DynamicWeightGate
+
+
+@pytest.fixture
+def adapter_dir(tiny_models, tmp_path):
+    return shutil.copytree(tiny_models.adapter, tmp_path / "adapter")
+
+
+def test_adapter_config_records_sizes_and_encoders(tiny_models):
+    config = json.loads((tiny_models.adapter / CONFIG_NAME).read_text())
+    assert config["format_version"] == 1
+    assert config["cross_attention_dim"] == 32
+    assert config["image_encoder"] == "../image_encoder" and config["dino_encoder"] == "../dinov2"
+    assert len(config["layers"]) == 4
+    adapter = FlexIPAdapter.from_pretrained(tiny_models.adapter)
+    assert adapter.resolve_encoder(config["image_encoder"]) == str(tiny_models.image_encoder.resolve())
+    assert adapter.resolve_encoder("openai/clip-vit-large-patch14") == "openai/clip-vit-large-patch14"
+    encoder = ReferenceEncoder.from_pretrained(
+        adapter.resolve_encoder(config["image_encoder"]), adapter.resolve_encoder(config["dino_encoder"])
+    )
+    assert (encoder.clip_embed_dim, encoder.dino_hidden_dim) == (config["clip_embed_dim"], config["dino_hidden_dim"])
+
+
+def test_adapter_weights_are_safetensors_with_gate_logits(tiny_models):
+    state = load_file(tiny_models.adapter / WEIGHTS_NAME)
+    assert torch.allclose(torch.sigmoid(state["gate.logits"]), torch.tensor([0.8, 0.2]))
+    assert any(name.startswith("layers.") and name.endswith("to_k_preservation.weight") for name in state)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / CONFIG_NAME).unlink(), "flexip_config.json not found"),
+        (lambda d: (d / WEIGHTS_NAME).unlink(), "flexip_adapter.safetensors not found"),
+        (lambda d: (d / CONFIG_NAME).write_text("{not json"), "is not valid JSON"),
+        (lambda d: (d / WEIGHTS_NAME).write_bytes(b"\x00" * 20), "not a readable safetensors file"),
+    ],
+)
+def test_broken_adapter_directories_fail_clearly(adapter_dir, damage, message):
+    damage(adapter_dir)
+    with pytest.raises(FlexIPError, match=message):
+        FlexIPAdapter.from_pretrained(adapter_dir)
+
+
+def _edit_config(adapter_dir, **changes):
+    config = json.loads((adapter_dir / CONFIG_NAME).read_text())
+    config.update(changes)
+    (adapter_dir / CONFIG_NAME).write_text(json.dumps(config))
+
+
+def test_unknown_config_key_is_named(adapter_dir):
+    _edit_config(adapter_dir, dino_layr=-1)
+    with pytest.raises(FlexIPError, match="unknown key.*dino_layr"):
+        FlexIPAdapter.from_pretrained(adapter_dir)
+
+
+def test_unknown_format_version_is_refused(adapter_dir):
+    _edit_config(adapter_dir, format_version=99)
+    with pytest.raises(FlexIPError, match="format_version 99 is not supported"):
+        FlexIPAdapter.from_pretrained(adapter_dir)
+
+
+def test_tensor_of_wrong_shape_is_named(adapter_dir):
+    state = load_file(adapter_dir / WEIGHTS_NAME)
+    state["preservation.queries"] = torch.zeros(1, 3, 32)
+    save_file(state, adapter_dir / WEIGHTS_NAME)
+    with pytest.raises(FlexIPError, match=r"preservation.queries has shape \(1, 3, 32\).*\(1, 4, 32\)"):
+        FlexIPAdapter.from_pretrained(adapter_dir)
+
+
+def test_save_replaces_an_existing_directory_atomically(tiny_models, tmp_path):
+    adapter = FlexIPAdapter.from_pretrained(tiny_models.adapter)
+    target = tmp_path / "out"
+    adapter.save_pretrained(target)
+    with torch.no_grad():
+        adapter.gate.logits.add_(1.0)
+    adapter.save_pretrained(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old copies left
+    assert torch.equal(FlexIPAdapter.from_pretrained(target).gate.logits, adapter.gate.logits)
+
+
+def test_encoded_reference_round_trip_and_null(tmp_path):
+    reference = EncodedReference(torch.randn(2, 32), torch.randn(2, 17, 32))
+    reference.save(tmp_path / "ref.safetensors")
+    loaded = EncodedReference.load(tmp_path / "ref.safetensors")
+    assert torch.equal(loaded.clip_embeds, reference.clip_embeds)
+    assert torch.equal(loaded.dino_tokens, reference.dino_tokens)
+    null = reference.null()
+    assert null.dino_tokens.shape == (2, 17, 32) and not null.clip_embeds.any() and not null.dino_tokens.any()
+    save_file({"clip_embeds": torch.zeros(2, 3)}, tmp_path / "bad.safetensors")
+    with pytest.raises(FlexIPError, match="missing.*dino_tokens"):
+        EncodedReference.load(tmp_path / "bad.safetensors")
+
+
+def test_gate_starts_at_the_decided_values_and_covers_the_dial_in_training():
+    gate = DynamicWeightGate(image_init=0.8, video_init=0.2, noise_std=1.5)
+    modality = torch.tensor([0] * 2000 + [1] * 2000)
+    gate.eval()
+    assert torch.allclose(gate(modality[:1]), torch.tensor([0.8]))
+    assert gate.learned_values() == pytest.approx({"image": 0.8, "video": 0.2})
+    gate.train()
+    g = gate(modality, generator=torch.Generator().manual_seed(0)).detach()
+    image, video = g[:2000], g[2000:]
+    assert image.mean() > 0.6 > 0.4 > video.mean()
+    assert g.min() < 0.05 and g.max() > 0.95  # the ends of the dial are visited in training
+
+
+def test_tiny_models_command_writes_a_loadable_model_set(tmp_path, capsys):
+    assert main(["tiny-models", str(tmp_path / "set"), "--seed", "3"]) == 0
+    assert "set" in capsys.readouterr().out
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "set" / "base")
+    adapter = FlexIPAdapter.from_pretrained(tmp_path / "set" / "adapter")
+    adapter.check_compatible(pipe.unet)
+    image = pipe("a dog", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 32, 32, 3)
