@@ -55,6 +55,33 @@ class EncodedReference:
         return cls(clip_embeds, dino_tokens)
 
 
+def split_model_reference(reference: str | os.PathLike) -> tuple[str, str | None]:
+    """A local directory, a hub id, or `owner/repo/sub/folder` -> (path or id, subfolder or None).
+
+    Real encoders often sit in a repository's subfolder (IP-Adapter's CLIP-H is `h94/IP-Adapter/models/image_encoder`);
+    one string names them everywhere (configs, adapter files, the command line).
+    """
+    reference = str(reference)
+    if os.path.exists(reference):
+        return reference, None
+    parts = reference.split("/")
+    if len(parts) > 2 and not reference.startswith((".", "/")):
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    return reference, None
+
+
+def _load(model_cls, reference: str | os.PathLike, **kwargs):
+    path, subfolder = split_model_reference(reference)
+    extra = {"subfolder": subfolder} if subfolder else {}
+    try:
+        return model_cls.from_pretrained(path, **extra, **kwargs)
+    except OSError as e:
+        raise FlexIPError(
+            f"cannot load {model_cls.__name__} from {reference!r} ({str(e).rstrip('.')}). Give a local directory, or a hub id "
+            "(optionally owner/repo/subfolder) whose weights are downloaded or reachable"
+        ) from e
+
+
 class ReferenceEncoder(nn.Module):
     """The two frozen image encoders, each with its own preprocessing."""
 
@@ -74,11 +101,11 @@ class ReferenceEncoder(nn.Module):
         dino_layer: int = -2,
         torch_dtype: torch.dtype | None = None,
     ) -> ReferenceEncoder:
-        """Load both encoders and their image processors from hub ids or local directories."""
-        clip = CLIPVisionModelWithProjection.from_pretrained(clip_model, dtype=torch_dtype)
-        dino = Dinov2Model.from_pretrained(dino_model, dtype=torch_dtype)
-        clip_processor = AutoImageProcessor.from_pretrained(clip_model)
-        dino_processor = AutoImageProcessor.from_pretrained(dino_model)
+        """Load both encoders and their image processors from local directories or hub ids (`owner/repo/subfolder`)."""
+        clip = _load(CLIPVisionModelWithProjection, clip_model, dtype=torch_dtype)
+        dino = _load(Dinov2Model, dino_model, dtype=torch_dtype)
+        clip_processor = _load(AutoImageProcessor, clip_model)
+        dino_processor = _load(AutoImageProcessor, dino_model)
         return cls(clip.eval().requires_grad_(False), clip_processor, dino.eval().requires_grad_(False),
                    dino_processor, dino_layer)  # fmt: skip
 
