@@ -128,3 +128,13 @@ def test_tiny_models_command_writes_a_loadable_model_set(tmp_path, capsys):
     adapter.check_compatible(pipe.unet)
     image = pipe("a dog", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3)
+
+
+def test_model_references_name_hub_subfolders_and_local_paths(tiny_models):
+    from flexip.reference import split_model_reference
+
+    assert split_model_reference("h94/IP-Adapter/models/image_encoder") == ("h94/IP-Adapter", "models/image_encoder")
+    assert split_model_reference("facebook/dinov2-large") == ("facebook/dinov2-large", None)
+    assert split_model_reference(tiny_models.dinov2) == (str(tiny_models.dinov2), None)
+    with pytest.raises(FlexIPError, match="cannot load CLIPVisionModelWithProjection from '/nonexistent/clip'"):
+        ReferenceEncoder.from_pretrained("/nonexistent/clip", tiny_models.dinov2)
