@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import FlexIPError
 from ..atomic import atomic_directory
-from .attention import BranchProjections, FlexIPCondition, attach, cross_attention_layers, detach
+from .attention import BranchProjections, FlexIPCondition, attach, branch_weights, cross_attention_layers, detach
 from .gate import DynamicWeightGate
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
@@ -178,14 +178,17 @@ class FlexIPAdapter(nn.Module):
         A branch that no sample uses (all g = 0, all g = 1, or s = 0) is not computed.
         """
         batch = text_embeds.shape[0]
-        g = torch.as_tensor(preservation, dtype=torch.float32, device=text_embeds.device).expand(batch)
-        s = torch.as_tensor(scale, dtype=torch.float32, device=text_embeds.device).expand(batch)
+        preservation_weight, personalization_weight = branch_weights(preservation, scale, batch, text_embeds.device)
         empty = text_embeds.new_zeros(batch, 0, text_embeds.shape[-1])
-        uses_preservation = bool(((s * g) != 0).any())
-        uses_personalization = bool(((s * (1 - g)) != 0).any())
-        preservation_tokens = self.preservation(clip_embeds, dino_tokens) if uses_preservation else empty
-        personalization_tokens = self.personalization(clip_embeds, text_embeds) if uses_personalization else empty
-        return FlexIPCondition.create(preservation_tokens, personalization_tokens, g, s, cache=cache)
+        preservation_tokens = (
+            self.preservation(clip_embeds, dino_tokens) if preservation_weight.any() else empty
+        )
+        personalization_tokens = (
+            self.personalization(clip_embeds, text_embeds) if personalization_weight.any() else empty
+        )
+        return FlexIPCondition.create(
+            preservation_tokens, personalization_tokens, preservation_weight, personalization_weight, cache=cache
+        )
 
     def attach(self, unet: nn.Module) -> None:
         """Install the gated cross-attention in `unet`, after checking every layer's size."""

@@ -64,25 +64,29 @@ class FlexIPCondition:
         cls,
         preservation_tokens: torch.Tensor,
         personalization_tokens: torch.Tensor,
-        preservation: torch.Tensor | float,
-        scale: torch.Tensor | float = 1.0,
+        preservation_weight: torch.Tensor,
+        personalization_weight: torch.Tensor,
         cache: bool = False,
     ) -> FlexIPCondition:
-        batch = preservation_tokens.shape[0]
-        device = preservation_tokens.device
-        g = torch.as_tensor(preservation, dtype=torch.float32, device=device).expand(batch)
-        s = torch.as_tensor(scale, dtype=torch.float32, device=device).expand(batch)
-        preservation_weight, personalization_weight = s * g, s * (1 - g)
         return cls(
             preservation_tokens=preservation_tokens,
             personalization_tokens=personalization_tokens,
             preservation_weight=preservation_weight,
             personalization_weight=personalization_weight,
-            # Computed once per condition: one host sync per generation, not one per layer and step.
+            # Computed once per condition: one host sync per UNet call, not one per layer.
             preservation_rows=_active_rows(preservation_weight),
             personalization_rows=_active_rows(personalization_weight),
             kv_cache={} if cache else None,
         )
+
+
+def branch_weights(
+    preservation: torch.Tensor | float, scale: torch.Tensor | float, batch: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample weights (s·g, s·(1−g)) of the two branches, each of shape (batch,)."""
+    g = torch.as_tensor(preservation, dtype=torch.float32, device=device).expand(batch)
+    s = torch.as_tensor(scale, dtype=torch.float32, device=device).expand(batch)
+    return s * g, s * (1 - g)
 
 
 class FlexIPAttnProcessor:
