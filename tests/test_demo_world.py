@@ -49,7 +49,7 @@ def test_parse_caption_names_the_bad_caption():
 
 
 def test_styles_override_the_identity():
-    scene = Scene("circle", "snow", "center", "large")
+    scene = Scene("circle", "mint", "center", "large")
     red, blue = Identity("red", "plain", "white"), Identity("blue", "plain", "white")
 
     def draw(identity, style):

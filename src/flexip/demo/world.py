@@ -18,15 +18,16 @@ RENDER_SIZE = 64
 
 # ---- the scene: what captions say -------------------------------------------------------------------------
 CLASSES = ("circle", "square", "triangle", "star", "cross")
-# Backgrounds are pale or very dark and named by things, not colour words, so they can never be read as the
-# subject's (saturated, unnamed) body colour.
+# Backgrounds are pale or dark tints named by things, not colour words, so they can never be read as the
+# subject's (saturated, unnamed) body colour. All are chromatic and none is near white or black, so grayscale
+# subjects and white or black patterns always stand out from them (the judge measures the subject that way).
 BACKGROUNDS = {
     "sky": (150, 190, 235),
     "grass": (150, 205, 140),
-    "sand": (225, 205, 150),
+    "sand": (225, 200, 140),
     "rose": (235, 170, 190),
-    "snow": (245, 245, 245),
-    "night": (35, 35, 60),
+    "mint": (170, 230, 215),
+    "night": (25, 35, 90),
 }
 POSITIONS = {"left": 0.28, "center": 0.5, "right": 0.72}  # centre x as a fraction of the width
 SIZES = {"small": 0.16, "large": 0.25}  # radius as a fraction of the width
