@@ -1,0 +1,242 @@
+"""Generating a method's images for a benchmark: resumable, every setting recorded, shared across processes.
+
+One unit of work is (case, seed): the images of every dial value for one prompt and starting noise, made in
+one go so that they differ only in the dial. Units are split across processes with accelerate; each image is
+written atomically and its content depends only on its unit, so any number of processes, and any number of
+interruptions and restarts, give the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from PIL import Image
+from tqdm import tqdm
+
+from .. import __version__
+from ..atomic import atomic_write_bytes
+from ..errors import FlexIPError
+from .benchmarks import IMAGE_SUFFIXES, Benchmark, Case
+from .results import GENERATION_FILE, PlannedImage, read_generation, write_json, write_manifest
+
+METHODS = ("flexip", "ip-adapter", "sd", "folder")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How a method makes its images; written to generation.json and checked again on every resume."""
+
+    method: str  # flexip | ip-adapter | sd | folder
+    base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id or diffusers directory
+    adapter: str | None = None  # flexip: the adapter directory
+    preservation: tuple[float, ...] = (0.5,)  # flexip: the dial values, each one image per seed
+    scale: tuple[float, ...] = (1.0,)  # flexip: the adapters' strength s (one value); ip-adapter: the dial values
+    ip_adapter: str | None = None  # ip-adapter: hub id or directory, as `load_ip_adapter` takes it
+    ip_adapter_subfolder: str = "models"
+    ip_adapter_weight: str = "ip-adapter_sd15.safetensors"
+    images: str | None = None  # folder: images made elsewhere, <subject>/<NN>/<name>.png
+    seeds: int = 4  # images per prompt (and dial value): seeds 0..seeds-1
+    steps: int = 50
+    guidance: float = 7.5
+    dtype: str = "float32"
+    # Fixed for every method, so that methods differ only in themselves (method.md §4). The safety checker is
+    # off: its false positives black out images and would count as failures of the method.
+    scheduler: str = field(default="DDIMScheduler", init=False)
+    safety_checker: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise FlexIPError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
+        needs = {"flexip": ("adapter", "--adapter"), "ip-adapter": ("ip_adapter", "--ip-adapter"),
+                 "folder": ("images", "--images")}  # fmt: skip
+        if self.method in needs and getattr(self, needs[self.method][0]) is None:
+            raise FlexIPError(f"--method {self.method} needs {needs[self.method][1]}")
+        if self.method == "flexip" and len(self.scale) != 1:
+            raise FlexIPError(f"--method flexip takes one --scale (the adapters' strength), got {list(self.scale)}; "
+                              "its dial is --preservation")  # fmt: skip
+        if any(not 0 <= value <= 1 for value in self.preservation):
+            raise FlexIPError(f"--preservation values must lie in [0, 1], got {list(self.preservation)}")
+        if any(value < 0 for value in self.scale):
+            raise FlexIPError(f"--scale values must be >= 0, got {list(self.scale)}")
+        if self.seeds < 1 or self.steps < 1:
+            raise FlexIPError(f"--seeds and --steps must be at least 1, got {self.seeds} and {self.steps}")
+        if self.dtype not in DTYPES:
+            raise FlexIPError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def dial_name(self) -> str | None:
+        return {"flexip": "preservation", "ip-adapter": "scale"}.get(self.method)
+
+    @property
+    def dials(self) -> tuple[float | None, ...]:
+        return {"flexip": self.preservation, "ip-adapter": self.scale}.get(self.method, (None,))
+
+    def settings(self) -> dict:
+        """What generation.json records: only what this method uses, plus the derived dial."""
+        used = {"flexip": {"adapter", "preservation", "scale"}, "ip-adapter": {"ip_adapter", "ip_adapter_subfolder",
+                "ip_adapter_weight", "scale"}, "sd": set(), "folder": {"images"}}[self.method]  # fmt: skip
+        generated = {"base", "seeds", "steps", "guidance", "dtype", "scheduler", "safety_checker"}
+        keep = used | (generated if self.method != "folder" else set())
+        settings = {key: value for key, value in asdict(self).items() if key in keep}
+        settings = {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
+        return {"method": self.method, **settings, "dial_name": self.dial_name}
+
+
+def _variant(config: GenerationConfig, dial: float | None) -> str:
+    return config.method if dial is None else f"{config.dial_name}-{dial:g}"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The images of one case and seed, one per dial value (or one imported image)."""
+
+    case: Case
+    seed: int | None
+    images: tuple[PlannedImage, ...]
+    source: Path | None = None  # folder: the image to copy
+
+
+def plan(config: GenerationConfig, benchmark: Benchmark) -> list[Unit]:
+    """The units of work in a fixed order: for each case and seed, one image per dial value."""
+    units = []
+    for case in benchmark.cases:
+        if config.method == "folder":
+            for source in _folder_images(config.images, case):
+                image = f"images/folder/{case.subject}/{case.prompt_index:02d}/{source.name}"
+                units.append(Unit(case, None, (_planned(case, image, source.stem, None),), source))
+            continue
+        for seed in range(config.seeds):
+            images = tuple(_planned(case, f"images/{_variant(config, dial)}/{case.subject}/{case.prompt_index:02d}/"
+                                    f"{seed}.png", str(seed), dial) for dial in config.dials)  # fmt: skip
+            units.append(Unit(case, seed, images))
+    return units
+
+
+def _planned(case: Case, image: str, sample: str, dial: float | None) -> PlannedImage:
+    return PlannedImage(image, case.subject, case.category, case.prompt_index, case.prompt, case.reference,
+                        case.real_images, sample, dial)  # fmt: skip
+
+
+def _folder_images(root: str, case: Case) -> list[Path]:
+    directory = Path(root) / case.subject / f"{case.prompt_index:02d}"
+    found = sorted(path for path in directory.glob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise FlexIPError(f"--images {root}: no images for subject {case.subject}, prompt {case.prompt_index} "
+                          f"({case.prompt!r}); expected {directory}/<name>.png")  # fmt: skip
+    return found
+
+
+def _check_resume(out: Path, settings: dict) -> None:
+    """Refuse to mix settings in one results directory: its images would not be comparable."""
+    if not (out / GENERATION_FILE).is_file():
+        return
+    previous, _ = read_generation(out)
+    changed = sorted(key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key))
+    if changed:
+        details = "; ".join(f"{key}: {previous.get(key)!r} before, {settings.get(key)!r} now" for key in changed)
+        raise FlexIPError(f"{out} holds results made with other settings ({details}); give a new --out, or the "
+                          "same settings to resume")  # fmt: skip
+
+
+def generate(config: GenerationConfig, benchmark: Benchmark, out: str | os.PathLike) -> int:
+    """Make (or finish making) every image of `config` on `benchmark` under `out`; returns how many this
+    process made. Run it in every process of an accelerate launch: the work is shared between them."""
+    out = Path(out)
+    state = PartialState()
+    settings = {"format_version": 1, "label": out.resolve().name, **config.settings(),
+                "benchmark": {"name": benchmark.name, **benchmark.protocol}, "flexip_version": __version__}  # fmt: skip
+    units = plan(config, benchmark)
+    _check_resume(out, settings)  # every process checks, so that none waits for a main process that failed
+    if state.is_main_process:
+        write_json(out / GENERATION_FILE, settings)
+        write_manifest(out, [image for unit in units for image in unit.images])
+    todo = [unit for unit in units if not all((out / image.image).is_file() for image in unit.images)]
+    state.wait_for_everyone()  # every process must list the work left before any adds to it
+    made = 0
+    with state.split_between_processes(todo) as mine:
+        if mine:
+            make = _copy if config.method == "folder" else _image_maker(config, state.device)
+            for unit in tqdm(mine, desc=f"generating {out.name}", unit="prompt", disable=not state.is_local_main_process):
+                for image, picture in zip(unit.images, make(unit)):
+                    if not (out / image.image).is_file():  # images already there are kept as they are
+                        _save(picture, out / image.image)
+                        made += 1
+    state.wait_for_everyone()
+    return made
+
+
+def _copy(unit: Unit) -> list[bytes]:
+    return [unit.source.read_bytes()]
+
+
+def _save(picture: Image.Image | bytes, path: Path) -> None:
+    if isinstance(picture, Image.Image):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        picture = buffer.getvalue()
+    atomic_write_bytes(path, picture)
+
+
+def _image_maker(config: GenerationConfig, device: torch.device) -> Callable[[Unit], list[Image.Image]]:
+    """Load the method's pipeline once; returns the function that makes one unit's images."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    dtype = DTYPES[config.dtype]
+    if config.method == "flexip":
+        from ..pipeline import FlexIPPipeline
+
+        pipe = FlexIPPipeline.from_pretrained(base=config.base, adapter=config.adapter, torch_dtype=dtype)
+    else:
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(config.base, torch_dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise FlexIPError(f"cannot load a Stable Diffusion base model from {config.base!r}: "
+                              f"{str(e).splitlines()[0]}") from e  # fmt: skip
+        if config.method == "ip-adapter":
+            try:
+                pipe.load_ip_adapter(config.ip_adapter, subfolder=config.ip_adapter_subfolder,
+                                     weight_name=config.ip_adapter_weight)  # fmt: skip
+            except (OSError, ValueError) as e:
+                raise FlexIPError(f"cannot load the IP-Adapter {config.ip_adapter!r} (subfolder "
+                                  f"{config.ip_adapter_subfolder!r}, weight {config.ip_adapter_weight!r}): "
+                                  f"{str(e).splitlines()[0]}") from e  # fmt: skip
+    pipe.safety_checker = None
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    common = {"num_inference_steps": config.steps, "guidance_scale": config.guidance}
+    references: dict[str, object] = {}  # the current subject's reference, loaded (and encoded) once
+
+    def reference(path: str):
+        if path not in references:
+            references.clear()
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+            references[path] = pipe.flexip.encode_reference(image) if config.method == "flexip" else image
+        return references[path]
+
+    def make(unit: Unit) -> list[Image.Image]:
+        # Every image of a unit starts from the same noise: a CPU generator seeded with the unit's seed.
+        def noise() -> torch.Generator:
+            return torch.Generator("cpu").manual_seed(unit.seed)
+
+        prompt = unit.case.prompt
+        if config.method == "flexip":
+            return pipe(prompt, reference=reference(unit.case.reference), preservation=list(config.preservation),
+                        scale=config.scale[0], generator=noise(), **common).images  # fmt: skip
+        if config.method == "sd":
+            return pipe(prompt, generator=noise(), **common).images
+        images = []
+        for scale in config.scale:  # diffusers' IP-Adapter scale is one value per call
+            pipe.set_ip_adapter_scale(scale)
+            images += pipe(prompt, ip_adapter_image=reference(unit.case.reference), generator=noise(), **common).images
+        return images
+
+    return make

@@ -1,0 +1,161 @@
+"""Scoring a results directory: per-image metrics (scores.jsonl) and their means (summary.csv / summary.md)."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..atomic import atomic_write_bytes
+from ..errors import FlexIPError
+from . import metrics
+from .aesthetic import AestheticHead
+from .extractors import ClipFeatures, DinoFeatures
+from .results import SCORES_FILE, SUMMARY_FILE, PlannedImage, read_generation, write_jsonl
+from .tables import markdown_table, write_csv
+
+IDENTITY_MODES = ("reference", "all")
+BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """The backbones behind the metrics (hub ids or local paths), recorded beside every score."""
+
+    aesthetic_head: str  # LAION's sac+logos+ava1-l14-linearMSE.pth, or a safetensors copy
+    clip_model: str = "openai/clip-vit-large-patch14"  # CLIP-I and CLIP-T (torchmetrics' CLIPScore default)
+    dino_model: str = "facebook/dino-vits16"  # DINO-I, as DreamBooth measured it
+    iqa_model: str = "openai/clip-vit-large-patch14"  # CLIP-IQA
+    aesthetic_model: str = "openai/clip-vit-large-patch14"  # what the LAION head was trained on
+    identity: str = "reference"  # compare with the reference used, or average over "all" real images
+
+    def __post_init__(self):
+        if self.identity not in IDENTITY_MODES:
+            raise FlexIPError(f"--identity must be one of {', '.join(IDENTITY_MODES)}, got {self.identity!r}")
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as e:
+        raise FlexIPError(f"cannot read image {path}: {e}") from e
+
+
+class Scorer:
+    """Holds the extractors (each CLIP loaded once however many metrics use it) and caches real-image features."""
+
+    def __init__(self, config: ScoreConfig, device: torch.device | str = "cpu"):
+        self.config = config
+        clips: dict[str, ClipFeatures] = {}
+        for name in (config.clip_model, config.iqa_model, config.aesthetic_model):
+            if name not in clips:
+                clips[name] = ClipFeatures.from_pretrained(name, device)
+        self.clip, self.iqa, self.aesthetic_clip = (clips[config.clip_model], clips[config.iqa_model],
+                                                    clips[config.aesthetic_model])  # fmt: skip
+        self.dino = DinoFeatures.from_pretrained(config.dino_model, device)
+        self.aesthetic = AestheticHead.from_file(config.aesthetic_head)
+        if self.aesthetic.embed_dim != self.aesthetic_clip.model.config.projection_dim:
+            raise FlexIPError(
+                f"the aesthetic head {config.aesthetic_head} reads {self.aesthetic.embed_dim}-d embeddings but "
+                f"{config.aesthetic_model} gives {self.aesthetic_clip.model.config.projection_dim}-d ones; "
+                "use --aesthetic-model openai/clip-vit-large-patch14 with the LAION head"
+            )
+        self.anchors = self.iqa.text_embeds(list(metrics.CLIP_IQA_PROMPTS))
+        self._real: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # path -> (CLIP, DINO) features
+
+    def _real_features(self, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(len(paths), dim) CLIP and DINO features of real images, each computed once per run."""
+        new = [path for path in dict.fromkeys(paths) if path not in self._real]
+        if new:
+            images = [_open(path) for path in new]
+            for path, clip, dino in zip(new, self.clip.image_embeds(images), self.dino(images)):
+                self._real[path] = (clip, dino)
+        return torch.stack([self._real[p][0] for p in paths]), torch.stack([self._real[p][1] for p in paths])
+
+    def score(self, images: list[Image.Image], planned: list[PlannedImage]) -> list[dict[str, float]]:
+        """The five metrics of each generated image."""
+        clip = self.clip.image_embeds(images)
+        dino = self.dino(images)
+        text = self.clip.text_embeds([item.prompt for item in planned])
+        if self.config.identity == "reference":
+            clip_real, dino_real = self._real_features([item.reference for item in planned])
+            clip_i = metrics.cosine_similarity(clip, clip_real)
+            dino_i = metrics.cosine_similarity(dino, dino_real)
+        else:  # the DreamBooth convention: the mean over all of the subject's real images
+            pairs = [self._real_features(list(item.real_images)) for item in planned]
+            clip_i = torch.stack([metrics.mean_cosine_similarity(c[None], real[None])[0]
+                                  for c, (real, _) in zip(clip, pairs)])  # fmt: skip
+            dino_i = torch.stack([metrics.mean_cosine_similarity(d[None], real[None])[0]
+                                  for d, (_, real) in zip(dino, pairs)])  # fmt: skip
+        iqa = metrics.clip_iqa(clip if self.iqa is self.clip else self.iqa.image_embeds(images), self.anchors)
+        aesthetic_embeds = clip if self.aesthetic_clip is self.clip else self.aesthetic_clip.image_embeds(images)
+        with torch.no_grad():
+            aesthetic = self.aesthetic(aesthetic_embeds)
+        columns = {"CLIP-T": metrics.cosine_similarity(clip, text), "CLIP-I": clip_i, "DINO-I": dino_i,
+                   "CLIP-IQA": iqa, "Aesthetic": aesthetic}  # fmt: skip
+        return [{name: float(values[i]) for name, values in columns.items()} for i in range(len(images))]
+
+
+def score_results(directory: str | os.PathLike, scorer: Scorer) -> list[dict]:
+    """Score every image of a results directory; writes scores.jsonl and summary.csv / summary.md."""
+    directory = Path(directory)
+    settings, planned = read_generation(directory)
+    missing = [item.image for item in planned if not (directory / item.image).is_file()]
+    if missing:
+        raise FlexIPError(f"{directory}: {len(missing)} of {len(planned)} images are missing (first: {missing[0]}); "
+                          "run the same `flexip eval generate` again to finish them")  # fmt: skip
+    record = {"label": settings["label"], "method": settings["method"], "dial_name": settings["dial_name"],
+              "identity": scorer.config.identity, **_backbones(scorer.config)}  # fmt: skip
+    rows = []
+    for start in tqdm(range(0, len(planned), BATCH_SIZE), desc=f"scoring {directory.name}", unit="batch"):
+        batch = planned[start : start + BATCH_SIZE]
+        values = scorer.score([_open(directory / item.image) for item in batch], batch)
+        rows += [{**asdict(item), "real_images": list(item.real_images), **record, **value}
+                 for item, value in zip(batch, values)]  # fmt: skip
+    write_jsonl(directory / SCORES_FILE, rows)
+    write_summary(directory, rows, settings)
+    return rows
+
+
+def _backbones(config: ScoreConfig) -> dict[str, str]:
+    return {key: value for key, value in asdict(config).items() if key != "identity"}
+
+
+SUMMARY_HEADER = ["label", "dial_name", "dial", "category", "images", *metrics.METRICS, "identity", "clip_model",
+                  "dino_model", "iqa_model", "aesthetic_model", "aesthetic_head", "benchmark"]  # fmt: skip
+
+
+def summarize(rows: list[dict], benchmark: str) -> list[list]:
+    """Metric means per dial value, over all subjects ("all") and per subject category."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["dial"], "all")].append(row)
+        groups[(row["dial"], row["category"])].append(row)
+    table = []
+    for (dial, category), members in sorted(groups.items(), key=lambda item: (item[0][0] or 0.0, item[0][1] != "all", item[0][1])):
+        first = members[0]
+        means = [sum(member[metric] for member in members) / len(members) for metric in metrics.METRICS]
+        table.append([first["label"], first["dial_name"] or "", "" if dial is None else dial, category, len(members),
+                      *means, first["identity"], first["clip_model"], first["dino_model"], first["iqa_model"],
+                      first["aesthetic_model"], first["aesthetic_head"], benchmark])  # fmt: skip
+    return table
+
+
+def write_summary(directory: Path, rows: list[dict], settings: dict) -> None:
+    table = summarize(rows, settings["benchmark"]["name"])
+    write_csv(directory / f"{SUMMARY_FILE}.csv", SUMMARY_HEADER, table)
+    first = rows[0]
+    lines = [
+        f"# {settings['label']} ({settings['method']}) on {settings['benchmark']['name']}\n",
+        f"Identity compared with: {first['identity']} ({'the reference used' if first['identity'] == 'reference' else 'all real images of the subject'}).",
+        f"Backbones: CLIP-I/CLIP-T `{first['clip_model']}`, DINO-I `{first['dino_model']}`, CLIP-IQA "
+        f"`{first['iqa_model']}`, Aesthetic `{first['aesthetic_model']}` + `{first['aesthetic_head']}`.\n",
+        markdown_table(SUMMARY_HEADER[:10], [row[:10] for row in table]),
+    ]
+    atomic_write_bytes(directory / f"{SUMMARY_FILE}.md", "\n".join(lines).encode())
