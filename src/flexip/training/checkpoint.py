@@ -1,0 +1,141 @@
+"""Checkpoints: the full training state, written atomically, the newest K kept, resumed exactly.
+
+    <run>/checkpoints/checkpoint-00001000/
+        adapter/                the adapter directory (`flexip generate --adapter` loads it; resume reads its weights)
+        optimizer.bin, ...      accelerate's `save_state`: optimizer, grad scaler, RNG states
+        training_state.json     step, stream position, skipped samples, each process's parameter hash
+
+Every process writes into `.tmp-checkpoint-N`, and the main process renames it only when all are done: a
+crash leaves at most a `.tmp-*` folder, which `--resume latest` never picks. The frozen models are not saved:
+a checkpoint is the adapter plus the optimizer, not a copy of Stable Diffusion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import gather_object
+from safetensors.torch import load_file
+
+from ..atomic import atomic_write_bytes
+from ..errors import FlexIPError
+from ..models.adapter import WEIGHTS_NAME, FlexIPAdapter
+
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+STATE_NAME = "training_state.json"
+ADAPTER_DIR = "adapter"
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class TrainingState:
+    """What, besides accelerate's state, a resumed run needs to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    samples: int = 0  # stream positions consumed by all processes together (data.MixedBatchSampler's start)
+    skipped: int = 0  # unreadable samples skipped so far, all processes
+
+
+def parameter_hash(adapter: FlexIPAdapter) -> str:
+    """SHA-256 of every adapter tensor: equal on all processes when DDP keeps them in sync."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(adapter.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def register_hooks(accelerator: Accelerator, adapter: FlexIPAdapter) -> None:
+    """Make `save_state`/`load_state` store the adapter directory instead of the whole wrapped model."""
+
+    def save(models, weights, output_dir):
+        weights.clear()  # the wrapped model's state dict holds the frozen UNet too
+        if accelerator.is_main_process:
+            adapter.save_pretrained(Path(output_dir) / ADAPTER_DIR)
+
+    def load(models, input_dir):
+        models.clear()  # nothing for accelerate to load: the adapter is loaded here
+        weights = Path(input_dir) / ADAPTER_DIR / WEIGHTS_NAME
+        try:
+            adapter.load_state_dict(load_file(weights))
+        except (OSError, RuntimeError) as e:
+            reason = str(e).strip().splitlines()[0]
+            raise FlexIPError(
+                f"checkpoint {input_dir}: its adapter does not fit the configured one ({reason}); resume with the "
+                "config it was trained with"
+            ) from e
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    directory = Path(run_dir) / "checkpoints"
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CHECKPOINT_NAME.match(p.name)) and p.is_dir()]
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """`latest` -> the newest checkpoint of the run (None if there is none yet); otherwise a checkpoint path."""
+    if resume == "latest":
+        checkpoints = list_checkpoints(run_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not (path / STATE_NAME).is_file() or not (path / ADAPTER_DIR / WEIGHTS_NAME).is_file():
+        raise FlexIPError(
+            f"--resume {resume}: not a checkpoint (needs {STATE_NAME} and {ADAPTER_DIR}/); give a "
+            "<run>/checkpoints/checkpoint-N folder or `latest`"
+        )
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, adapter: FlexIPAdapter, state: TrainingState, run_dir: Path, keep: int) -> Path:
+    """Write the full state at `state.step` on every process; returns the checkpoint folder."""
+    directory = Path(run_dir) / "checkpoints"
+    final = directory / f"checkpoint-{state.step:08d}"
+    if final.is_dir():
+        return final  # this step is already saved (a run interrupted right after it resumed)
+    tmp = directory / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during this step's save
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    hashes = gather_object([parameter_hash(adapter)])
+    if accelerator.is_main_process:
+        if len(set(hashes)) > 1:
+            logger.warning(f"the processes' adapter weights differ at step {state.step} (hashes {hashes}): DDP is out of sync")
+        record = {**asdict(state), "num_processes": accelerator.num_processes, "parameter_hashes": hashes}
+        atomic_write_bytes(tmp / STATE_NAME, (json.dumps(record, indent=2) + "\n").encode())
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.replace(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
+        for stale in directory.glob(".tmp-checkpoint-*"):  # saves a killed run never finished
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainingState:
+    """Restore accelerate's state and the adapter (through the hooks) and return the training state."""
+    try:
+        record = json.loads((path / STATE_NAME).read_text())
+        state = TrainingState(step=record["step"], samples=record["samples"], skipped=record["skipped"])
+    except (OSError, ValueError, KeyError) as e:
+        raise FlexIPError(f"checkpoint {path}: {STATE_NAME} is unreadable ({e}); resume from another checkpoint") from e
+    accelerator.load_state(str(path))
+    return state

@@ -1,0 +1,193 @@
+"""The training configuration: typed dataclasses read from YAML, with `--set key=value` overrides.
+
+Unknown keys are errors that name the key (with the closest known one), so a typo never silently trains with
+a default. Relative paths are taken from the current directory, like every other command-line path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..demo.manifest import ManifestConfig
+from ..errors import FlexIPError
+from ..models.adapter import GateConfig, PersonalizationConfig, PreservationConfig
+
+
+@dataclass
+class ModelConfig:
+    # Stable Diffusion pipeline directory or hub id (unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    # CLIP vision model: a directory, a hub id, or "owner/repo/sub/folder" for a model in a repository folder.
+    image_encoder: str = "h94/IP-Adapter/models/image_encoder"
+    dino_encoder: str = "facebook/dinov2-large"  # DINOv2 model, same conventions
+    # Where `flexip tiny-models` output is written when absent, so tiny.yaml runs from a fresh clone; empty
+    # for real models. base/image_encoder/dino_encoder still name the directories to load.
+    tiny_models: str = ""
+    dino_layer: int = -2  # which DINOv2 hidden state feeds the Preservation adapter (method.md §2.1)
+    preservation: PreservationConfig = field(default_factory=PreservationConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""  # JSONL training manifest (docs/formats.md)
+    resolution: int = 512  # target images are resized and centre-cropped to this many pixels
+    video_fraction: float = 0.5  # share of video (variant) pairs in every batch; 0.5 = the paper's 1:1
+    num_workers: int = 4  # DataLoader worker processes that read and augment images
+    # When set and the manifest is absent, render this many demo-world pairs into the manifest's folder
+    # (tiny.yaml uses it so it needs no download).
+    demo_world: ManifestConfig | None = None
+
+
+@dataclass
+class DropoutConfig:
+    """Classifier-free-guidance condition dropout (method.md §3): disjoint per-sample probabilities."""
+
+    text: float = 0.05  # caption replaced by the empty prompt
+    image: float = 0.05  # reference replaced by the null (all-zero) reference
+    both: float = 0.05
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 1000  # optimizer steps between contact sheets (and one at the end)
+    prompts: list[str] = field(default_factory=lambda: ["a photo of it", "it on a beach", "a watercolor painting of it"])
+    preservation: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # one column per g
+    steps: int = 30  # DDIM steps
+    guidance_scale: float = 7.5
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    output_dir: str = "runs/flexip"
+    seed: int = 0  # data order, augmentation, noise, timesteps, dropout and gate noise all derive from it
+    max_steps: int = 100_000  # optimizer steps
+    batch_size: int = 8  # per process and micro-step
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01  # AdamW; never applied to the gate logits (method.md §2.4)
+    mixed_precision: str = "no"  # no | fp16 | bf16: frozen models are stored in this dtype, the adapter in fp32
+    gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
+    checkpoint_every: int = 1000  # optimizer steps between full-state checkpoints
+    keep_checkpoints: int = 3  # the newest K checkpoints are kept
+    log_every: int = 10  # optimizer steps between metric lines
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard and/or wandb
+
+    def validate(self) -> None:
+        """Check values that YAML types cannot express; raises FlexIPError naming the key."""
+        positive = {
+            "max_steps": self.max_steps, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps, "keep_checkpoints": self.keep_checkpoints,
+            "log_every": self.log_every, "data.resolution": self.data.resolution, "validation.every": self.validation.every,
+            "validation.steps": self.validation.steps,
+        }  # fmt: skip
+        for key, value in positive.items():
+            if value < 1:
+                raise FlexIPError(f"config {key}: {value} must be at least 1")
+        if not 0.0 <= self.data.video_fraction <= 1.0:
+            raise FlexIPError(f"config data.video_fraction: {self.data.video_fraction} must be in [0, 1]")
+        if self.data.num_workers < 0:
+            raise FlexIPError(f"config data.num_workers: {self.data.num_workers} must be 0 or more")
+        drop = self.dropout
+        if min(drop.text, drop.image, drop.both) < 0 or drop.text + drop.image + drop.both > 1:
+            raise FlexIPError(f"config dropout: {drop} must be non-negative probabilities summing to at most 1")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise FlexIPError(f"config mixed_precision: {self.mixed_precision!r} is not one of no, fp16, bf16")
+        unknown = sorted(set(self.log_with) - {"tensorboard", "wandb"})
+        if unknown:
+            raise FlexIPError(f"config log_with: {unknown} unknown; choose from tensorboard, wandb")
+        if not self.data.manifest:
+            raise FlexIPError("config data.manifest is empty: name the JSONL training manifest (docs/formats.md)")
+        if not self.validation.prompts or not self.validation.preservation:
+            raise FlexIPError("config validation.prompts and validation.preservation need at least one entry each")
+        bad_g = [g for g in self.validation.preservation if not 0.0 <= g <= 1.0]
+        if bad_g:
+            raise FlexIPError(f"config validation.preservation: {bad_g} outside [0, 1]")
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config, apply `key.sub=value` overrides (values parsed as YAML), check it."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise FlexIPError(f"config {path}: cannot read it ({e.strerror}); pass --config with a YAML file") from e
+    except yaml.YAMLError as e:
+        raise FlexIPError(f"config {path} is not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FlexIPError(f"config {path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise FlexIPError(f"--set {override!r}: expected KEY=VALUE, e.g. --set data.num_workers=0")
+        _assign(data, key.strip().split("."), yaml.safe_load(text), f"--set {key}")
+    config = _build(TrainConfig, data, str(path))
+    config.validate()
+    return config
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+def _assign(data: dict, keys: list[str], value, where: str) -> None:
+    for key in keys[:-1]:
+        child = data.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise FlexIPError(f"{where}: {key} is not a section")
+        data = child
+    data[keys[-1]] = value
+
+
+def _build(cls, data, source: str, prefix: str = ""):
+    """Turn nested dicts into `cls`, checking every key and value type against the dataclass fields."""
+    if not isinstance(data, dict):
+        raise FlexIPError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(names)}"
+            raise FlexIPError(f"{source}: unknown key {prefix}{key} ({hint})")
+    return cls(**{key: _convert(value, hints[key], source, f"{prefix}{key}") for key, value in data.items()})
+
+
+def _convert(value, kind, source: str, key: str):
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # only `X | None` is used
+        if value is None:
+            return None
+        (kind,) = [k for k in typing.get_args(kind) if k is not type(None)]
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, source, f"{key}.")
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise FlexIPError(f"{source}: {key} must be a list, got {value!r}")
+        (item,) = typing.get_args(kind)
+        return [_convert(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if kind is float and isinstance(value, str):
+        try:  # PyYAML reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise FlexIPError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+    return value

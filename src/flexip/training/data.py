@@ -1,0 +1,235 @@
+"""Training data: the JSONL manifest, image/video mixing at a fixed ratio, augmentation, bad-sample skipping.
+
+Every random choice is a function of (seed, stream position), never of a worker's or process's RNG state, so
+the data order is the same with any number of workers and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import FlexIPError
+from ..models.gate import MODALITIES
+
+REQUIRED_FIELDS = ("reference", "target", "caption", "modality")
+MAX_CONSECUTIVE_BAD = 32  # more bad samples in a row than this means the data itself is broken
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One manifest line, its paths resolved against the manifest's folder."""
+
+    reference: Path
+    target: Path
+    caption: str
+    modality: int  # index into MODALITIES
+    mask: Path | None
+
+
+def read_manifest(path: str | os.PathLike) -> list[Pair]:
+    """Parse and check every line (docs/formats.md); image files are checked only when loaded."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlexIPError(f"manifest {path}: cannot read it ({e}); set data.manifest to a JSONL file") from e
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"manifest {path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FlexIPError(f"{where}: not valid JSON ({e.msg}); each line is one JSON object") from e
+        if not isinstance(record, dict):
+            raise FlexIPError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        missing = [name for name in REQUIRED_FIELDS if name not in record]
+        if missing:
+            raise FlexIPError(f"{where}: missing field(s) {', '.join(missing)}; every line needs {', '.join(REQUIRED_FIELDS)}")
+        for name in (*REQUIRED_FIELDS, "mask"):
+            if name in record and not isinstance(record[name], str):
+                raise FlexIPError(f"{where}: field {name} must be a string, got {record[name]!r}")
+        if record["modality"] not in MODALITIES:
+            raise FlexIPError(f"{where}: modality {record['modality']!r} is not one of {', '.join(MODALITIES)}")
+        for name in ("reference", "target", "mask"):
+            if os.path.isabs(record.get(name, "")):
+                raise FlexIPError(f"{where}: {name} {record[name]!r} is absolute; paths are relative to the manifest")
+        pairs.append(Pair(
+            reference=path.parent / record["reference"],
+            target=path.parent / record["target"],
+            caption=record["caption"],
+            modality=MODALITIES.index(record["modality"]),
+            mask=path.parent / record["mask"] if record.get("mask") else None,
+        ))  # fmt: skip
+    if not pairs:
+        raise FlexIPError(f"manifest {path} has no training pairs; each line is one JSON object (docs/formats.md)")
+    return pairs
+
+
+class MixedStream:
+    """An endless stream of pair indices in which a fixed share of positions are video pairs.
+
+    Position p holds a video pair iff floor((p + 1) f) > floor(p f): every window of n positions holds
+    floor(n f) or ceil(n f) video pairs, so each batch has the configured ratio whatever the sources' sizes.
+    Each modality's pairs are visited in a fresh seeded permutation per pass.
+    """
+
+    def __init__(self, modalities: list[int], video_fraction: float, seed: int):
+        self.fraction = Fraction(str(video_fraction))
+        self.seed = seed
+        self.members = [[i for i, m in enumerate(modalities) if m == index] for index in range(len(MODALITIES))]
+        for index, share in ((0, 1 - self.fraction), (1, self.fraction)):
+            if share > 0 and not self.members[index]:
+                name = MODALITIES[index]
+                raise FlexIPError(
+                    f"the manifest has no {name} pairs but data.video_fraction is {video_fraction}: add {name} "
+                    f"pairs or set data.video_fraction to {1 if index == 0 else 0}"
+                )
+        self._permutations: dict[int, tuple[int, np.ndarray]] = {}  # modality -> (pass, its permutation)
+
+    def __getitem__(self, position: int) -> int:
+        videos_before = math.floor(position * self.fraction)
+        if math.floor((position + 1) * self.fraction) > videos_before:
+            modality, rank = 1, videos_before  # rank: how many pairs of this modality came before
+        else:
+            modality, rank = 0, position - videos_before
+        members = self.members[modality]
+        epoch, offset = divmod(rank, len(members))
+        if self._permutations.get(modality, (None,))[0] != epoch:
+            order = np.random.default_rng([self.seed, modality, epoch]).permutation(len(members))
+            self._permutations[modality] = (epoch, order)
+        return members[self._permutations[modality][1][offset]]
+
+
+class MixedBatchSampler(torch.utils.data.Sampler):
+    """Batches of (pair index, stream position) for one process, starting at stream position `start`.
+
+    Global batch b covers positions start + b * batch_size ...; process r takes batches r, r + W, r + 2W...
+    so a run resumed at `start` sees exactly the positions it would have seen.
+    """
+
+    def __init__(self, stream: MixedStream, batch_size: int, start: int, rank: int, world_size: int):
+        self.stream, self.batch_size, self.start = stream, batch_size, start
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batch = self.rank
+        while True:
+            first = self.start + batch * self.batch_size
+            yield [(self.stream[p], p) for p in range(first, first + self.batch_size)]
+            batch += self.world_size
+
+
+def load_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")  # convert() decodes the whole file: truncation fails here, not later
+
+
+def _centre_square(image: Image.Image, size: int) -> Image.Image:
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def augment_reference(image: Image.Image, mask: Image.Image | None, rng: np.random.Generator) -> Image.Image:
+    """An invariant pair's reference: the subject cut out by its mask, or a random crop/scale with a flip.
+
+    Without it the adapters could copy the target pixel for pixel (method.md §3: reference = target).
+    """
+    if mask is not None and rng.random() < 0.5:
+        # Subject on white, cropped to its box: what a user's cut-out reference looks like.
+        white = Image.new("RGB", image.size, (255, 255, 255))
+        image = Image.composite(image, white, mask.point(lambda v: 255 if v >= 128 else 0))
+        box = mask.getbbox()
+        if box is not None:
+            image = image.crop(box)
+    else:
+        area = rng.uniform(0.5, 1.0) * image.width * image.height
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        width = min(image.width, round(math.sqrt(area * aspect)))
+        height = min(image.height, round(math.sqrt(area / aspect)))
+        left = int(rng.integers(0, image.width - width + 1))
+        top = int(rng.integers(0, image.height - height + 1))
+        image = image.crop((left, top, left + width, top + height))
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Loads the pair at (index, position); an unreadable pair is replaced by the next pair of its modality.
+
+    Replacing rather than dropping keeps every batch full and its image:video ratio exact, and keeps the
+    processes of a distributed run in step. What was skipped travels with the sample for the trainer to log.
+    """
+
+    def __init__(self, pairs: list[Pair], resolution: int, seed: int):
+        self.pairs, self.resolution, self.seed = pairs, resolution, seed
+        self.members = {m: [i for i, p in enumerate(pairs) if p.modality == m] for m in range(len(MODALITIES))}
+        self.slot = np.zeros(len(pairs), dtype=np.int64)  # index -> its place in its modality's list
+        for members in self.members.values():
+            self.slot[members] = np.arange(len(members))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int, rng: np.random.Generator) -> dict:
+        pair = self.pairs[index]
+        reference = load_rgb(pair.reference)
+        target = reference if pair.target == pair.reference else load_rgb(pair.target)
+        if pair.modality == MODALITIES.index("image"):
+            mask = None
+            if pair.mask is not None:
+                with Image.open(pair.mask) as file:
+                    mask = file.convert("L")
+                if mask.size != reference.size:
+                    raise ValueError(f"mask {pair.mask} is {mask.size}, its reference {reference.size}")
+            reference = augment_reference(reference, mask, rng)
+        pixels = np.asarray(_centre_square(target, self.resolution), dtype=np.float32)
+        return {
+            "reference": reference,
+            "pixel_values": torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0,  # (3, H, W) in [-1, 1]
+            "caption": pair.caption,
+            "modality": pair.modality,
+        }
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, position = item
+        rng = np.random.default_rng([self.seed, position])
+        members = self.members[self.pairs[index].modality]
+        start = int(self.slot[index])
+        skipped = []
+        for attempt in range(min(len(members), MAX_CONSECUTIVE_BAD)):
+            candidate = members[(start + attempt) % len(members)]
+            try:
+                return {**self.load(candidate, rng), "position": position, "skipped": skipped}
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                pair = self.pairs[candidate]
+                skipped.append(f"reference {pair.reference}, target {pair.target}: {e}")
+        raise FlexIPError(
+            f"{len(skipped)} training pairs in a row are unreadable, e.g. {skipped[0]}; check the manifest's files"
+        )
+
+
+def collate(samples: list[dict]) -> dict:
+    return {
+        "references": [s["reference"] for s in samples],
+        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "captions": [s["caption"] for s in samples],
+        "modality": torch.tensor([s["modality"] for s in samples]),
+        "positions": [s["position"] for s in samples],
+        "skipped": [message for s in samples for message in s["skipped"]],
+    }

@@ -1,0 +1,90 @@
+"""The training objective (method.md §3): epsilon-prediction MSE of the frozen UNet with the gated adapters.
+
+`encode_batch` runs the frozen encoders (no gradient) and applies condition dropout; `FlexIPTrainingModel`
+is the one module handed to `accelerator.prepare`, so DDP syncs exactly the parameters that train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from torch import nn
+
+from ..models.adapter import FlexIPAdapter
+from .components import FrozenModels
+from .config import DropoutConfig
+
+
+@dataclass
+class EncodedBatch:
+    latents: torch.Tensor  # (batch, 4, H/8, W/8), scaled like the UNet expects
+    text_embeds: torch.Tensor  # (batch, 77, cross_attention_dim)
+    clip_embeds: torch.Tensor  # (batch, clip_embed_dim)
+    dino_tokens: torch.Tensor  # (batch, tokens, dino_hidden_dim)
+    modality: torch.Tensor  # (batch,) indices into MODALITIES
+
+
+def encode_text(models: FrozenModels, captions: list[str], device: torch.device) -> torch.Tensor:
+    # The text encoder's own context length: a tokenizer saved without model_max_length reports ~1e30.
+    length = models.text_encoder.config.max_position_embeddings
+    ids = models.tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    return models.text_encoder(ids.input_ids.to(device))[0]
+
+
+def condition_dropout(batch: int, dropout: DropoutConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (drop text, drop image) masks: disjoint events with the configured probabilities."""
+    draw = torch.rand(batch, generator=generator, device=generator.device)
+    text_only = draw < dropout.text
+    image_only = (draw >= dropout.text) & (draw < dropout.text + dropout.image)
+    both = (draw >= dropout.text + dropout.image) & (draw < dropout.text + dropout.image + dropout.both)
+    return text_only | both, image_only | both
+
+
+@torch.no_grad()
+def encode_batch(models: FrozenModels, batch: dict, dropout: DropoutConfig, generator: torch.Generator) -> EncodedBatch:
+    """Latents, text and reference features of a collated batch; dropped conditions become null ones."""
+    device = generator.device
+    drop_text, drop_image = condition_dropout(len(batch["captions"]), dropout, generator)
+    captions = ["" if drop else caption for caption, drop in zip(batch["captions"], drop_text.tolist())]
+    text_embeds = encode_text(models, captions, device)
+
+    reference = models.encoder(batch["references"])
+    # Image dropout = the null reference (all-zero features) through both adapters, as in guidance (method.md §4).
+    keep = (~drop_image).to(reference.clip_embeds.dtype)
+    clip_embeds = reference.clip_embeds * keep[:, None]
+    dino_tokens = reference.dino_tokens * keep[:, None, None]
+
+    pixels = batch["pixel_values"].to(device, models.vae.dtype)
+    latents = models.vae.encode(pixels).latent_dist.sample(generator) * models.vae.config.scaling_factor
+    return EncodedBatch(latents, text_embeds, clip_embeds, dino_tokens, batch["modality"].to(device))
+
+
+class FlexIPTrainingModel(nn.Module):
+    """The frozen UNet with the adapter attached; `forward` returns the batch's loss.
+
+    Only the adapter's parameters require gradients: DDP (through `accelerator.prepare`) syncs just those.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, adapter: FlexIPAdapter, noise_scheduler: DDPMScheduler):
+        super().__init__()
+        self.unet = unet
+        self.adapter = adapter
+        self.noise_scheduler = noise_scheduler
+        adapter.attach(unet)
+
+    def forward(self, batch: EncodedBatch, generator: torch.Generator) -> torch.Tensor:
+        latents = batch.latents
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+        # g per sample from its modality's logit plus noise: the gradient reaches the logits through the
+        # branch weights g and 1 - g (method.md §2.4).
+        g = self.adapter.gate(batch.modality, generator=generator)
+        condition = self.adapter(batch.clip_embeds, batch.dino_tokens, batch.text_embeds, preservation=g)
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=(batch.text_embeds, condition)).sample
+        return F.mse_loss(prediction.float(), noise.float())

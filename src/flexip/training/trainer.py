@@ -1,0 +1,261 @@
+"""`train(config)`: the FlexIP training run (method.md §3) on one process or many, through accelerate.
+
+Phases, top to bottom: set up the run, build models and data, restore a checkpoint, loop. The loop is
+accelerate's canonical one (accumulate, backward, step); around it, one all-reduce per optimizer step makes
+every process agree on the loss it logs, the skipped samples and whether a signal asked to stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_write_bytes
+from ..demo.manifest import write_manifest
+from ..errors import FlexIPError
+from ..models.adapter import FlexIPAdapter
+from ..models.gate import MODALITIES
+from .checkpoint import TrainingState, load_checkpoint, register_hooks, resolve_resume, save_checkpoint
+from .components import load_frozen_models, prepare_tiny_models
+from .config import TrainConfig, config_to_yaml
+from .data import MixedBatchSampler, MixedStream, PairDataset, collate, read_manifest
+from .objective import FlexIPTrainingModel, encode_batch
+from .validation import contact_sheet, png_bytes, sweep, validation_references
+
+logger = get_logger(__name__)
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: TrainingState
+    interrupted: bool  # a signal stopped the run after saving a checkpoint
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set `requested` instead of killing the process, so the loop can save first.
+
+    A second signal gets the default behaviour back (a second Ctrl-C kills at once).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> StopSignals:
+        self.requested = 0
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signum
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the workers must live on while the main process saves.
+    for s in StopSignals.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def _batch_seed(seed: int, position: int) -> int:
+    """The noise/timestep/dropout/gate seed of the micro-batch starting at stream `position`."""
+    return int(np.random.SeedSequence([seed, 1, position]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _portable(reference: str) -> str:
+    """Local paths become absolute, so the exported adapter finds its encoders from anywhere."""
+    return str(Path(reference).resolve()) if Path(reference).exists() else reference
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    """Nested config -> flat scalar hyper-parameters for the trackers."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def _prepare_inputs(config: TrainConfig) -> None:
+    """Write what a tiny config asks to be generated (model set, demo-world data) if absent."""
+    if config.model.tiny_models:
+        prepare_tiny_models(config.model)
+    manifest = Path(config.data.manifest)
+    if config.data.demo_world is not None and not manifest.is_file():
+        logger.info(f"rendering demo-world training pairs into {manifest.parent} (first run only)")
+        written = write_manifest(manifest.parent, config.data.demo_world)
+        if written != manifest:
+            written.rename(manifest)
+
+
+def _build_adapter(config: TrainConfig, unet, encoder) -> FlexIPAdapter:
+    model = config.model
+    return FlexIPAdapter.for_unet(
+        unet, encoder.clip_embed_dim, encoder.dino_hidden_dim,
+        image_encoder=_portable(model.image_encoder), dino_encoder=_portable(model.dino_encoder),
+        dino_layer=model.dino_layer, preservation=dataclasses.asdict(model.preservation),
+        personalization=dataclasses.asdict(model.personalization), gate=dataclasses.asdict(model.gate),
+    )  # fmt: skip
+
+
+def _optimizer(adapter: FlexIPAdapter, config: TrainConfig) -> torch.optim.AdamW:
+    gate = [adapter.gate.logits]
+    rest = [p for p in adapter.parameters() if p is not adapter.gate.logits]
+    groups = [{"params": rest, "weight_decay": config.weight_decay}, {"params": gate, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
+    """Train (or resume) the run in `config.output_dir`; returns its final state."""
+    # --- the run ---------------------------------------------------------------------------------------------
+    for tracker in config.log_with:
+        if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
+            raise FlexIPError(f"config log_with: {tracker} is not installed; `pip install {tracker}` or remove it")
+    run_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    with accelerator.main_process_first():
+        _prepare_inputs(config)
+    resume_from = resolve_resume(resume, run_dir) if resume else None
+
+    # --- models and data ----------------------------------------------------------------------------------
+    pairs = read_manifest(config.data.manifest)
+    stream = MixedStream([p.modality for p in pairs], config.data.video_fraction, config.seed)
+    models = load_frozen_models(config.model, DTYPES[config.mixed_precision])
+    for module in (models.text_encoder, models.vae, models.unet, models.encoder):
+        module.to(device)
+    set_seed(config.seed)  # the adapter starts from the same weights on every process and every run
+    adapter = _build_adapter(config, models.unet, models.encoder)
+    if config.gradient_checkpointing:
+        models.unet.enable_gradient_checkpointing()
+    model = FlexIPTrainingModel(models.unet, adapter, models.noise_scheduler)
+    optimizer = _optimizer(adapter, config)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    register_hooks(accelerator, adapter)
+
+    state = TrainingState()
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+        logger.info(f"resumed from {resume_from} at step {state.step}")
+    elif resume:
+        logger.info(f"no checkpoint in {run_dir / 'checkpoints'} yet: starting at step 0")
+
+    sampler = MixedBatchSampler(stream, config.batch_size, state.samples, rank, world)
+    loader = torch.utils.data.DataLoader(
+        PairDataset(pairs, config.data.resolution, config.seed), batch_sampler=sampler, collate_fn=collate,
+        num_workers=config.data.num_workers, worker_init_fn=_ignore_stop_signals, pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    references = validation_references(pairs)
+
+    if accelerator.is_main_process:
+        atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(config).encode())
+    accelerator.init_trackers("flexip", config=_flat(dataclasses.asdict(config)))
+
+    # --- the loop -----------------------------------------------------------------------------------------
+    def export_and_checkpoint() -> None:
+        path = save_checkpoint(accelerator, adapter, state, run_dir, config.keep_checkpoints)
+        if accelerator.is_main_process:
+            adapter.save_pretrained(run_dir / "adapter")
+        logger.info(f"step {state.step}: saved {path} and {run_dir / 'adapter'}")
+
+    def validate() -> None:
+        if accelerator.is_main_process:
+            adapter.eval()
+            with accelerator.autocast():
+                rows = sweep(models, adapter, references, config.validation, config.data.resolution, device)
+            sheet = contact_sheet(references, config.validation.prompts, config.validation.preservation, rows)
+            atomic_write_bytes(run_dir / "samples" / f"step-{state.step:08d}.png", png_bytes(sheet))
+            adapter.train()
+        accelerator.wait_for_everyone()
+
+    generator = torch.Generator(device)
+    model.train()  # the frozen UNet too: it has no dropout, and diffusers checkpoints activations only in train mode
+    progress = tqdm(total=config.max_steps, initial=state.step, desc="training", unit="step",
+                    disable=not accelerator.is_local_main_process)  # fmt: skip
+    window_start, window_samples = time.perf_counter(), 0
+    loss_sum, micro_steps, skipped = torch.zeros((), device=device), 0, 0
+    interrupted = False
+    batches = iter(loader)
+    with StopSignals() as stop:
+        while state.step < config.max_steps:
+            batch = next(batches)
+            for message in batch["skipped"]:
+                logger.warning(f"skipped an unreadable training pair: {message}", main_process_only=False)
+            skipped += len(batch["skipped"])
+            generator.manual_seed(_batch_seed(config.seed, batch["positions"][0]))
+            with accelerator.accumulate(model):
+                encoded = encode_batch(models, batch, config.dropout, generator)
+                loss = model(encoded, generator)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.samples += config.batch_size * world
+            window_samples += config.batch_size * world
+            loss_sum += loss.detach().float()
+            micro_steps += 1
+            if not accelerator.sync_gradients:
+                continue
+
+            state.step += 1
+            totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(micro_steps), device=device),
+                                                     torch.tensor(float(skipped), device=device),
+                                                     torch.tensor(float(stop.requested), device=device)]),
+                                        reduction="sum")  # fmt: skip
+            step_loss, state.skipped = float(totals[0] / totals[1]), state.skipped + int(totals[2])
+            loss_sum.zero_()
+            micro_steps = skipped = 0
+            progress.update(1)
+            gate = adapter.gate.learned_values()
+            progress.set_postfix(loss=f"{step_loss:.4f}", **{f"g_{m}": f"{gate[m]:.2f}" for m in MODALITIES})
+            last = state.step == config.max_steps
+            if state.step % config.log_every == 0 or last:
+                elapsed = time.perf_counter() - window_start
+                metrics = {
+                    "loss": step_loss, "lr": optimizer.param_groups[0]["lr"],
+                    **{f"g_{m}": gate[m] for m in MODALITIES},
+                    "samples_per_second": window_samples / elapsed, "skipped_samples": state.skipped,
+                }  # fmt: skip
+                accelerator.log(metrics, step=state.step)
+                if accelerator.is_main_process:
+                    with open(run_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps({"step": state.step, **metrics}) + "\n")
+                window_start, window_samples = time.perf_counter(), 0
+            if state.step % config.validation.every == 0 or last:
+                validate()
+            if totals[3] > 0:
+                interrupted = True
+                export_and_checkpoint()
+                break
+            if state.step % config.checkpoint_every == 0 or last:
+                export_and_checkpoint()
+    progress.close()
+    if state.skipped:
+        logger.warning(f"{state.skipped} unreadable training pairs were skipped (each is logged above with its path)")
+    accelerator.end_training()
+    return TrainResult(run_dir, state, interrupted)
