@@ -1,0 +1,83 @@
+"""`flexip sweep`: the same subject, prompt and noise at several preservation values, plus a contact sheet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .generate import add_model_options, add_subject_options
+
+DEFAULT_VALUES = "0,0.25,0.5,0.75,1"
+SHEET_NAME = "contact_sheet.png"
+SETTINGS_NAME = "settings.json"
+
+EXAMPLES = f"""\
+examples:
+  flexip sweep --reference dog.jpg --prompt "a dog on the beach" --out sweep/
+  flexip sweep --reference dog.jpg --prompt "a dog on the beach" --preservation 0,0.5,1 --seed 3 --out sweep/
+
+writes into --out: one image per value (00_preservation-0.00.png, ...), {SHEET_NAME} (the reference, then the
+dial from left to right) and {SETTINGS_NAME} (everything needed to reproduce them). All images share their
+starting noise, so they differ only by the dial."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="generate one image per preservation value and a labelled contact sheet",
+        description="Generate the subject in --reference following --prompt at several preservation values, "
+        "in one batch from the same starting noise, and lay them out left to right on a contact sheet.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_subject_options(parser)
+    parser.add_argument(
+        "--preservation", default=DEFAULT_VALUES,
+        help=f"comma-separated dial values in [0, 1] (default: {DEFAULT_VALUES})",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, help="directory to write into (created if missing)")
+    add_model_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline.checks import check_preservation
+    from ..pipeline.images import load_reference_image
+    from .generate import check_settings, load_pipeline
+
+    values = check_preservation(args.preservation.split(","), name="--preservation")
+    settings = check_settings(args)
+    out = check_output_directory(args.out)
+    reference = load_reference_image(args.reference)
+    loaded = load_pipeline(args)
+    sheet = sweep(args, loaded, reference, values, settings, out)
+    print(f"wrote {len(values)} images and the contact sheet {sheet}")
+    return 0
+
+
+def check_output_directory(path: str) -> Path:
+    from ..errors import FlexIPError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise FlexIPError(f"--out {path} is a file; give a directory to write the sweep into")
+    return out
+
+
+def sweep(args: argparse.Namespace, loaded, reference, values: list[float], settings: dict, out: Path) -> Path:
+    """Generate, then write the images, the contact sheet and the settings; returns the contact sheet's path."""
+    from ..atomic import atomic_write_bytes
+    from ..contact_sheet import contact_sheet
+    from .generate import describe, generate, save_image
+
+    images = generate(loaded.pipe, args, reference, values, settings)
+    record = {**describe(args, settings, loaded), "preservation": values}
+    out.mkdir(parents=True, exist_ok=True)
+    for index, (value, image) in enumerate(zip(values, images)):
+        save_image(image, out / f"{index:02d}_preservation-{value:.2f}.png", {**record, "preservation": value})
+    labels = ["reference"] + [f"preservation {value:g}" for value in values]
+    sheet = contact_sheet([[reference, *images]], labels, title=f'"{args.prompt}"  (seed {args.seed})')
+    save_image(sheet, out / SHEET_NAME, record)
+    atomic_write_bytes(out / SETTINGS_NAME, (json.dumps(record, indent=2) + "\n").encode())
+    return out / SHEET_NAME

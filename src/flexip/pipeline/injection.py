@@ -1,0 +1,182 @@
+"""How a diffusers pipeline's UNet gets P, S and g without the pipeline knowing (method.md §2.3, §4).
+
+Stable Diffusion pipelines call `unet(latents, t, encoder_hidden_states=prompt_embeds, ...)` with plain text
+embeddings. `FlexIPInjection` attaches the adapter to the UNet and registers a forward pre-hook that, while a
+call made inside `generating(...)` is running, turns `prompt_embeds` into `(prompt_embeds, FlexIPCondition)`.
+The per-call state lives in a `contextvars.ContextVar`, so calls running at the same time in different threads
+each see their own reference and dial. Outside `generating`, the UNet runs the base model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..errors import FlexIPError
+from ..models.adapter import FlexIPAdapter
+from ..models.attention import FlexIPAttnProcessor, FlexIPCondition
+from ..reference import EncodedReference, ReferenceEncoder
+from .images import load_reference_image
+
+ReferenceInput = Image.Image | str | os.PathLike | EncodedReference
+
+
+@dataclass
+class _Generation:
+    """What one pipeline call conditions on; the condition is built at the first UNet call and then reused."""
+
+    injection: FlexIPInjection
+    reference: EncodedReference  # one subject: batch 1
+    preservation: torch.Tensor  # (num_samples,) g of each conditional sample
+    scale: float
+    num_samples: int  # conditional samples per UNet call; guidance doubles the batch
+    text: torch.Tensor | None = field(default=None)
+    condition: FlexIPCondition | None = field(default=None)
+
+
+_CURRENT: contextvars.ContextVar[_Generation | None] = contextvars.ContextVar("flexip_generation", default=None)
+
+
+class FlexIPInjection:
+    """A FlexIP adapter and its reference encoder, attached to one UNet. Build it with `FlexIPInjection.load`."""
+
+    def __init__(self, unet: nn.Module, adapter: FlexIPAdapter, reference_encoder: ReferenceEncoder):
+        self.unet = unet
+        self.adapter = adapter
+        self.reference_encoder = reference_encoder
+        # Branch K/V computed once per generation; switched off only to measure what it saves (bench/kv_cache.py).
+        self.cache_kv = True
+        adapter.attach(unet)
+        self._hook = unet.register_forward_pre_hook(self._add_condition, with_kwargs=True)
+
+    @classmethod
+    def load(
+        cls,
+        unet: nn.Module,
+        adapter: str | os.PathLike | FlexIPAdapter,
+        image_encoder: str | os.PathLike | None = None,
+        dino_encoder: str | os.PathLike | None = None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> FlexIPInjection:
+        """Load the adapter (a directory or an object) and its encoders (default: those its config names)."""
+        if any(isinstance(p, FlexIPAttnProcessor) for p in unet.attn_processors.values()):
+            raise FlexIPError(
+                "this UNet already has a FlexIP adapter (maybe through another pipeline sharing it); "
+                "call flexip.unload_flexip on that pipeline first"
+            )
+        if not isinstance(adapter, FlexIPAdapter):
+            adapter = FlexIPAdapter.from_pretrained(adapter)
+        config = adapter.config
+        image_encoder = image_encoder or adapter.resolve_encoder(config.image_encoder)
+        dino_encoder = dino_encoder or adapter.resolve_encoder(config.dino_encoder)
+        if not image_encoder or not dino_encoder:
+            raise FlexIPError(
+                "the adapter's config names no image encoder or DINOv2 model; pass image_encoder= and dino_encoder="
+            )
+        encoder = ReferenceEncoder.from_pretrained(image_encoder, dino_encoder, config.dino_layer, torch_dtype)
+        if (encoder.clip_embed_dim, encoder.dino_hidden_dim) != (config.clip_embed_dim, config.dino_hidden_dim):
+            raise FlexIPError(
+                f"the encoders {image_encoder} and {dino_encoder} give features of size "
+                f"{encoder.clip_embed_dim} and {encoder.dino_hidden_dim}, the adapter expects "
+                f"{config.clip_embed_dim} and {config.dino_hidden_dim}: use the encoders it was trained with"
+            )
+        return cls(unet, adapter.eval().requires_grad_(False), encoder)
+
+    def remove(self) -> None:
+        """Remove the hook and restore the UNet's original attention processors."""
+        self._hook.remove()
+        FlexIPAdapter.detach(self.unet)
+
+    def prepare_reference(self, reference: ReferenceInput) -> EncodedReference | Image.Image:
+        """Validate a reference without running a model: an RGB image to encode, or a checked EncodedReference."""
+        if isinstance(reference, EncodedReference):
+            config = self.adapter.config
+            if len(reference) != 1:
+                raise FlexIPError(f"the encoded reference holds {len(reference)} subjects; give one (batch 1)")
+            if reference.clip_embeds.shape[-1] != config.clip_embed_dim or reference.dino_tokens.shape[-1] != (
+                config.dino_hidden_dim
+            ):
+                raise FlexIPError(
+                    f"the encoded reference has features of size {reference.clip_embeds.shape[-1]} and "
+                    f"{reference.dino_tokens.shape[-1]}, the adapter expects {config.clip_embed_dim} and "
+                    f"{config.dino_hidden_dim}: encode it with this adapter's encoders"
+                )
+            return reference
+        return load_reference_image(reference)
+
+    def encode_reference(self, reference: ReferenceInput) -> EncodedReference:
+        """Encoder features of one reference (kept as is if already encoded); reuse them across calls."""
+        prepared = self.prepare_reference(reference)
+        if isinstance(prepared, EncodedReference):
+            return prepared
+        self._follow_unet()
+        return self.reference_encoder([prepared])
+
+    @contextlib.contextmanager
+    def generating(
+        self, reference: EncodedReference, preservation: torch.Tensor, scale: float, num_samples: int
+    ) -> Iterator[None]:
+        """While inside, this thread's UNet calls see `reference` with g = `preservation` (one per sample)."""
+        self._follow_unet()
+        state = _Generation(self, reference, preservation, scale, num_samples)
+        token = _CURRENT.set(state)
+        try:
+            yield
+        finally:
+            _CURRENT.reset(token)
+
+    def _follow_unet(self) -> None:
+        """Keep the adapter and encoders on the UNet's device and dtype after `pipe.to(...)`."""
+        parameter = next(self.unet.parameters())
+        for module in (self.adapter, self.reference_encoder):
+            own = next(module.parameters())
+            if (own.device, own.dtype) != (parameter.device, parameter.dtype):
+                module.to(parameter.device, parameter.dtype)
+
+    def _add_condition(self, unet: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        state = _CURRENT.get()
+        if state is None or state.injection is not self:
+            return None
+        if "encoder_hidden_states" in kwargs:
+            kwargs["encoder_hidden_states"] = (kwargs["encoder_hidden_states"], self._condition(state, kwargs["encoder_hidden_states"]))
+        else:  # positional: unet(sample, timestep, encoder_hidden_states, ...)
+            args = (*args[:2], (args[2], self._condition(state, args[2])), *args[3:])
+        return args, kwargs
+
+    def _condition(self, state: _Generation, text: torch.Tensor) -> FlexIPCondition:
+        if not isinstance(text, torch.Tensor):
+            raise FlexIPError(
+                f"the UNet got {type(text).__name__} text embeddings; another adapter (e.g. IP-Adapter) may be "
+                "loaded on this pipeline: FlexIP cannot share the UNet with it"
+            )
+        # Pipelines pass the same prompt_embeds tensor at every step: build P, S (and their K/V) once.
+        if state.text is text:
+            return state.condition
+        n = state.num_samples
+        if text.shape[0] not in (n, 2 * n):
+            raise FlexIPError(
+                f"the UNet got a batch of {text.shape[0]} text embeddings, FlexIP expected {n} "
+                f"(or {2 * n} with guidance)"
+            )
+        reference = state.reference.to(text.device, text.dtype)
+        clip_embeds = reference.clip_embeds.expand(n, -1)
+        dino_tokens = reference.dino_tokens.expand(n, -1, -1)
+        preservation = state.preservation.to(text.device)
+        if text.shape[0] == 2 * n:
+            # Guidance: diffusers puts the unconditional half first. It gets the null reference (method.md §4);
+            # its S comes from the negative prompt's embeddings, which are that half of `text`.
+            clip_embeds = torch.cat([torch.zeros_like(clip_embeds), clip_embeds])
+            dino_tokens = torch.cat([torch.zeros_like(dino_tokens), dino_tokens])
+            preservation = preservation.repeat(2)
+        state.text = text
+        state.condition = self.adapter(
+            clip_embeds, dino_tokens, text, preservation, scale=state.scale, cache=self.cache_kv
+        )
+        return state.condition
