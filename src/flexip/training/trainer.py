@@ -28,7 +28,7 @@ from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from ..models.gate import MODALITIES
 from .checkpoint import TrainingState, load_checkpoint, register_hooks, resolve_resume, save_checkpoint
-from .components import load_frozen_models, prepare_tiny_models
+from .components import FrozenModels, load_frozen_models, prepare_tiny_models
 from .config import TrainConfig, config_to_yaml
 from .data import MixedBatchSampler, MixedStream, PairDataset, collate, read_manifest
 from .objective import FlexIPTrainingModel, encode_batch
@@ -45,6 +45,8 @@ class TrainResult:
     run_dir: Path
     state: TrainingState
     interrupted: bool  # a signal stopped the run after saving a checkpoint
+    adapter: FlexIPAdapter  # trained, attached to models.unet
+    models: FrozenModels  # what it was trained with, ready to generate from
 
 
 class StopSignals:
@@ -119,7 +121,8 @@ def _build_adapter(config: TrainConfig, unet, encoder) -> FlexIPAdapter:
     )  # fmt: skip
 
 
-def _optimizer(adapter: FlexIPAdapter, config: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(adapter: FlexIPAdapter, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the adapter; the gate logits get no weight decay (it would pull every g towards 0.5)."""
     gate = [adapter.gate.logits]
     rest = [p for p in adapter.parameters() if p is not adapter.gate.logits]
     groups = [{"params": rest, "weight_decay": config.weight_decay}, {"params": gate, "weight_decay": 0.0}]
@@ -134,6 +137,9 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             raise FlexIPError(f"config log_with: {tracker} is not installed; `pip install {tracker}` or remove it")
     run_dir = Path(config.output_dir)
     accelerator = Accelerator(
+        # Without an accelerator device, accelerate runs torchrun's processes as one unless told it is on CPUs
+        # (then it uses its multi-CPU gloo mode).
+        cpu=not torch.accelerator.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.log_with or None,
@@ -155,7 +161,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     if config.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
     model = FlexIPTrainingModel(models.unet, adapter, models.noise_scheduler)
-    optimizer = _optimizer(adapter, config)
+    optimizer = build_optimizer(adapter, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     register_hooks(accelerator, adapter)
 
@@ -258,4 +264,4 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     if state.skipped:
         logger.warning(f"{state.skipped} unreadable training pairs were skipped (each is logged above with its path)")
     accelerator.end_training()
-    return TrainResult(run_dir, state, interrupted)
+    return TrainResult(run_dir, state, interrupted, adapter.eval(), models)

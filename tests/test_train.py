@@ -1,0 +1,162 @@
+"""Training runs in-process on the tiny models: learning, frozen weights, run folder, signals, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from PIL import Image
+
+from flexip.cli import main
+from flexip.demo.manifest import ManifestConfig, write_manifest
+from flexip.models.adapter import FlexIPAdapter
+from flexip.training.components import load_frozen_models
+from flexip.training.config import load_config
+from flexip.training.trainer import _build_adapter, train
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Two threads on a shared two-core machine make the tiny models ~10x slower, not faster.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def four_pairs(tmp_path_factory) -> Path:
+    """Two image pairs and two video pairs of the demo world."""
+    root = tmp_path_factory.mktemp("four-pairs")
+    return write_manifest(root, ManifestConfig(num_images=2, num_clips=1, frames_per_clip=3, size=32))
+
+
+def tiny_overrides(models, manifest: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "model.tiny_models=''", f"model.base={models.base}", f"model.image_encoder={models.image_encoder}",
+        f"model.dino_encoder={models.dinov2}", f"data.manifest={manifest}", f"output_dir={output_dir}",
+        "log_with=[]", "log_every=1", "validation.every=1000", "learning_rate=1e-2", *extra,
+    ]  # fmt: skip
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """The last logged loss of each step (a resumed run re-logs the steps after its checkpoint)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in records}
+
+
+def test_tiny_config_from_a_fresh_directory_overfits_four_pairs_and_touches_only_the_adapter(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # tiny.yaml's relative paths: the models and data are written here on first use
+    overrides = [
+        "data.demo_world={num_images: 2, num_clips: 1, frames_per_clip: 3, size: 32, seed: 0}",
+        "max_steps=40", "log_every=1", "checkpoint_every=20", "validation.every=40", "learning_rate=1e-2",
+    ]  # fmt: skip
+    config = load_config(CONFIG, overrides)
+    result = train(config)
+    run = tmp_path / "runs" / "tiny"
+    assert len((tmp_path / "runs" / "tiny-data" / "manifest.jsonl").read_text().splitlines()) == 4
+
+    # It learns: the loss falls clearly within a few dozen steps.
+    history = losses(run)
+    first, last = [history[s] for s in range(1, 6)], [history[s] for s in range(31, 41)]
+    assert sum(last) / len(last) < 0.85 * sum(first) / len(first), history
+
+    # Frozen models are bit-identical to the files; every adapter tensor moved from its initial value.
+    fresh = load_frozen_models(config.model, torch.float32)
+    for name in ("text_encoder", "vae", "unet", "encoder"):
+        trained, original = getattr(result.models, name).state_dict(), getattr(fresh, name).state_dict()
+        assert trained.keys() == original.keys()
+        assert all(torch.equal(trained[key], original[key]) for key in original), name
+        assert not any(p.requires_grad for p in getattr(result.models, name).parameters())
+    set_seed(config.seed)
+    initial = _build_adapter(config, fresh.unet, fresh.encoder).state_dict()
+    unchanged = [k for k, v in result.adapter.state_dict().items() if torch.equal(v, initial[k])]
+    assert not unchanged
+
+    # The run folder: resolved config, metrics, TensorBoard, contact sheet, kept checkpoints, exported adapter.
+    assert load_config(run / "config.yaml") == config
+    assert sorted(history) == list(range(1, 41))
+    assert {"lr", "g_image", "g_video", "samples_per_second", "skipped_samples"} <= set(
+        json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    )
+    assert list((run / "logs").rglob("events.out.tfevents.*"))
+    with Image.open(run / "samples" / "step-00000040.png") as sheet:
+        # 4 columns (reference + 3 values of g) of 128 px cells; 2 references x 2 prompts rows.
+        assert sheet.size == (4 * 128, 14 + 4 * (14 + 128))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00000020", "checkpoint-00000040"]
+    exported = FlexIPAdapter.from_pretrained(run / "adapter")
+    assert all(torch.equal(v, result.adapter.state_dict()[k]) for k, v in exported.state_dict().items())
+    assert Path(exported.resolve_encoder(exported.config.image_encoder)).is_dir()  # absolute: works from anywhere
+
+
+def _interrupt_when(path: Path, lines: int) -> threading.Thread:
+    def wait_then_signal():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if path.is_file() and len(path.read_text().splitlines()) >= lines:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=wait_then_signal, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sigint_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, tiny_models, four_pairs, capsys):
+    def run(output_dir: Path, max_steps: int, *extra: str) -> int:
+        overrides = tiny_overrides(tiny_models, four_pairs, output_dir, "gradient_accumulation_steps=2",
+                                   "checkpoint_every=1000", "batch_size=2")  # fmt: skip
+        argv = ["train", "--config", str(CONFIG), "--max-steps", str(max_steps), *extra]
+        return main(argv + [a for o in overrides for a in ("--set", o)])
+
+    interrupted = tmp_path / "interrupted"
+    thread = _interrupt_when(interrupted / "metrics.jsonl", lines=2)
+    assert run(interrupted, 1000) == 130
+    thread.join()
+    assert "interrupted at step" in capsys.readouterr().out
+    (checkpoint,) = (interrupted / "checkpoints").iterdir()
+    state = json.loads((checkpoint / "training_state.json").read_text())
+    stopped = state["step"]
+    assert 2 <= stopped < 1000 and state["samples"] == stopped * 2 * 2  # accumulation: 2 micro-batches of 2
+    assert (interrupted / "adapter" / "flexip_adapter.safetensors").is_file()
+
+    assert run(interrupted, stopped + 3, "--resume", "latest") == 0
+    reference = tmp_path / "reference"
+    assert run(reference, stopped + 3) == 0
+    expected, resumed = losses(reference), losses(interrupted)
+    assert [resumed[s] for s in range(1, stopped + 4)] == [expected[s] for s in range(1, stopped + 4)]
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_models, four_pairs):
+    runs = {}
+    for checkpointing in (False, True):
+        output = tmp_path / str(checkpointing)
+        overrides = tiny_overrides(tiny_models, four_pairs, output, "max_steps=2", f"gradient_checkpointing={checkpointing}")
+        result = train(load_config(CONFIG, overrides))
+        assert result.models.unet.is_gradient_checkpointing == checkpointing
+        runs[checkpointing] = losses(output)
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+
+
+def test_bf16_mixed_precision_keeps_the_adapter_in_float32(tmp_path, tiny_models, four_pairs):
+    AcceleratorState._reset_state(True)  # the precision of an in-process accelerate state is fixed once set
+    try:
+        overrides = tiny_overrides(tiny_models, four_pairs, tmp_path, "max_steps=2", "mixed_precision=bf16")
+        result = train(load_config(CONFIG, overrides))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert all(math.isfinite(loss) for loss in losses(tmp_path).values())
+    assert {p.dtype for p in result.adapter.parameters()} == {torch.float32}
+    assert result.models.unet.dtype == torch.bfloat16
