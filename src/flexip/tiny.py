@@ -211,17 +211,14 @@ def save_tiny_eval_models(root: str | os.PathLike, seed: int = 0) -> Path:
     root = Path(root)
     torch.manual_seed(seed)
     tokenizer = _byte_level_tokenizer()
-    clip = CLIPModel(
-        CLIPConfig(
-            text_config={"vocab_size": len(tokenizer), "hidden_size": WIDTH, "intermediate_size": 37,
-                         "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
-                         "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                         "pad_token_id": tokenizer.pad_token_id},
-            vision_config={"hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2,
-                           "num_attention_heads": 4, "image_size": IMAGE_SIZE, "patch_size": 8},
-            projection_dim=WIDTH,
-        )  # fmt: skip
-    )
+    text_config = {
+        "vocab_size": len(tokenizer), "hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+    }  # fmt: skip
+    vision_config = {"hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "image_size": IMAGE_SIZE, "patch_size": 8}  # fmt: skip
+    clip = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=WIDTH))
     size = {"shortest_edge": IMAGE_SIZE}
     crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     clip.save_pretrained(root / "clip")

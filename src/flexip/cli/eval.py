@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate methods on DreamBench-style benchmarks: generate, score, rank, curve",
-        description="Generate a method's images for a benchmark, score them (DINO-I, CLIP-I, CLIP-T, CLIP-IQA, "
+        description="Generate a method's images for a benchmark, score them (DINO-I, CLIP-I, CLIP-T, "
+        "CLIP-IQA, "
         "Aesthetic), rank methods by mRank, and plot identity against prompt fidelity over the dial.",
     )
     commands = parser.add_subparsers(dest="eval_command", metavar="STEP", required=True)
@@ -37,36 +38,68 @@ def _register_generate(commands) -> None:
 
     p = commands.add_parser(
         "generate",
-        help="make a method's images for a benchmark (resumable; run under `accelerate launch` to share the work)",
+        help="make a method's images for a benchmark (resumable; run under `accelerate launch` to share the "
+        "work)",
         description="Generate the images of one method for every (subject, prompt, seed, dial value) of a "
         "benchmark into OUT/images, with every setting in OUT/generation.json and every image listed in "
-        "OUT/manifest.jsonl. Images already there are kept: run the same command again to finish an interrupted "
+        "OUT/manifest.jsonl. Images already there are kept: run the same command again to finish an "
+        "interrupted "
         "run. Zero-shot protocol: one reference image per subject, DreamBench's unique token dropped.",
     )
-    p.add_argument("--benchmark", choices=BENCHMARKS, default="dreambench", help="benchmark layout (default: dreambench)")
-    p.add_argument("--data", required=True, help="the benchmark's directory (dreambench, dreambench++) or JSONL file")
+    p.add_argument(
+        "--benchmark", choices=BENCHMARKS, default="dreambench", help="benchmark layout (default: dreambench)"
+    )
+    p.add_argument(
+        "--data", required=True, help="the benchmark's directory (dreambench, dreambench++) or JSONL file"
+    )
     p.add_argument("--subjects", type=_names, help="comma-separated subjects to keep (default: all)")
     p.add_argument("--max-prompts", type=int, help="keep the first N prompts of each subject")
-    p.add_argument("--reference-image", help="dreambench: which image of each subject is the reference (default: 00.jpg)")
-    p.add_argument("--method", choices=METHODS, required=True,
-                   help="flexip; ip-adapter (diffusers' load_ip_adapter); sd (no reference: the floor); "
-                   "folder (images made elsewhere, --images)")  # fmt: skip
-    p.add_argument("--out", required=True, help="results directory; its name labels the method in tables and plots")
-    p.add_argument("--base", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
-                   help="Stable Diffusion base: hub id or diffusers directory (default: SD v1.5)")  # fmt: skip
+    p.add_argument(
+        "--reference-image", help="dreambench: which image of each subject is the reference (default: 00.jpg)"
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        required=True,
+        help="flexip; ip-adapter (diffusers' load_ip_adapter); sd (no reference: the floor); "
+        "folder (images made elsewhere, --images)",
+    )
+    p.add_argument(
+        "--out", required=True, help="results directory; its name labels the method in tables and plots"
+    )
+    p.add_argument(
+        "--base",
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        help="Stable Diffusion base: hub id or diffusers directory (default: SD v1.5)",
+    )
     p.add_argument("--adapter", help="flexip: the adapter directory")
-    p.add_argument("--preservation", type=_floats, default=(0.5,), help="flexip: dial values, e.g. 0.3,0.5,0.7")
-    p.add_argument("--scale", type=_floats, default=(1.0,),
-                   help="flexip: the adapters' strength s (one value, default 1); ip-adapter: scales, e.g. 0.3,0.6,1")  # fmt: skip
+    p.add_argument(
+        "--preservation", type=_floats, default=(0.5,), help="flexip: dial values, e.g. 0.3,0.5,0.7"
+    )
+    p.add_argument(
+        "--scale",
+        type=_floats,
+        default=(1.0,),
+        help="flexip: the adapters' strength s (one value, default 1); ip-adapter: scales, e.g. 0.3,0.6,1",
+    )
     p.add_argument("--ip-adapter", help="ip-adapter: hub id or directory, e.g. h94/IP-Adapter")
     p.add_argument("--ip-adapter-subfolder", default="models", help="ip-adapter: subfolder (default: models)")
-    p.add_argument("--ip-adapter-weight", default="ip-adapter_sd15.safetensors",
-                   help="ip-adapter: weight file (default: ip-adapter_sd15.safetensors)")  # fmt: skip
+    p.add_argument(
+        "--ip-adapter-weight",
+        default="ip-adapter_sd15.safetensors",
+        help="ip-adapter: weight file (default: ip-adapter_sd15.safetensors)",
+    )
     p.add_argument("--images", help="folder: a directory of <subject>/<NN>/<name>.png, NN the prompt's index")
-    p.add_argument("--seeds", type=int, default=4, help="images per prompt and dial value, seeds 0..N-1 (default: 4)")
+    p.add_argument(
+        "--seeds", type=int, default=4, help="images per prompt and dial value, seeds 0..N-1 (default: 4)"
+    )
     p.add_argument("--steps", type=int, default=50, help="denoising steps, DDIM (default: 50)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32; float16 on GPUs)")
+    p.add_argument(
+        "--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)"
+    )
+    p.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32; float16 on GPUs)"
+    )
     p.set_defaults(run=run_generate)
 
 
@@ -75,12 +108,23 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..evaluation.generate import GenerationConfig, generate
 
     config = GenerationConfig(
-        method=args.method, base=args.base, adapter=args.adapter, preservation=args.preservation, scale=args.scale,
-        ip_adapter=args.ip_adapter, ip_adapter_subfolder=args.ip_adapter_subfolder,
-        ip_adapter_weight=args.ip_adapter_weight, images=args.images, seeds=args.seeds, steps=args.steps,
-        guidance=args.guidance, dtype=args.dtype,
-    )  # fmt: skip
-    benchmark = load_benchmark(args.benchmark, args.data, args.subjects, args.max_prompts, args.reference_image)
+        method=args.method,
+        base=args.base,
+        adapter=args.adapter,
+        preservation=args.preservation,
+        scale=args.scale,
+        ip_adapter=args.ip_adapter,
+        ip_adapter_subfolder=args.ip_adapter_subfolder,
+        ip_adapter_weight=args.ip_adapter_weight,
+        images=args.images,
+        seeds=args.seeds,
+        steps=args.steps,
+        guidance=args.guidance,
+        dtype=args.dtype,
+    )
+    benchmark = load_benchmark(
+        args.benchmark, args.data, args.subjects, args.max_prompts, args.reference_image
+    )
     made = generate(config, benchmark, args.out)
     print(f"{args.out}: made {made} images in this process")
     return 0
@@ -98,26 +142,51 @@ def _register_score(commands) -> None:
         "or local paths, and are recorded in every file.",
     )
     p.add_argument("results", nargs="+", help="results directories made by `flexip eval generate`")
-    p.add_argument("--aesthetic-head", required=True,
-                   help="the LAION aesthetic head: sac+logos+ava1-l14-linearMSE.pth or a safetensors copy")  # fmt: skip
-    p.add_argument("--clip-model", default=defaults.clip_model, help=f"CLIP-I and CLIP-T (default: {defaults.clip_model})")
-    p.add_argument("--dino-model", default=defaults.dino_model, help=f"DINO-I (default: {defaults.dino_model})")
-    p.add_argument("--iqa-model", default=defaults.iqa_model, help=f"CLIP-IQA (default: {defaults.iqa_model})")
-    p.add_argument("--aesthetic-model", default=defaults.aesthetic_model,
-                   help=f"the CLIP the aesthetic head reads (default: {defaults.aesthetic_model})")  # fmt: skip
-    p.add_argument("--identity", choices=IDENTITY_MODES, default=defaults.identity,
-                   help="compare identity with the reference used (default), or average over all real images")  # fmt: skip
+    p.add_argument(
+        "--aesthetic-head",
+        required=True,
+        help="the LAION aesthetic head: sac+logos+ava1-l14-linearMSE.pth or a safetensors copy",
+    )
+    p.add_argument(
+        "--clip-model",
+        default=defaults.clip_model,
+        help=f"CLIP-I and CLIP-T (default: {defaults.clip_model})",
+    )
+    p.add_argument(
+        "--dino-model", default=defaults.dino_model, help=f"DINO-I (default: {defaults.dino_model})"
+    )
+    p.add_argument(
+        "--iqa-model", default=defaults.iqa_model, help=f"CLIP-IQA (default: {defaults.iqa_model})"
+    )
+    p.add_argument(
+        "--aesthetic-model",
+        default=defaults.aesthetic_model,
+        help=f"the CLIP the aesthetic head reads (default: {defaults.aesthetic_model})",
+    )
+    p.add_argument(
+        "--identity",
+        choices=IDENTITY_MODES,
+        default=defaults.identity,
+        help="compare identity with the reference used (default), or average over all real images",
+    )
     p.set_defaults(run=run_score)
 
 
 def run_score(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from ..evaluation.score import ScoreConfig, Scorer, score_results
-    from ..evaluation.tables import markdown_table
+    from ..evaluation.score import ScoreConfig, Scorer, check_results, score_results
 
-    config = ScoreConfig(aesthetic_head=args.aesthetic_head, clip_model=args.clip_model, dino_model=args.dino_model,
-                         iqa_model=args.iqa_model, aesthetic_model=args.aesthetic_model, identity=args.identity)  # fmt: skip
+    for directory in args.results:
+        check_results(directory)
+    config = ScoreConfig(
+        aesthetic_head=args.aesthetic_head,
+        clip_model=args.clip_model,
+        dino_model=args.dino_model,
+        iqa_model=args.iqa_model,
+        aesthetic_model=args.aesthetic_model,
+        identity=args.identity,
+    )
     scorer = Scorer(config, PartialState().device)
     for directory in args.results:
         score_results(directory, scorer)
@@ -129,11 +198,14 @@ def _register_rank(commands) -> None:
     p = commands.add_parser(
         "rank",
         help="the mRank table of results directories and published numbers",
-        description="Rank every method (each dial value of a results directory is one entry) on each of the five "
+        description="Rank every method (each dial value of a results directory is one entry) on each of the "
+        "five "
         "metrics, 1 = best, ties sharing their mean rank, and average: mRank (method.md §5). CSV inputs hold "
         "published numbers: columns method,CLIP-T,CLIP-I,DINO-I,CLIP-IQA,Aesthetic.",
     )
-    p.add_argument("inputs", nargs="+", help="scored results directories and/or CSV files of published numbers")
+    p.add_argument(
+        "inputs", nargs="+", help="scored results directories and/or CSV files of published numbers"
+    )
     p.add_argument("--out", help="directory for mrank.csv and mrank.md (default: beside the first input)")
     p.set_defaults(run=run_rank)
 
@@ -150,7 +222,8 @@ def _register_curve(commands) -> None:
     p = commands.add_parser(
         "curve",
         help="identity vs prompt fidelity over the dial, and how smoothly each method moves",
-        description="Plot DINO-I and CLIP-I against CLIP-T, one labelled point per preservation value or scale "
+        description="Plot DINO-I and CLIP-I against CLIP-T, one labelled point per preservation value or "
+        "scale "
         "(tradeoff.png/.svg), and the largest jump between neighbouring dial values as a share of the range "
         "covered (smoothness.png/.svg; needs 3+ dial values). Numbers in tradeoff.csv.",
     )
@@ -165,4 +238,3 @@ def run_curve(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.results[0]).resolve().parent
     print(curve_figures(args.results, out))
     return 0
-

@@ -6,5 +6,15 @@ from .metrics import METRICS
 from .rank import mrank
 from .score import ScoreConfig, Scorer, score_results
 
-__all__ = ["METRICS", "Benchmark", "Case", "GenerationConfig", "ScoreConfig", "Scorer", "generate",
-           "load_benchmark", "mrank", "score_results"]  # fmt: skip
+__all__ = [
+    "METRICS",
+    "Benchmark",
+    "Case",
+    "GenerationConfig",
+    "ScoreConfig",
+    "Scorer",
+    "generate",
+    "load_benchmark",
+    "mrank",
+    "score_results",
+]

@@ -49,15 +49,18 @@ class AestheticHead(nn.Module):
         """Load a head strictly (every key and shape) from .safetensors, or from LAION's own .pth file."""
         path = Path(path)
         if not path.is_file():
-            raise FlexIPError(f"aesthetic head {path} does not exist; give the LAION head file "
-                              "(sac+logos+ava1-l14-linearMSE.pth) or a safetensors copy of it")  # fmt: skip
+            raise FlexIPError(
+                f"aesthetic head {path} does not exist; give the LAION head file "
+                "(sac+logos+ava1-l14-linearMSE.pth) or a safetensors copy of it"
+            )
         if path.suffix == ".safetensors":
             state_dict = load_file(path)
         else:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest != KNOWN_PTH_SHA256:
                 raise FlexIPError(
-                    f"{path} is not LAION's sac+logos+ava1-l14-linearMSE.pth (sha256 {digest}); pickled files are "
+                    f"{path} is not LAION's sac+logos+ava1-l14-linearMSE.pth (sha256 {digest}); pickled "
+                    f"files are "
                     "read only for that known head: save your head's state dict as .safetensors instead"
                 )
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
@@ -67,5 +70,7 @@ class AestheticHead(nn.Module):
         try:
             head.load_state_dict(state_dict, strict=True)
         except RuntimeError as e:
-            raise FlexIPError(f"{path}: the tensors do not match the aesthetic head's architecture: {e}") from e
+            raise FlexIPError(
+                f"{path}: the tensors do not match the aesthetic head's architecture: {e}"
+            ) from e
         return head.eval().requires_grad_(False)

@@ -50,12 +50,15 @@ def _images_in(directory: Path) -> list[Path]:
 
 
 def load_dreambench(root: str | os.PathLike, reference_image: str = "00.jpg") -> Benchmark:
-    """The DreamBooth dataset: images/<subject>/NN.jpg and prompts.json (classes, live_subjects, prompt lists)."""
+    """The DreamBooth dataset: images/<subject>/NN.jpg and prompts.json (classes, live_subjects, prompt
+    lists)."""
     root = Path(root).resolve()
     prompts_file = root / "prompts.json"
     if not prompts_file.is_file():
-        raise FlexIPError(f"{root} is not a DreamBench copy: {prompts_file.name} is missing "
-                          "(expected images/<subject>/NN.jpg and prompts.json)")  # fmt: skip
+        raise FlexIPError(
+            f"{root} is not a DreamBench copy: {prompts_file.name} is missing "
+            "(expected images/<subject>/NN.jpg and prompts.json)"
+        )
     spec = json.loads(prompts_file.read_text())
     live = set(spec["live_subjects"])
     cases = []
@@ -63,14 +66,24 @@ def load_dreambench(root: str | os.PathLike, reference_image: str = "00.jpg") ->
         real_images = _images_in(root / "images" / subject)
         reference = root / "images" / subject / reference_image
         if reference not in real_images:
-            raise FlexIPError(f"{reference} does not exist; pick --reference-image among "
-                              f"{[path.name for path in real_images]}")  # fmt: skip
+            raise FlexIPError(
+                f"{reference} does not exist; pick --reference-image among "
+                f"{[path.name for path in real_images]}"
+            )
         templates = spec["live_subject_prompts"] if subject in live else spec["object_prompts"]
         for index, template in enumerate(templates):
             # Zero-shot methods have no unique token: drop it and the space it leaves.
             prompt = re.sub(r"\s+", " ", template.format(unique_token="", class_token=class_token)).strip()
-            cases.append(Case(subject, "live" if subject in live else "object", index, prompt, str(reference),
-                              tuple(str(path) for path in real_images)))  # fmt: skip
+            cases.append(
+                Case(
+                    subject,
+                    "live" if subject in live else "object",
+                    index,
+                    prompt,
+                    str(reference),
+                    tuple(str(path) for path in real_images),
+                )
+            )
     protocol = {
         "reference": f"images/<subject>/{reference_image}",
         "prompts": "DreamBench prompt lists with the unique token dropped: 'a {class_token} ...'",
@@ -83,8 +96,10 @@ def load_dreambench_plus(root: str | os.PathLike) -> Benchmark:
     one prompt per line). Subject ids are `<category>_<NN>`."""
     root = Path(root).resolve()
     if not (root / "images").is_dir() or not (root / "captions").is_dir():
-        raise FlexIPError(f"{root} is not a DreamBench++ copy: expected images/<category>/NN.jpg and "
-                          "captions/<category>/NN.txt")  # fmt: skip
+        raise FlexIPError(
+            f"{root} is not a DreamBench++ copy: expected images/<category>/NN.jpg and "
+            "captions/<category>/NN.txt"
+        )
     cases = []
     for category_dir in sorted(path for path in (root / "images").iterdir() if path.is_dir()):
         for image in _images_in(category_dir):
@@ -95,7 +110,10 @@ def load_dreambench_plus(root: str | os.PathLike) -> Benchmark:
             subject = f"{category_dir.name}_{image.stem}"
             for index, prompt in enumerate(lines[1:]):
                 cases.append(Case(subject, category_dir.name, index, prompt, str(image), (str(image),)))
-    protocol = {"reference": "images/<category>/<NN>.jpg (the only image)", "prompts": "captions lines 2.. as written"}
+    protocol = {
+        "reference": "images/<category>/<NN>.jpg (the only image)",
+        "prompts": "captions lines 2.. as written",
+    }
     return Benchmark("dreambench++", {"data": str(root), **protocol}, tuple(cases))
 
 
@@ -115,7 +133,9 @@ def load_jsonl(path: str | os.PathLike) -> Benchmark:
             raise FlexIPError(f"{path}:{number}: not valid JSON: {e}") from e
         missing = {"subject", "reference", "prompt"} - set(row)
         if missing:
-            raise FlexIPError(f"{path}:{number}: missing {sorted(missing)}; each line needs subject, reference, prompt")
+            raise FlexIPError(
+                f"{path}:{number}: missing {sorted(missing)}; each line needs subject, reference, prompt"
+            )
         reference = (path.parent / row["reference"]).resolve()
         if not reference.is_file():
             raise FlexIPError(f"{path}:{number}: reference image {reference} does not exist")
@@ -139,7 +159,8 @@ def load_benchmark(
     max_prompts: int | None = None,
     reference_image: str | None = None,
 ) -> Benchmark:
-    """Load a benchmark and keep a subset: the subjects named (in their order) and the first prompts of each."""
+    """Load a benchmark and keep a subset: the subjects named (in their order) and the first prompts of
+    each."""
     if name not in BENCHMARKS:
         raise FlexIPError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     if reference_image is not None and name != "dreambench":
@@ -156,10 +177,14 @@ def load_benchmark(
     if subjects:
         unknown = [subject for subject in subjects if subject not in known]
         if unknown:
-            raise FlexIPError(f"{benchmark.name} has no subject {', '.join(unknown)}; it has: {', '.join(known)}")
+            raise FlexIPError(
+                f"{benchmark.name} has no subject {', '.join(unknown)}; it has: {', '.join(known)}"
+            )
     else:
         subjects = known
-    by_subject = {subject: [case for case in benchmark.cases if case.subject == subject] for subject in subjects}
+    by_subject = {
+        subject: [case for case in benchmark.cases if case.subject == subject] for subject in subjects
+    }
     cases = tuple(case for subject in subjects for case in by_subject[subject][:max_prompts])
     protocol = {**benchmark.protocol, "subjects": subjects, "max_prompts": max_prompts}
     return Benchmark(benchmark.name, protocol, cases)

@@ -1,9 +1,11 @@
 """The trade-off curve (method.md §2.4, §5): identity (DINO-I, CLIP-I) against prompt fidelity (CLIP-T) as the
-dial moves, one labelled point per preservation value or scale, and how smoothly each method moves along it."""
+dial moves, one labelled point per preservation value or scale, and how smoothly each method moves along
+it."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +38,15 @@ def largest_jump_share(values: list[float]) -> float:
     span = max(values) - min(values)
     if span == 0:
         return 0.0
-    return max(abs(b - a) for a, b in zip(values, values[1:])) / span
+    return max(abs(b - a) for a, b in itertools.pairwise(values)) / span
 
 
 def smoothness(series: Series) -> dict[str, float]:
-    """{metric: largest_jump_share} over the curve metrics; needs three or more dial values to mean anything."""
-    return {metric: largest_jump_share([point[metric] for point in series.metrics]) for metric in CURVE_METRICS}
+    """{metric: largest_jump_share} over the curve metrics; needs three or more dial values to mean
+    anything."""
+    return {
+        metric: largest_jump_share([point[metric] for point in series.metrics]) for metric in CURVE_METRICS
+    }
 
 
 def _save(figure: Figure, stem: Path) -> list[Path]:
@@ -49,8 +54,13 @@ def _save(figure: Figure, stem: Path) -> list[Path]:
     for suffix in (".png", ".svg"):
         buffer = io.BytesIO()
         # No date in the SVG, so that the same numbers always give the same file.
-        figure.savefig(buffer, format=suffix[1:], dpi=150, bbox_inches="tight",
-                       metadata={"Date": None} if suffix == ".svg" else None)  # fmt: skip
+        figure.savefig(
+            buffer,
+            format=suffix[1:],
+            dpi=150,
+            bbox_inches="tight",
+            metadata={"Date": None} if suffix == ".svg" else None,
+        )
         atomic_write_bytes(stem.with_suffix(suffix), buffer.getvalue())
         paths.append(stem.with_suffix(suffix))
     return paths
@@ -67,8 +77,14 @@ def plot_curves(series: list[Series], stem: str | os.PathLike) -> list[Path]:
             (line,) = ax.plot(x, y, marker="o", label=item.label)
             for dial, x_value, y_value in zip(item.dials, x, y):
                 if dial is not None:
-                    ax.annotate(f"{dial:g}", (x_value, y_value), textcoords="offset points", xytext=(4, 4),
-                                fontsize=8, color=line.get_color())  # fmt: skip
+                    ax.annotate(
+                        f"{dial:g}",
+                        (x_value, y_value),
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize=8,
+                        color=line.get_color(),
+                    )
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.ticklabel_format(useOffset=False)
         ax.set_xlabel("CLIP-T (prompt fidelity)")
@@ -79,7 +95,9 @@ def plot_curves(series: list[Series], stem: str | os.PathLike) -> list[Path]:
     return _save(figure, Path(stem))
 
 
-def plot_smoothness(shares: dict[str, dict[str, float]], steps: dict[str, int], stem: str | os.PathLike) -> list[Path]:
+def plot_smoothness(
+    shares: dict[str, dict[str, float]], steps: dict[str, int], stem: str | os.PathLike
+) -> list[Path]:
     """Bars of the largest-jump share per method and metric, with each method's even-steps floor 1/(n-1)."""
     figure = Figure(figsize=(max(5.0, 2.2 * len(shares)), 4.2), layout="constrained")
     ax = figure.subplots()

@@ -28,8 +28,8 @@ def dino_transform(image: Image.Image, crop_size: int = 224, resize: int = 256) 
     else:
         new_width, new_height = int(resize * width / height), resize
     image = image.resize((new_width, new_height), Image.BICUBIC)
-    left = int(round((new_width - crop_size) / 2.0))
-    top = int(round((new_height - crop_size) / 2.0))
+    left = round((new_width - crop_size) / 2.0)
+    top = round((new_height - crop_size) / 2.0)
     image = image.crop((left, top, left + crop_size, top + crop_size))
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -41,7 +41,9 @@ def _load(loader, name: str, what: str, **kwargs):
     try:
         return loader(name, **kwargs)
     except OSError as e:
-        raise FlexIPError(f"could not load the {what} {name!r}: {e}; give a hub id or a local model directory") from e
+        raise FlexIPError(
+            f"could not load the {what} {name!r}: {e}; give a hub id or a local model directory"
+        ) from e
 
 
 def _pooled(output) -> torch.Tensor:
@@ -93,12 +95,19 @@ class ClipFeatures:
     def image_embeds(self, images: list[Image.Image]) -> torch.Tensor:
         """RGB images -> (batch, projection_dim) float32 embeddings on the CPU."""
         param = next(self.model.parameters())
-        pixels = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
-        return _pooled(self.model.get_image_features(pixel_values=pixels.to(param.device, param.dtype))).float().cpu()
+        pixels = self.processor(images=[image.convert("RGB") for image in images], return_tensors="pt")[
+            "pixel_values"
+        ]
+        return (
+            _pooled(self.model.get_image_features(pixel_values=pixels.to(param.device, param.dtype)))
+            .float()
+            .cpu()
+        )
 
     @torch.no_grad()
     def text_embeds(self, texts: list[str]) -> torch.Tensor:
-        """Prompts -> (batch, projection_dim) float32 embeddings on the CPU (truncated to the model's length)."""
+        """Prompts -> (batch, projection_dim) float32 embeddings on the CPU (truncated to the model's
+        length)."""
         device = next(self.model.parameters()).device
         tokens = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
         output = self.model.get_text_features(

@@ -37,7 +37,7 @@ class GenerationConfig:
     base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id or diffusers directory
     adapter: str | None = None  # flexip: the adapter directory
     preservation: tuple[float, ...] = (0.5,)  # flexip: the dial values, each one image per seed
-    scale: tuple[float, ...] = (1.0,)  # flexip: the adapters' strength s (one value); ip-adapter: the dial values
+    scale: tuple[float, ...] = (1.0,)  # flexip: the adapters' strength s (one value); ip-adapter: the dial
     ip_adapter: str | None = None  # ip-adapter: hub id or directory, as `load_ip_adapter` takes it
     ip_adapter_subfolder: str = "models"
     ip_adapter_weight: str = "ip-adapter_sd15.safetensors"
@@ -54,13 +54,18 @@ class GenerationConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise FlexIPError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
-        needs = {"flexip": ("adapter", "--adapter"), "ip-adapter": ("ip_adapter", "--ip-adapter"),
-                 "folder": ("images", "--images")}  # fmt: skip
+        needs = {
+            "flexip": ("adapter", "--adapter"),
+            "ip-adapter": ("ip_adapter", "--ip-adapter"),
+            "folder": ("images", "--images"),
+        }
         if self.method in needs and getattr(self, needs[self.method][0]) is None:
             raise FlexIPError(f"--method {self.method} needs {needs[self.method][1]}")
         if self.method == "flexip" and len(self.scale) != 1:
-            raise FlexIPError(f"--method flexip takes one --scale (the adapters' strength), got {list(self.scale)}; "
-                              "its dial is --preservation")  # fmt: skip
+            raise FlexIPError(
+                f"--method flexip takes one --scale (the adapters' strength), got {list(self.scale)}; "
+                "its dial is --preservation"
+            )
         if any(not 0 <= value <= 1 for value in self.preservation):
             raise FlexIPError(f"--preservation values must lie in [0, 1], got {list(self.preservation)}")
         if any(value < 0 for value in self.scale):
@@ -80,12 +85,18 @@ class GenerationConfig:
 
     def settings(self) -> dict:
         """What generation.json records: only what this method uses, plus the derived dial."""
-        used = {"flexip": {"adapter", "preservation", "scale"}, "ip-adapter": {"ip_adapter", "ip_adapter_subfolder",
-                "ip_adapter_weight", "scale"}, "sd": set(), "folder": {"images"}}[self.method]  # fmt: skip
+        used = {
+            "flexip": {"adapter", "preservation", "scale"},
+            "ip-adapter": {"ip_adapter", "ip_adapter_subfolder", "ip_adapter_weight", "scale"},
+            "sd": set(),
+            "folder": {"images"},
+        }[self.method]
         generated = {"base", "seeds", "steps", "guidance", "dtype", "scheduler", "safety_checker"}
         keep = used | (generated if self.method != "folder" else set())
         settings = {key: value for key, value in asdict(self).items() if key in keep}
-        settings = {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
+        settings = {
+            key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()
+        }
         return {"method": self.method, **settings, "dial_name": self.dial_name}
 
 
@@ -113,23 +124,31 @@ def plan(config: GenerationConfig, benchmark: Benchmark) -> list[Unit]:
                 units.append(Unit(case, None, (_planned(case, image, source.stem, None),), source))
             continue
         for seed in range(config.seeds):
-            images = tuple(_planned(case, f"images/{_variant(config, dial)}/{case.subject}/{case.prompt_index:02d}/"
-                                    f"{seed}.png", str(seed), dial) for dial in config.dials)  # fmt: skip
+            images = tuple(
+                _planned(
+                    case,
+                    f"images/{_variant(config, dial)}/{case.subject}/{case.prompt_index:02d}/{seed}.png",
+                    str(seed),
+                    dial,
+                )
+                for dial in config.dials
+            )
             units.append(Unit(case, seed, images))
     return units
 
 
 def _planned(case: Case, image: str, sample: str, dial: float | None) -> PlannedImage:
-    return PlannedImage(image, case.subject, case.category, case.prompt_index, case.prompt, case.reference,
-                        case.real_images, sample, dial)  # fmt: skip
+    return PlannedImage(image=image, sample=sample, dial=dial, **asdict(case))
 
 
 def _folder_images(root: str, case: Case) -> list[Path]:
     directory = Path(root) / case.subject / f"{case.prompt_index:02d}"
     found = sorted(path for path in directory.glob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
-        raise FlexIPError(f"--images {root}: no images for subject {case.subject}, prompt {case.prompt_index} "
-                          f"({case.prompt!r}); expected {directory}/<name>.png")  # fmt: skip
+        raise FlexIPError(
+            f"--images {root}: no images for subject {case.subject}, prompt {case.prompt_index} "
+            f"({case.prompt!r}); expected {directory}/<name>.png"
+        )
     return found
 
 
@@ -138,20 +157,32 @@ def _check_resume(out: Path, settings: dict) -> None:
     if not (out / GENERATION_FILE).is_file():
         return
     previous, _ = read_generation(out)
-    changed = sorted(key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key))
+    changed = sorted(
+        key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key)
+    )
     if changed:
-        details = "; ".join(f"{key}: {previous.get(key)!r} before, {settings.get(key)!r} now" for key in changed)
-        raise FlexIPError(f"{out} holds results made with other settings ({details}); give a new --out, or the "
-                          "same settings to resume")  # fmt: skip
+        details = "; ".join(
+            f"{key}: {previous.get(key)!r} before, {settings.get(key)!r} now" for key in changed
+        )
+        raise FlexIPError(
+            f"{out} holds results made with other settings ({details}); give a new --out, or the "
+            "same settings to resume"
+        )
 
 
 def generate(config: GenerationConfig, benchmark: Benchmark, out: str | os.PathLike) -> int:
     """Make (or finish making) every image of `config` on `benchmark` under `out`; returns how many this
     process made. Run it in every process of an accelerate launch: the work is shared between them."""
     out = Path(out)
-    state = PartialState()
-    settings = {"format_version": 1, "label": out.resolve().name, **config.settings(),
-                "benchmark": {"name": benchmark.name, **benchmark.protocol}, "flexip_version": __version__}  # fmt: skip
+    # accelerate spreads processes without a GPU (over gloo) only when told they are CPU processes.
+    state = PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    settings = {
+        "format_version": 1,
+        "label": out.resolve().name,
+        **config.settings(),
+        "benchmark": {"name": benchmark.name, **benchmark.protocol},
+        "flexip_version": __version__,
+    }
     units = plan(config, benchmark)
     _check_resume(out, settings)  # every process checks, so that none waits for a main process that failed
     if state.is_main_process:
@@ -163,7 +194,9 @@ def generate(config: GenerationConfig, benchmark: Benchmark, out: str | os.PathL
     with state.split_between_processes(todo) as mine:
         if mine:
             make = _copy if config.method == "folder" else _image_maker(config, state.device)
-            for unit in tqdm(mine, desc=f"generating {out.name}", unit="prompt", disable=not state.is_local_main_process):
+            for unit in tqdm(
+                mine, desc=f"generating {out.name}", unit="prompt", disable=not state.is_local_main_process
+            ):
                 for image, picture in zip(unit.images, make(unit)):
                     if not (out / image.image).is_file():  # images already there are kept as they are
                         _save(picture, out / image.image)
@@ -197,16 +230,22 @@ def _image_maker(config: GenerationConfig, device: torch.device) -> Callable[[Un
         try:
             pipe = StableDiffusionPipeline.from_pretrained(config.base, torch_dtype=dtype)
         except (OSError, ValueError) as e:
-            raise FlexIPError(f"cannot load a Stable Diffusion base model from {config.base!r}: "
-                              f"{str(e).splitlines()[0]}") from e  # fmt: skip
+            raise FlexIPError(
+                f"cannot load a Stable Diffusion base model from {config.base!r}: {str(e).splitlines()[0]}"
+            ) from e
         if config.method == "ip-adapter":
             try:
-                pipe.load_ip_adapter(config.ip_adapter, subfolder=config.ip_adapter_subfolder,
-                                     weight_name=config.ip_adapter_weight)  # fmt: skip
+                pipe.load_ip_adapter(
+                    config.ip_adapter,
+                    subfolder=config.ip_adapter_subfolder,
+                    weight_name=config.ip_adapter_weight,
+                )
             except (OSError, ValueError) as e:
-                raise FlexIPError(f"cannot load the IP-Adapter {config.ip_adapter!r} (subfolder "
-                                  f"{config.ip_adapter_subfolder!r}, weight {config.ip_adapter_weight!r}): "
-                                  f"{str(e).splitlines()[0]}") from e  # fmt: skip
+                raise FlexIPError(
+                    f"cannot load the IP-Adapter {config.ip_adapter!r} (subfolder "
+                    f"{config.ip_adapter_subfolder!r}, weight {config.ip_adapter_weight!r}): "
+                    f"{str(e).splitlines()[0]}"
+                ) from e
     pipe.safety_checker = None
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.to(device)
@@ -229,14 +268,22 @@ def _image_maker(config: GenerationConfig, device: torch.device) -> Callable[[Un
 
         prompt = unit.case.prompt
         if config.method == "flexip":
-            return pipe(prompt, reference=reference(unit.case.reference), preservation=list(config.preservation),
-                        scale=config.scale[0], generator=noise(), **common).images  # fmt: skip
+            return pipe(
+                prompt,
+                reference=reference(unit.case.reference),
+                preservation=list(config.preservation),
+                scale=config.scale[0],
+                generator=noise(),
+                **common,
+            ).images
         if config.method == "sd":
             return pipe(prompt, generator=noise(), **common).images
         images = []
         for scale in config.scale:  # diffusers' IP-Adapter scale is one value per call
             pipe.set_ip_adapter_scale(scale)
-            images += pipe(prompt, ip_adapter_image=reference(unit.case.reference), generator=noise(), **common).images
+            images += pipe(
+                prompt, ip_adapter_image=reference(unit.case.reference), generator=noise(), **common
+            ).images
         return images
 
     return make

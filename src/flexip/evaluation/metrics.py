@@ -1,4 +1,5 @@
-"""The five image metrics of method.md §5 as pure tensor maths on features (ecosystem.md gives the definitions).
+"""The five image metrics of method.md §5 as pure tensor maths on features (ecosystem.md gives the
+definitions).
 
 Feature extractors (extractors.py, aesthetic.py) turn images and prompts into the tensors taken here, so the
 maths can be tested on hand-built features and the backbones swapped without touching it.
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 # The metric names, in the column order of the paper's Table 1; every metric is "higher is better".
 METRICS = ("CLIP-T", "CLIP-I", "DINO-I", "CLIP-IQA", "Aesthetic")
 
-# CLIP-IQA's antonym pair for overall quality (Wang et al. 2023, "Exploring CLIP for assessing the look and feel
+# CLIP-IQA's antonym pair for overall quality (Wang et al. 2023, "Exploring CLIP for assessing the look and
+# feel
 # of images"), as torchmetrics' CLIPImageQualityAssessment spells it.
 CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
 
@@ -23,9 +25,9 @@ CLIP_LOGIT_SCALE = 100.0
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise cosine of (batch, dim) features: DINO-I, CLIP-I and CLIP-T are all this.
 
-    DINO-I: DINO [CLS] of generated vs reference image; CLIP-I: CLIP image embeddings of generated vs reference;
-    CLIP-T: CLIP image embedding of the generated image vs the prompt's text embedding. Raw cosines in [-1, 1],
-    never clamped per sample (torchmetrics' CLIPScore is 100 * max(mean cosine, 0)).
+    DINO-I: DINO [CLS] of generated vs reference image; CLIP-I: CLIP image embeddings of generated vs
+    reference; CLIP-T: CLIP image embedding of the generated image vs the prompt's text embedding. Raw cosines
+    in [-1, 1], never clamped per sample (torchmetrics' CLIPScore is 100 * max(mean cosine, 0)).
     """
     return (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(dim=-1)
 

@@ -1,4 +1,5 @@
-"""mRank (method.md §5): rank the methods compared on each metric (1 = best), then average over the metrics."""
+"""mRank (method.md §5): rank the methods compared on each metric (1 = best), then average over the
+metrics."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from .metrics import METRICS
 
 def ranks(values: list[float]) -> list[float]:
     """Rank of each value, 1 for the highest; tied values share the mean of the ranks they span."""
-    return [sum(other > value for other in values) + (sum(other == value for other in values) + 1) / 2
-            for value in values]  # fmt: skip
+    return [
+        sum(other > value for other in values) + (sum(other == value for other in values) + 1) / 2
+        for value in values
+    ]
 
 
 def mrank(table: dict[str, dict[str, float]], metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
@@ -39,7 +42,9 @@ def read_published_csv(path: str | os.PathLike) -> dict[str, dict[str, float]]:
         reader = csv.DictReader(f)
         missing = {"method", *METRICS} - set(reader.fieldnames or ())
         if missing:
-            raise FlexIPError(f"{path}: missing columns {sorted(missing)}; expected method,{','.join(METRICS)}")
+            raise FlexIPError(
+                f"{path}: missing columns {sorted(missing)}; expected method,{','.join(METRICS)}"
+            )
         table = {}
         for number, row in enumerate(reader, start=2):
             try:

@@ -1,10 +1,11 @@
-"""A results directory: what `flexip eval generate` writes and `score`, `rank` and `curve` read (docs/formats.md).
+"""A results directory: what `flexip eval generate` writes and `score`, `rank` and `curve` read
+(docs/formats.md).
 
-    generation.json   every generation setting, the benchmark protocol and the label of the method
-    manifest.jsonl    one line per image the method makes: where it goes and what it shows
-    images/<variant>/<subject>/<NN>/<sample>.png
-    scores.jsonl      per-image metrics (`flexip eval score`)
-    summary.csv/.md   metric means per dial value and subject category
+generation.json   every generation setting, the benchmark protocol and the label of the method
+manifest.jsonl    one line per image the method makes: where it goes and what it shows
+images/<variant>/<subject>/<NN>/<sample>.png
+scores.jsonl      per-image metrics (`flexip eval score`)
+summary.csv/.md   metric means per dial value and subject category
 """
 
 from __future__ import annotations
@@ -52,18 +53,25 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def write_manifest(directory: Path, images: list[PlannedImage]) -> None:
-    write_jsonl(directory / MANIFEST_FILE, [{**asdict(image), "real_images": list(image.real_images)} for image in images])
+    write_jsonl(
+        directory / MANIFEST_FILE,
+        [{**asdict(image), "real_images": list(image.real_images)} for image in images],
+    )
 
 
 def read_generation(directory: str | os.PathLike) -> tuple[dict, list[PlannedImage]]:
     """The generation settings and the manifest of a results directory."""
     directory = Path(directory)
     if not (directory / GENERATION_FILE).is_file() or not (directory / MANIFEST_FILE).is_file():
-        raise FlexIPError(f"{directory} is not a results directory ({GENERATION_FILE} or {MANIFEST_FILE} is "
-                          "missing); make one with `flexip eval generate --out DIR`")  # fmt: skip
+        raise FlexIPError(
+            f"{directory} is not a results directory ({GENERATION_FILE} or {MANIFEST_FILE} is "
+            "missing); make one with `flexip eval generate --out DIR`"
+        )
     settings = json.loads((directory / GENERATION_FILE).read_text())
-    images = [PlannedImage(**{**row, "real_images": tuple(row["real_images"])})
-              for row in read_jsonl(directory / MANIFEST_FILE)]  # fmt: skip
+    images = [
+        PlannedImage(**{**row, "real_images": tuple(row["real_images"])})
+        for row in read_jsonl(directory / MANIFEST_FILE)
+    ]
     return settings, images
 
 

@@ -1,4 +1,4 @@
-"""Scoring a results directory: per-image metrics (scores.jsonl) and their means (summary.csv / summary.md)."""
+"""Scoring a results directory: per-image metrics (scores.jsonl) and their means (summary.csv, .md)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _open(path: str | os.PathLike) -> Image.Image:
 
 
 class Scorer:
-    """Holds the extractors (each CLIP loaded once however many metrics use it) and caches real-image features."""
+    """The extractors (each CLIP loaded once, however many metrics use it) and the real images' features."""
 
     def __init__(self, config: ScoreConfig, device: torch.device | str = "cpu"):
         self.config = config
@@ -56,14 +56,17 @@ class Scorer:
         for name in (config.clip_model, config.iqa_model, config.aesthetic_model):
             if name not in clips:
                 clips[name] = ClipFeatures.from_pretrained(name, device)
-        self.clip, self.iqa, self.aesthetic_clip = (clips[config.clip_model], clips[config.iqa_model],
-                                                    clips[config.aesthetic_model])  # fmt: skip
+        self.clip, self.iqa, self.aesthetic_clip = (
+            clips[config.clip_model],
+            clips[config.iqa_model],
+            clips[config.aesthetic_model],
+        )
         self.dino = DinoFeatures.from_pretrained(config.dino_model, device)
         self.aesthetic = AestheticHead.from_file(config.aesthetic_head)
         if self.aesthetic.embed_dim != self.aesthetic_clip.model.config.projection_dim:
             raise FlexIPError(
-                f"the aesthetic head {config.aesthetic_head} reads {self.aesthetic.embed_dim}-d embeddings but "
-                f"{config.aesthetic_model} gives {self.aesthetic_clip.model.config.projection_dim}-d ones; "
+                f"the aesthetic head {config.aesthetic_head} reads {self.aesthetic.embed_dim}-d embeddings "
+                f"but {config.aesthetic_model} gives {self.aesthetic_clip.model.config.projection_dim}-d ones; "
                 "use --aesthetic-model openai/clip-vit-large-patch14 with the LAION head"
             )
         self.anchors = self.iqa.text_embeds(list(metrics.CLIP_IQA_PROMPTS))
@@ -89,73 +92,110 @@ class Scorer:
             dino_i = metrics.cosine_similarity(dino, dino_real)
         else:  # the DreamBooth convention: the mean over all of the subject's real images
             pairs = [self._real_features(list(item.real_images)) for item in planned]
-            clip_i = torch.stack([metrics.mean_cosine_similarity(c[None], real[None])[0]
-                                  for c, (real, _) in zip(clip, pairs)])  # fmt: skip
-            dino_i = torch.stack([metrics.mean_cosine_similarity(d[None], real[None])[0]
-                                  for d, (_, real) in zip(dino, pairs)])  # fmt: skip
+            clip_i = torch.stack(
+                [metrics.mean_cosine_similarity(c[None], real[None])[0] for c, (real, _) in zip(clip, pairs)]
+            )
+            dino_i = torch.stack(
+                [metrics.mean_cosine_similarity(d[None], real[None])[0] for d, (_, real) in zip(dino, pairs)]
+            )
         iqa = metrics.clip_iqa(clip if self.iqa is self.clip else self.iqa.image_embeds(images), self.anchors)
-        aesthetic_embeds = clip if self.aesthetic_clip is self.clip else self.aesthetic_clip.image_embeds(images)
+        aesthetic_embeds = (
+            clip if self.aesthetic_clip is self.clip else self.aesthetic_clip.image_embeds(images)
+        )
         with torch.no_grad():
             aesthetic = self.aesthetic(aesthetic_embeds)
-        columns = {"CLIP-T": metrics.cosine_similarity(clip, text), "CLIP-I": clip_i, "DINO-I": dino_i,
-                   "CLIP-IQA": iqa, "Aesthetic": aesthetic}  # fmt: skip
+        columns = {
+            "CLIP-T": metrics.cosine_similarity(clip, text),
+            "CLIP-I": clip_i,
+            "DINO-I": dino_i,
+            "CLIP-IQA": iqa,
+            "Aesthetic": aesthetic,
+        }
         return [{name: float(values[i]) for name, values in columns.items()} for i in range(len(images))]
+
+
+def check_results(directory: str | os.PathLike) -> tuple[dict, list[PlannedImage]]:
+    """The settings and images of a complete results directory (checked before any model is loaded)."""
+    settings, planned = read_generation(directory)
+    missing = [item.image for item in planned if not (Path(directory) / item.image).is_file()]
+    if missing:
+        raise FlexIPError(
+            f"{directory}: {len(missing)} of {len(planned)} images are missing (first: {missing[0]}); "
+            "run the same `flexip eval generate` again to finish them"
+        )
+    return settings, planned
 
 
 def score_results(directory: str | os.PathLike, scorer: Scorer) -> list[dict]:
     """Score every image of a results directory; writes scores.jsonl and summary.csv / summary.md."""
     directory = Path(directory)
-    settings, planned = read_generation(directory)
-    missing = [item.image for item in planned if not (directory / item.image).is_file()]
-    if missing:
-        raise FlexIPError(f"{directory}: {len(missing)} of {len(planned)} images are missing (first: {missing[0]}); "
-                          "run the same `flexip eval generate` again to finish them")  # fmt: skip
-    record = {"label": settings["label"], "method": settings["method"], "dial_name": settings["dial_name"],
-              "identity": scorer.config.identity, **_backbones(scorer.config)}  # fmt: skip
+    settings, planned = check_results(directory)
+    record = {
+        "label": settings["label"],
+        "method": settings["method"],
+        "dial_name": settings["dial_name"],
+        "benchmark": settings["benchmark"]["name"],
+        **asdict(scorer.config),
+    }
     rows = []
     for start in tqdm(range(0, len(planned), BATCH_SIZE), desc=f"scoring {directory.name}", unit="batch"):
         batch = planned[start : start + BATCH_SIZE]
         values = scorer.score([_open(directory / item.image) for item in batch], batch)
-        rows += [{**asdict(item), "real_images": list(item.real_images), **record, **value}
-                 for item, value in zip(batch, values)]  # fmt: skip
+        rows += [
+            {**asdict(item), "real_images": list(item.real_images), **record, **value}
+            for item, value in zip(batch, values)
+        ]
     write_jsonl(directory / SCORES_FILE, rows)
     write_summary(directory, rows, settings)
     return rows
 
 
-def _backbones(config: ScoreConfig) -> dict[str, str]:
-    return {key: value for key, value in asdict(config).items() if key != "identity"}
+# What every score row and summary row records about how it was measured.
+PROVENANCE = (
+    "benchmark",
+    "identity",
+    "clip_model",
+    "dino_model",
+    "iqa_model",
+    "aesthetic_model",
+    "aesthetic_head",
+)
+SUMMARY_HEADER = ["label", "dial_name", "dial", "category", "images", *metrics.METRICS, *PROVENANCE]
 
 
-SUMMARY_HEADER = ["label", "dial_name", "dial", "category", "images", *metrics.METRICS, "identity", "clip_model",
-                  "dino_model", "iqa_model", "aesthetic_model", "aesthetic_head", "benchmark"]  # fmt: skip
-
-
-def summarize(rows: list[dict], benchmark: str) -> list[list]:
+def summarize(rows: list[dict]) -> list[list]:
     """Metric means per dial value, over all subjects ("all") and per subject category."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["dial"], "all")].append(row)
         groups[(row["dial"], row["category"])].append(row)
+
+    def order(key: tuple) -> tuple:  # by dial value, "all" before the categories
+        dial, category = key
+        return (dial or 0.0, category != "all", category)
+
     table = []
-    for (dial, category), members in sorted(groups.items(), key=lambda item: (item[0][0] or 0.0, item[0][1] != "all", item[0][1])):
+    for (dial, category), members in sorted(groups.items(), key=lambda item: order(item[0])):
         first = members[0]
         means = [sum(member[metric] for member in members) / len(members) for metric in metrics.METRICS]
-        table.append([first["label"], first["dial_name"] or "", "" if dial is None else dial, category, len(members),
-                      *means, first["identity"], first["clip_model"], first["dino_model"], first["iqa_model"],
-                      first["aesthetic_model"], first["aesthetic_head"], benchmark])  # fmt: skip
+        dial_cells = [first["dial_name"] or "", "" if dial is None else dial]
+        provenance = [first[key] for key in PROVENANCE]
+        table.append([first["label"], *dial_cells, category, len(members), *means, *provenance])
     return table
 
 
 def write_summary(directory: Path, rows: list[dict], settings: dict) -> None:
-    table = summarize(rows, settings["benchmark"]["name"])
+    table = summarize(rows)
     write_csv(directory / f"{SUMMARY_FILE}.csv", SUMMARY_HEADER, table)
     first = rows[0]
+    compared = "the reference used" if first["identity"] == "reference" else "all real images of the subject"
     lines = [
         f"# {settings['label']} ({settings['method']}) on {settings['benchmark']['name']}\n",
-        f"Identity compared with: {first['identity']} ({'the reference used' if first['identity'] == 'reference' else 'all real images of the subject'}).",
-        f"Backbones: CLIP-I/CLIP-T `{first['clip_model']}`, DINO-I `{first['dino_model']}`, CLIP-IQA "
-        f"`{first['iqa_model']}`, Aesthetic `{first['aesthetic_model']}` + `{first['aesthetic_head']}`.\n",
+        f"Identity compared with: {first['identity']} ({compared}).",
+        (
+            f"Backbones: CLIP-I/CLIP-T `{first['clip_model']}`, DINO-I `{first['dino_model']}`, CLIP-IQA "
+            f"`{first['iqa_model']}`, Aesthetic `{first['aesthetic_model']}` + `{first['aesthetic_head']}`.\n"
+        ),
         markdown_table(SUMMARY_HEADER[:10], [row[:10] for row in table]),
     ]
     atomic_write_bytes(directory / f"{SUMMARY_FILE}.md", "\n".join(lines).encode())
