@@ -13,7 +13,7 @@ import sys
 from ..errors import FlexIPError
 
 # Modules of flexip.cli, in the order `flexip --help` lists their commands.
-COMMAND_MODULES = ["demo", "generate", "sweep", "tiny_models"]
+COMMAND_MODULES = ["demo", "generate", "sweep", "tiny_models", "eval", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
