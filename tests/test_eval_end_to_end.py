@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from flexip.cli import main
-
-generate_module = importlib.import_module("flexip.evaluation.generate")
 from flexip.tiny import save_tiny_eval_models, save_tiny_ip_adapter
+
+# The module itself: `flexip.evaluation` exports a function of the same name.
+generate_module = importlib.import_module("flexip.evaluation.generate")
 
 REPO = Path(__file__).resolve().parents[1]
 DREAMBENCH = REPO.parent / "shared" / "data" / "dreambench"
@@ -46,46 +47,16 @@ def kit(tmp_path_factory) -> Path:
 
 
 def generate(tiny_models, out: Path, *extra: str, subjects: str = SUBJECTS, prompts: str = "2") -> list[str]:
-    return [
-        "eval",
-        "generate",
-        "--data",
-        str(DREAMBENCH),
-        "--subjects",
-        subjects,
-        "--max-prompts",
-        prompts,
-        "--base",
-        str(tiny_models.base),
-        "--seeds",
-        "1",
-        "--steps",
-        "2",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return ["eval", "generate", "--data", str(DREAMBENCH), "--subjects", subjects, "--max-prompts", prompts,
+            "--base", str(tiny_models.base), "--seeds", "1", "--steps", "2", "--out", str(out),
+            *extra]  # fmt: skip
 
 
 def score(kit: Path, *results: Path, identity: str = "reference") -> list[str]:
     clip = str(kit / "clip")
-    return [
-        "eval",
-        "score",
-        *map(str, results),
-        "--clip-model",
-        clip,
-        "--iqa-model",
-        clip,
-        "--aesthetic-model",
-        clip,
-        "--dino-model",
-        str(kit / "dino"),
-        "--aesthetic-head",
-        str(kit / "aesthetic.safetensors"),
-        "--identity",
-        identity,
-    ]
+    return ["eval", "score", *map(str, results), "--clip-model", clip, "--iqa-model", clip,
+            "--aesthetic-model", clip, "--dino-model", str(kit / "dino"),
+            "--aesthetic-head", str(kit / "aesthetic.safetensors"), "--identity", identity]  # fmt: skip
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -99,61 +70,35 @@ def summary(directory: Path) -> list[dict]:
 
 def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, capsys):
     flexip, ip_adapter, sd, folder = (tmp_path / name for name in ("flexip", "ip-adapter", "sd", "folder"))
-    assert (
-        main(
-            generate(
-                tiny_models,
-                flexip,
-                "--method",
-                "flexip",
-                "--adapter",
-                str(tiny_models.adapter),
-                "--preservation",
-                "0.2,0.5,0.8",
-            )
-        )
-        == 0
-    )
-    assert (
-        main(
-            generate(
-                tiny_models,
-                ip_adapter,
-                "--method",
-                "ip-adapter",
-                "--ip-adapter",
-                str(kit / "ip-adapter"),
-                "--scale",
-                "0,1",
-            )
-        )
-        == 0
-    )
+    flexip_args = [
+        "--method",
+        "flexip",
+        "--adapter",
+        str(tiny_models.adapter),
+        "--preservation",
+        "0.2,0.5,0.8",
+    ]
+    assert main(generate(tiny_models, flexip, *flexip_args)) == 0
+    ip_adapter_args = ["--method", "ip-adapter", "--ip-adapter", str(kit / "ip-adapter"), "--scale", "0,1"]
+    assert main(generate(tiny_models, ip_adapter, *ip_adapter_args)) == 0
     assert main(generate(tiny_models, sd, "--method", "sd")) == 0
 
     # Every setting and the zero-shot protocol are recorded; every image is listed and present.
     settings = json.loads((flexip / "generation.json").read_text())
-    assert (
-        settings["preservation"] == [0.2, 0.5, 0.8]
-        and settings["steps"] == 2
-        and settings["label"] == "flexip"
-    )
-    assert (
-        settings["benchmark"]["subjects"] == ["bear_plushie", "dog"]
-        and settings["benchmark"]["max_prompts"] == 2
-    )
+    assert settings["preservation"] == [0.2, 0.5, 0.8] and settings["steps"] == 2
+    assert settings["label"] == "flexip" and settings["method"] == "flexip"
+    assert settings["benchmark"]["subjects"] == ["bear_plushie", "dog"]
+    assert settings["benchmark"]["max_prompts"] == 2
     assert settings["benchmark"]["reference"] == "images/<subject>/00.jpg"
     manifest = [json.loads(line) for line in (flexip / "manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == 2 * 2 * 3 and all((flexip / item["image"]).is_file() for item in manifest)
     assert manifest[0]["prompt"] == "a stuffed animal in the jungle"
 
     # IP-Adapter goes through diffusers' own load_ip_adapter: at scale 0 it is plain Stable Diffusion.
-    for subject, prompt in [("bear_plushie", "00"), ("dog", "01")]:
-        plain = pixels(sd / "images" / "sd" / subject / prompt / "0.png")
-        assert np.array_equal(pixels(ip_adapter / "images" / "scale-0" / subject / prompt / "0.png"), plain)
-        assert not np.array_equal(
-            pixels(ip_adapter / "images" / "scale-1" / subject / prompt / "0.png"), plain
-        )
+    for image in (Path("bear_plushie/00/0.png"), Path("dog/01/0.png")):
+        plain = pixels(sd / "images" / "sd" / image)
+        assert np.array_equal(pixels(ip_adapter / "images" / "scale-0" / image), plain)
+        assert not np.array_equal(pixels(ip_adapter / "images" / "scale-1" / image), plain)
 
     # Images made elsewhere, in a <subject>/<NN>/<name> folder, are taken in as a method of their own.
     for path in (sd / "images" / "sd").rglob("*.png"):
@@ -164,9 +109,8 @@ def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, 
         main(generate(tiny_models, folder, "--method", "folder", "--images", str(tmp_path / "elsewhere")))
         == 0
     )
-    assert (folder / "images" / "folder" / "dog" / "01" / "sample.png").read_bytes() == (
-        sd / "images" / "sd" / "dog" / "01" / "0.png"
-    ).read_bytes()
+    imported = (folder / "images" / "folder" / "dog" / "01" / "sample.png").read_bytes()
+    assert imported == (sd / "images" / "sd" / "dog" / "01" / "0.png").read_bytes()
 
     assert main(score(kit, flexip, ip_adapter, sd, folder)) == 0
     rows = [json.loads(line) for line in (flexip / "scores.jsonl").read_text().splitlines()]
@@ -190,34 +134,13 @@ def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, 
         "method,CLIP-T,CLIP-I,DINO-I,CLIP-IQA,Aesthetic\nIP-Adapter,0.209,0.855,0.728,0.581,5.594\n"
     )
     report = tmp_path / "report"
-    assert (
-        main(
-            [
-                "eval",
-                "rank",
-                str(flexip),
-                str(ip_adapter),
-                str(sd),
-                str(folder),
-                str(published),
-                "--out",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    inputs = [str(path) for path in (flexip, ip_adapter, sd, folder, published)]
+    assert main(["eval", "rank", *inputs, "--out", str(report)]) == 0
     with (report / "mrank.csv").open() as f:
         ranked = list(csv.DictReader(f))
-    assert {row["method"] for row in ranked} == {
-        "flexip preservation=0.2",
-        "flexip preservation=0.5",
-        "flexip preservation=0.8",
-        "ip-adapter scale=0",
-        "ip-adapter scale=1",
-        "sd",
-        "folder",
-        "IP-Adapter",
-    }
+    flexip_entries = {f"flexip preservation={dial}" for dial in (0.2, 0.5, 0.8)}
+    others = {"ip-adapter scale=0", "ip-adapter scale=1", "sd", "folder", "IP-Adapter"}
+    assert {row["method"] for row in ranked} == flexip_entries | others
     mranks = [float(row["mRank"]) for row in ranked]
     assert mranks == sorted(mranks) and 1 <= mranks[0] and mranks[-1] <= len(ranked)
     assert "| method | mRank |" in capsys.readouterr().out
@@ -271,23 +194,9 @@ def test_interrupt_resume_and_two_processes_give_the_same_files(
 
     two = tmp_path / "two" / "flexip"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--module",
-            "flexip",
-            *generate(tiny_models, two, *args),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--module", "flexip"]
+    command = [*torchrun, *generate(tiny_models, two, *args)]
+    run = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("made 4 images in this process") == 2  # the work was shared
     files = sorted(path.relative_to(one) for path in one.rglob("*") if path.is_file())
@@ -297,10 +206,11 @@ def test_interrupt_resume_and_two_processes_give_the_same_files(
 
 
 def test_dtype_is_used_and_recorded(tmp_path, tiny_models):
-    common = {"subjects": "dog", "prompts": "1"}
-    assert main(generate(tiny_models, tmp_path / "fp32", "--method", "sd", **common)) == 0
+    one_prompt = {"subjects": "dog", "prompts": "1"}
+    assert main(generate(tiny_models, tmp_path / "fp32", "--method", "sd", **one_prompt)) == 0
     assert (
-        main(generate(tiny_models, tmp_path / "bf16", "--method", "sd", "--dtype", "bfloat16", **common)) == 0
+        main(generate(tiny_models, tmp_path / "bf16", "--method", "sd", "--dtype", "bfloat16", **one_prompt))
+        == 0
     )
     assert json.loads((tmp_path / "bf16" / "generation.json").read_text())["dtype"] == "bfloat16"
     image = Path("images/sd/dog/00/0.png")
