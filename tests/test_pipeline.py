@@ -52,7 +52,9 @@ def test_preservation_list_equals_values_one_by_one(pipe, references):
     values = [0.0, 0.3, 1.0]
     swept = generate(pipe, references[0], preservation=values, num_images_per_prompt=2)
     assert swept.shape == (2 * len(values), 32, 32, 3)
-    alone = {value: generate(pipe, references[0], preservation=value, num_images_per_prompt=2) for value in values}
+    alone = {
+        value: generate(pipe, references[0], preservation=value, num_images_per_prompt=2) for value in values
+    }
     # Documented order: for each image of the prompt, one image per preservation value.
     for image_index in range(2):
         for value_index, value in enumerate(values):
@@ -65,7 +67,10 @@ def test_scale_zero_is_plain_stable_diffusion(pipe, tiny_models, references):
     plain = StableDiffusionPipeline.from_pretrained(tiny_models.base)
     plain.set_progress_bar_config(disable=True)
     expected = plain(
-        "a photo of a dog", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np"
+        "a photo of a dog",
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
     ).images
     got = generate(pipe, references[0], preservation=0.7, scale=0.0)
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -73,7 +78,9 @@ def test_scale_zero_is_plain_stable_diffusion(pipe, tiny_models, references):
 
 
 def test_reference_changes_the_image(pipe, references):
-    first, second = (generate(pipe, reference, preservation=0.7, guidance_scale=1.0) for reference in references)
+    first, second = (
+        generate(pipe, reference, preservation=0.7, guidance_scale=1.0) for reference in references
+    )
     assert np.abs(first - second).max() > 1e-3
 
 
@@ -99,7 +106,8 @@ def test_guidance_unconditional_half_uses_null_reference_and_negative_embeddings
     null = encoded.null()
     with torch.no_grad():
         expected_p = adapter.preservation(
-            torch.cat([null.clip_embeds, encoded.clip_embeds]), torch.cat([null.dino_tokens, encoded.dino_tokens])
+            torch.cat([null.clip_embeds, encoded.clip_embeds]),
+            torch.cat([null.dino_tokens, encoded.dino_tokens]),
         )
         expected_s = adapter.personalization(torch.cat([null.clip_embeds, encoded.clip_embeds]), text)
     torch.testing.assert_close(condition.preservation_tokens, expected_p)
@@ -127,6 +135,18 @@ def test_kv_cache_gives_the_same_images(pipe, references):
     finally:
         pipe.flexip.cache_kv = True
     np.testing.assert_allclose(cached, uncached, atol=1e-6)
+
+
+def test_branch_keys_values_are_computed_once_per_generation(pipe, references):
+    projections = [layer.to_k_preservation for layer in pipe.flexip.adapter.layers.values()]
+    calls = []
+    hooks = [projection.register_forward_hook(lambda *args: calls.append(1)) for projection in projections]
+    try:
+        generate(pipe, references[0], preservation=0.5, num_inference_steps=3)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(calls) == len(projections)
 
 
 def test_encoded_reference_is_reused(pipe, references):

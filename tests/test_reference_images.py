@@ -16,7 +16,9 @@ from flexip.pipeline.images import MAX_ASPECT_RATIO, load_reference_image
 def _gradient(width: int = 48, height: int = 40) -> Image.Image:
     x = np.linspace(0, 255, width, dtype=np.uint8)
     y = np.linspace(0, 255, height, dtype=np.uint8)
-    rgb = np.stack([np.tile(x, (height, 1)), np.tile(y[:, None], (1, width)), np.full((height, width), 90, np.uint8)], -1)
+    rgb = np.stack(
+        [np.tile(x, (height, 1)), np.tile(y[:, None], (1, width)), np.full((height, width), 90, np.uint8)], -1
+    )
     return Image.fromarray(rgb)
 
 
@@ -27,7 +29,12 @@ def _png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _write(path, data: bytes):
@@ -130,7 +137,7 @@ def test_exif_rotation_is_applied(tmp_path):
 
 
 def test_animation_gives_its_first_frame(tmp_path):
-    red, green, blue = np.asarray(load_reference_image(_animated(tmp_path))).reshape(-1, 3).mean(0)
+    red, _, blue = np.asarray(load_reference_image(_animated(tmp_path))).reshape(-1, 3).mean(0)
     assert red > 200 and blue < 50
 
 

@@ -55,8 +55,7 @@ def _tile(image: Image.Image, size: int) -> Image.Image:
 
 
 def _text_height(font: ImageFont.ImageFont) -> int:
-    left, top, right, bottom = font.getbbox("Ag")
-    return bottom
+    return font.getbbox("Ag")[3]  # (left, top, right, bottom)
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:

@@ -30,10 +30,11 @@ def register(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default="flexip-demo", help="directory to write into (default: ./flexip-demo)")
+    parser.add_argument(
+        "--out", default="flexip-demo", help="directory to write into (default: ./flexip-demo)"
+    )
     add_model_options(parser)
     parser.set_defaults(run=run)
-
 
 
 def demo_reference():
@@ -42,7 +43,9 @@ def demo_reference():
 
     from ..demo.world import Identity, Scene, render
 
-    image, _ = render(Identity(**DEMO_SUBJECT), Scene(**DEMO_SCENE), np.random.default_rng(0), DEMO_REFERENCE_SIZE)
+    image, _ = render(
+        Identity(**DEMO_SUBJECT), Scene(**DEMO_SCENE), np.random.default_rng(0), DEMO_REFERENCE_SIZE
+    )
     return image
 
 
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         )
     sheet = sweep(args, loaded, reference, values, settings, out)
     save_image(reference, Path(out) / "reference.png", {"prompt": DEMO_PROMPT})
-    print(f"flexip demo: the subject {out / 'reference.png'} for the prompt {DEMO_PROMPT!r}, preservation {DEFAULT_VALUES}")
+    print(
+        f"flexip demo: the subject {out / 'reference.png'} for the prompt {DEMO_PROMPT!r}, preservation {DEFAULT_VALUES}"
+    )
     print(f"flexip demo: wrote {len(values)} images and the contact sheet {sheet}")
     return 0

@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 def add_subject_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", required=True, help="image of the subject (PNG, JPEG, WebP, ...)")
-    parser.add_argument("--prompt", required=True, help="what to generate, e.g. \"a dog on the beach\"")
+    parser.add_argument("--prompt", required=True, help='what to generate, e.g. "a dog on the beach"')
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -48,18 +48,30 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     from ..pipeline.schedulers import SCHEDULERS
 
     parser.add_argument("--negative-prompt", default=None, help="what to steer away from (default: none)")
-    parser.add_argument("--scale", default="1.0", help="adapter strength s >= 0; 0 is the base model (default: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same image (default: 0)")
+    parser.add_argument(
+        "--scale", default="1.0", help="adapter strength s >= 0; 0 is the base model (default: 1)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed gives the same image (default: 0)"
+    )
     parser.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    parser.add_argument("--guidance", default="7.5", help="classifier-free guidance scale; <= 1 turns it off (default: 7.5)")
-    parser.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="sampler (default: ddim)")
+    parser.add_argument(
+        "--guidance", default="7.5", help="classifier-free guidance scale; <= 1 turns it off (default: 7.5)"
+    )
+    parser.add_argument(
+        "--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="sampler (default: ddim)"
+    )
     parser.add_argument(
         "--base", default=None,
         help="Stable Diffusion base: hub id or directory (default: the embedded model's base without --adapter, "
         "else stable-diffusion-v1-5/stable-diffusion-v1-5)",
     )  # fmt: skip
-    parser.add_argument("--adapter", default=None, help="FlexIP adapter directory (default: the embedded model)")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument(
+        "--adapter", default=None, help="FlexIP adapter directory (default: the embedded model)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
+    )
     parser.add_argument(
         "--dtype", default=None, choices=["float32", "float16", "bfloat16"],
         help="weights' precision (default: float16 on CUDA, float32 otherwise)",
@@ -97,7 +109,9 @@ def check_output(path: str) -> Path:
 
     out = Path(path)
     if out.suffix.lower() not in SAVE_FORMATS:
-        raise FlexIPError(f"--out {path}: unknown image type {out.suffix!r}; end the name in .png, .jpg or .webp")
+        raise FlexIPError(
+            f"--out {path}: unknown image type {out.suffix!r}; end the name in .png, .jpg or .webp"
+        )
     if out.is_dir():
         raise FlexIPError(f"--out {path} is a directory; give a file name such as {out / 'image.png'}")
     return out
@@ -126,9 +140,13 @@ def load_pipeline(args: argparse.Namespace) -> LoadedModel:
         try:
             device = torch.device(args.device)
         except RuntimeError as e:
-            raise FlexIPError(f"--device {args.device!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from e
+            raise FlexIPError(
+                f"--device {args.device!r} is not a torch device ({e}); use cpu, cuda or cuda:N"
+            ) from e
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise FlexIPError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+            raise FlexIPError(
+                f"--device {args.device}: CUDA is not available on this machine; use --device cpu"
+            )
     dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
 
     embedded = None
@@ -148,7 +166,9 @@ def generate(pipe, args: argparse.Namespace, reference, values: list[float], set
     """One image per preservation value, in one batch from the same starting noise."""
     import torch
 
-    generator = torch.Generator("cpu").manual_seed(args.seed)  # CPU noise: the same seed gives the same image anywhere
+    generator = torch.Generator("cpu").manual_seed(
+        args.seed
+    )  # CPU noise: the same seed gives the same image anywhere
     return pipe(
         args.prompt, reference=reference, preservation=values, scale=settings["scale"],
         num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],

@@ -65,7 +65,9 @@ def check_output_directory(path: str) -> Path:
     return out
 
 
-def sweep(args: argparse.Namespace, loaded, reference, values: list[float], settings: dict, out: Path) -> Path:
+def sweep(
+    args: argparse.Namespace, loaded, reference, values: list[float], settings: dict, out: Path
+) -> Path:
     """Generate, then write the images, the contact sheet and the settings; returns the contact sheet's path."""
     from ..atomic import atomic_write_bytes
     from ..contact_sheet import contact_sheet
@@ -75,7 +77,9 @@ def sweep(args: argparse.Namespace, loaded, reference, values: list[float], sett
     record = {**describe(args, settings, loaded), "preservation": values}
     out.mkdir(parents=True, exist_ok=True)
     for index, (value, image) in enumerate(zip(values, images)):
-        save_image(image, out / f"{index:02d}_preservation-{value:.2f}.png", {**record, "preservation": value})
+        save_image(
+            image, out / f"{index:02d}_preservation-{value:.2f}.png", {**record, "preservation": value}
+        )
     labels = ["reference"] + [f"preservation {value:g}" for value in values]
     sheet = contact_sheet([[reference, *images]], labels, title=f'"{args.prompt}"  (seed {args.seed})')
     save_image(sheet, out / SHEET_NAME, record)

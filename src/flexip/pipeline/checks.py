@@ -37,12 +37,18 @@ def check_preservation(preservation: float | Sequence[float], name: str = "prese
 def check_scale(scale: float, name: str = "scale") -> float:
     number = _number(scale, name)
     if not (math.isfinite(number) and number >= 0):
-        raise FlexIPError(f"{name}={scale!r} must be a finite number >= 0 (1 is the trained strength, 0 the base model)")
+        raise FlexIPError(
+            f"{name}={scale!r} must be a finite number >= 0 (1 is the trained strength, 0 the base model)"
+        )
     return number
 
 
 def check_steps(num_inference_steps: int, name: str = "num_inference_steps") -> int:
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+    if (
+        isinstance(num_inference_steps, bool)
+        or not isinstance(num_inference_steps, int)
+        or num_inference_steps < 1
+    ):
         raise FlexIPError(f"{name}={num_inference_steps!r} must be an integer >= 1 (50 is usual)")
     return num_inference_steps
 

@@ -31,7 +31,9 @@ def embedded_model() -> EmbeddedModel:
     demo = ModelSet(DEMO_MODEL_DIR)
     if (demo.adapter / CONFIG_NAME).is_file():
         return EmbeddedModel(demo, trained=True)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flexip" / f"tiny-{__version__}"
+    cache = (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flexip" / f"tiny-{__version__}"
+    )
     tiny = ModelSet(cache)
     if not (tiny.adapter / CONFIG_NAME).is_file():  # written atomically: present means complete
         with atomic_directory(cache) as tmp:

@@ -34,7 +34,9 @@ def load_reference_image(reference: str | os.PathLike | Image.Image) -> Image.Im
     if not path.exists():
         raise FlexIPError(f"reference image {path} does not exist; check the path")
     if path.is_dir():
-        raise FlexIPError(f"reference image {path} is a directory; give one image file (PNG, JPEG, WebP, ...)")
+        raise FlexIPError(
+            f"reference image {path} is a directory; give one image file (PNG, JPEG, WebP, ...)"
+        )
     if path.stat().st_size == 0:
         raise FlexIPError(f"reference image {path} is empty (0 bytes); give a valid image file")
     try:
@@ -46,7 +48,9 @@ def load_reference_image(reference: str | os.PathLike | Image.Image) -> Image.Im
             f"reference image {path} is too large to decode safely ({e}); downscale it first"
         ) from e
     except UnidentifiedImageError as e:
-        raise FlexIPError(f"reference image {path} is not an image format PIL can read; give a PNG, JPEG or WebP") from e
+        raise FlexIPError(
+            f"reference image {path} is not an image format PIL can read; give a PNG, JPEG or WebP"
+        ) from e
     except (OSError, SyntaxError, ValueError) as e:  # PIL reports corrupt and truncated data with these
         raise FlexIPError(f"reference image {path} is damaged or truncated ({e}); re-export it") from e
 
@@ -63,7 +67,9 @@ def to_rgb(image: Image.Image, name: str = "reference image") -> Image.Image:
         image = image.point(lambda value: value * (1 / 256)).convert("L")
     if image.mode == "F":
         raise FlexIPError(f"{name} holds floating-point pixels; save it as an 8- or 16-bit image")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
         rgba = image.convert("RGBA")
         image = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         image.alpha_composite(rgba)

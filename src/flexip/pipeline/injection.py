@@ -41,7 +41,9 @@ class _Generation:
     condition: FlexIPCondition | None = field(default=None)
 
 
-_CURRENT: contextvars.ContextVar[_Generation | None] = contextvars.ContextVar("flexip_generation", default=None)
+_CURRENT: contextvars.ContextVar[_Generation | None] = contextvars.ContextVar(
+    "flexip_generation", default=None
+)
 
 
 class FlexIPInjection:
@@ -80,8 +82,13 @@ class FlexIPInjection:
             raise FlexIPError(
                 "the adapter's config names no image encoder or DINOv2 model; pass image_encoder= and dino_encoder="
             )
-        encoder = ReferenceEncoder.from_pretrained(image_encoder, dino_encoder, config.dino_layer, torch_dtype)
-        if (encoder.clip_embed_dim, encoder.dino_hidden_dim) != (config.clip_embed_dim, config.dino_hidden_dim):
+        encoder = ReferenceEncoder.from_pretrained(
+            image_encoder, dino_encoder, config.dino_layer, torch_dtype
+        )
+        if (encoder.clip_embed_dim, encoder.dino_hidden_dim) != (
+            config.clip_embed_dim,
+            config.dino_hidden_dim,
+        ):
             raise FlexIPError(
                 f"the encoders {image_encoder} and {dino_encoder} give features of size "
                 f"{encoder.clip_embed_dim} and {encoder.dino_hidden_dim}, the adapter expects "
@@ -99,10 +106,12 @@ class FlexIPInjection:
         if isinstance(reference, EncodedReference):
             config = self.adapter.config
             if len(reference) != 1:
-                raise FlexIPError(f"the encoded reference holds {len(reference)} subjects; give one (batch 1)")
-            if reference.clip_embeds.shape[-1] != config.clip_embed_dim or reference.dino_tokens.shape[-1] != (
-                config.dino_hidden_dim
-            ):
+                raise FlexIPError(
+                    f"the encoded reference holds {len(reference)} subjects; give one (batch 1)"
+                )
+            if reference.clip_embeds.shape[-1] != config.clip_embed_dim or reference.dino_tokens.shape[
+                -1
+            ] != (config.dino_hidden_dim):
                 raise FlexIPError(
                     f"the encoded reference has features of size {reference.clip_embeds.shape[-1]} and "
                     f"{reference.dino_tokens.shape[-1]}, the adapter expects {config.clip_embed_dim} and "
@@ -145,7 +154,8 @@ class FlexIPInjection:
         if state is None or state.injection is not self:
             return None
         if "encoder_hidden_states" in kwargs:
-            kwargs["encoder_hidden_states"] = (kwargs["encoder_hidden_states"], self._condition(state, kwargs["encoder_hidden_states"]))
+            text = kwargs["encoder_hidden_states"]
+            kwargs["encoder_hidden_states"] = (text, self._condition(state, text))
         else:  # positional: unet(sample, timestep, encoder_hidden_states, ...)
             args = (*args[:2], (args[2], self._condition(state, args[2])), *args[3:])
         return args, kwargs

@@ -38,12 +38,16 @@ class FlexIPPipeline(StableDiffusionPipeline):
         The encoders default to those the adapter's config names.
         """
         try:
-            stock = StableDiffusionPipeline.from_pretrained(os.fspath(base), torch_dtype=torch_dtype)
+            stock = StableDiffusionPipeline.from_pretrained(os.fspath(base))
         except (OSError, ValueError) as e:
             raise FlexIPError(
                 f"cannot load a Stable Diffusion base model from {str(base)!r} ({str(e).splitlines()[0]}); give a "
                 "diffusers pipeline directory or a hub id whose weights are downloaded"
             ) from e
+        if (
+            torch_dtype is not None
+        ):  # cast after loading: diffusers renamed its dtype argument across versions
+            stock.to(dtype=torch_dtype)
         pipe = cls(**stock.components, requires_safety_checker=stock.config.requires_safety_checker)
         pipe.flexip = FlexIPInjection.load(pipe.unet, adapter, image_encoder, dino_encoder, torch_dtype)
         return pipe
@@ -108,13 +112,22 @@ class FlexIPPipeline(StableDiffusionPipeline):
         # 3. One starting noise per (prompt, image), shared by that image's preservation values.
         samples = prompt_embeds.shape[0]  # prompts x images per prompt
         if latents is None:
-            shape = (samples, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            shape = (
+                samples,
+                self.unet.config.in_channels,
+                height // self.vae_scale_factor,
+                width // self.vae_scale_factor,
+            )
             latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
         elif latents.shape[0] != samples:
-            raise FlexIPError(f"latents hold {latents.shape[0]} samples; give one per prompt and image ({samples})")
+            raise FlexIPError(
+                f"latents hold {latents.shape[0]} samples; give one per prompt and image ({samples})"
+            )
         if isinstance(generator, list):
             if len(generator) != samples:
-                raise FlexIPError(f"{len(generator)} generators given; give one per prompt and image ({samples})")
+                raise FlexIPError(
+                    f"{len(generator)} generators given; give one per prompt and image ({samples})"
+                )
             generator = [g for g in generator for _ in values]
 
         def per_value(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -35,7 +35,7 @@ def load_flexip(
     if getattr(pipe, "flexip", None) is not None:
         raise FlexIPError("FlexIP is already loaded on this pipeline; call flexip.unload_flexip(pipe) first")
     unet = getattr(pipe, "unet", None)
-    if unet is None or not callable(getattr(type(pipe), "__call__", None)):
+    if unet is None or not callable(pipe):
         raise FlexIPError(f"{type(pipe).__name__} has no UNet: load_flexip needs a Stable Diffusion pipeline")
     parameter = next(unet.parameters())
     injection = FlexIPInjection.load(unet, adapter, image_encoder, dino_encoder, torch_dtype=parameter.dtype)
@@ -86,7 +86,11 @@ def _with_reference(stock_class: type) -> type:
         _SUBCLASSES[stock_class] = type(
             stock_class.__name__,
             (stock_class,),
-            {"__call__": __call__, "__module__": stock_class.__module__, "__qualname__": stock_class.__qualname__},
+            {
+                "__call__": __call__,
+                "__module__": stock_class.__module__,
+                "__qualname__": stock_class.__qualname__,
+            },
         )
     return _SUBCLASSES[stock_class]
 

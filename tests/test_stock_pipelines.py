@@ -1,0 +1,155 @@
+"""`load_flexip` on stock diffusers pipelines: the dial works, unloading restores them, calls stay separate."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    ControlNetModel,
+    EulerDiscreteScheduler,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+)
+from PIL import Image
+
+import flexip
+from flexip import FlexIPAdapter, FlexIPError
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_models):
+    adapter = FlexIPAdapter.from_pretrained(tiny_models.adapter)
+    # Random residuals in the Personalization adapter (the kit's start as the identity on text), so that
+    # S depends on the reference as a trained one does.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in adapter.personalization.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.2)
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def images():
+    generator = np.random.default_rng(0)
+
+    def image():
+        return Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    return {"references": [image(), image()], "init": image(), "control": image(), "mask": mask}
+
+
+def build(kind: str, base):
+    stock = StableDiffusionPipeline.from_pretrained(base)
+    components = stock.components
+    if kind == "txt2img":
+        pipe = stock
+    elif kind == "img2img":
+        pipe = StableDiffusionImg2ImgPipeline(**components)
+    elif kind == "inpaint":
+        pipe = StableDiffusionInpaintPipeline(**components)
+    else:
+        torch.manual_seed(0)
+        controlnet = ControlNetModel.from_unet(stock.unet, conditioning_embedding_out_channels=(16, 32))
+        pipe = StableDiffusionControlNetPipeline(**components, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def call(pipe, kind: str, images, seed: int = 0, **flexip_kwargs):
+    inputs = {
+        "txt2img": {},
+        "img2img": {"image": images["init"], "strength": 1.0},
+        "inpaint": {"image": images["init"], "mask_image": images["mask"], "strength": 1.0},
+        "controlnet": {"image": images["control"]},
+    }[kind]
+    return pipe(
+        "a photo of a dog", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed),
+        output_type="np", **inputs, **flexip_kwargs,
+    ).images  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint", "controlnet"])
+def test_load_flexip_gives_the_dial_and_unload_restores(tiny_models, adapter, images, kind):
+    pipe = build(kind, tiny_models.base)
+    stock_class, processors = type(pipe), dict(pipe.unet.attn_processors)
+    before = call(pipe, kind, images)
+
+    assert flexip.load_flexip(pipe, adapter) is pipe
+    reference = images["references"][0]
+    keep, edit = (call(pipe, kind, images, reference=reference, preservation=g) for g in (1.0, 0.0))
+    assert np.abs(keep - edit).max() > 1e-3, "the dial must change the image"
+    assert np.abs(keep - before).max() > 1e-3
+    np.testing.assert_allclose(
+        call(pipe, kind, images, reference=reference, preservation=1.0, scale=0.0), before, atol=1e-5
+    )
+    np.testing.assert_array_equal(call(pipe, kind, images), before)  # no reference: the stock call
+
+    flexip.unload_flexip(pipe)
+    assert type(pipe) is stock_class and dict(pipe.unet.attn_processors) == processors
+    np.testing.assert_array_equal(call(pipe, kind, images), before)
+
+
+@pytest.mark.parametrize("sharing", ["one-pipeline-ddim", "copies-euler"])
+def test_interleaved_calls_in_threads_keep_their_own_reference(tiny_models, adapter, images, sharing):
+    """Two threads share the UNet: either one pipeline object (a stateless scheduler), or one shallow copy per
+    thread with its own scheduler (what docs/design.md recommends for stateful schedulers)."""
+    pipe = build("img2img", tiny_models.base)
+    if sharing == "copies-euler":
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    flexip.load_flexip(pipe, adapter)
+    settings = [(images["references"][0], 1.0, 0), (images["references"][1], 0.6, 1)]
+    alone = [call(pipe, "img2img", images, seed, reference=ref, preservation=g) for ref, g, seed in settings]
+
+    # Both threads finish every denoising step before either starts the next one, so their UNet calls alternate.
+    barrier = threading.Barrier(2, timeout=60)
+
+    def step_together(pipeline, step, timestep, tensors):
+        barrier.wait()
+        return tensors
+
+    results = [None, None]
+
+    def worker(index):
+        reference, g, seed = settings[index]
+        own = pipe
+        if sharing == "copies-euler":
+            own = copy.copy(pipe)
+            own.scheduler = copy.deepcopy(pipe.scheduler)
+        results[index] = call(own, "img2img", images, seed, reference=reference, preservation=g,
+                              callback_on_step_end=step_together)  # fmt: skip
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result, expected in zip(results, alone):
+        np.testing.assert_allclose(result, expected, atol=1e-6)
+    assert np.abs(alone[0] - alone[1]).max() > 1e-3
+
+
+def test_mistakes_are_reported(tiny_models, adapter, images):
+    pipe = build("txt2img", tiny_models.base)
+    with pytest.raises(FlexIPError, match="not loaded"):
+        flexip.unload_flexip(pipe)
+    flexip.load_flexip(pipe, adapter)
+    with pytest.raises(FlexIPError, match="already loaded"):
+        flexip.load_flexip(pipe, adapter)
+    with pytest.raises(FlexIPError, match="without a reference"):
+        call(pipe, "txt2img", images, preservation=0.5)
+    with pytest.raises(FlexIPError, match="outside"):
+        call(pipe, "txt2img", images, reference=images["references"][0], preservation=1.2)
+    other = StableDiffusionImg2ImgPipeline(**pipe.components)
+    with pytest.raises(FlexIPError, match="already has a FlexIP adapter"):
+        flexip.load_flexip(other, adapter)
