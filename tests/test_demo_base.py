@@ -96,3 +96,10 @@ def test_train_cli_rejects_bad_arguments(tmp_path, argv, message):
 def test_evaluate_cli_names_a_missing_model(tmp_path):
     with pytest.raises(SystemExit, match="no base model"):
         evaluate_main(["--model", str(tmp_path / "nowhere")])
+
+
+def test_a_resumed_run_may_change_its_length(trained):
+    root, _ = trained
+    summary = train_main(["--out", str(root / "model"), "--work-dir", str(root / "work"), "--samples", "32",
+                          "--vae-steps", "2", "--unet-steps", "3", "--batch-size", "4", "--quiet"])
+    assert summary["config"]["unet_steps"] == 3

@@ -69,6 +69,7 @@ def test_manifest_lines_have_the_fields_and_existing_files(tmp_path):
     records = manifest_module.validate_manifest(tmp_path / "manifest.jsonl")
     assert len(records) == 6 + 3 * 2
     assert {r["modality"] for r in records} == {"image", "video"}
+    assert all("source" in r and "mask" in r for r in records)
     for record in records:
         assert parse_caption(record["caption"]).subject in CLASSES
         if record["modality"] == "image":
@@ -99,6 +100,10 @@ def test_manifest_is_deterministic_by_seed(tmp_path):
                      "source": "s"}), "modality 'audio'"),
         (json.dumps({"reference": "gone.png", "target": "a.png", "caption": "c", "modality": "image",
                      "source": "s"}), "gone.png"),
+        (json.dumps({"reference": "/abs/a.png", "target": "a.png", "caption": "c", "modality": "image"}),
+         "absolute"),
+        (json.dumps({"reference": "a.png", "target": "a.png", "caption": 3, "modality": "image"}),
+         "'caption' must be a string"),
     ],
 )
 def test_validate_manifest_rejects_bad_lines(tmp_path, line, message):

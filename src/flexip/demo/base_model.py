@@ -35,7 +35,9 @@ CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.261302
 @dataclass
 class BaseModelConfig:
     image_size: int = 32  # px; the VAE downsamples 4x to 8x8 latents
-    latent_channels: int = 4
+    # 8, not SD's 4: with 4 channels the 8x8 latents blur small shapes so much that the judge read the class of
+    # only 80% of VAE reconstructions; the UNet's cost barely depends on it.
+    latent_channels: int = 8
     vae_channels: tuple[int, ...] = (16, 32, 64)  # one entry per VAE block; len - 1 downsamplings
     unet_channels: tuple[int, ...] = (48, 96, 96)  # 3.3M parameters: ~0.3 s per batch of 128 on 2 cores
     unet_layers_per_block: int = 1

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from flexip.demo.world import caption, render, sample_identity, sample_scene
 
 MODALITIES = ("image", "video")
-REQUIRED_FIELDS = ("reference", "target", "caption", "modality", "source")
+# As docs/formats.md ("Training manifest"): `source` and `mask` are optional there; our writer always adds them.
+REQUIRED_FIELDS = ("reference", "target", "caption", "modality")
 
 
 @dataclass
@@ -98,12 +99,14 @@ def validate_manifest(path: str | Path) -> list[dict]:
         missing = [f for f in REQUIRED_FIELDS if f not in record]
         if missing:
             raise ValueError(f"{where}: missing field(s) {missing}; every line needs {list(REQUIRED_FIELDS)}")
-        for field in REQUIRED_FIELDS:
-            if not isinstance(record[field], str):
+        for field in (*REQUIRED_FIELDS, "source", "mask"):
+            if field in record and not isinstance(record[field], str):
                 raise ValueError(f"{where}: field {field!r} must be a string, got {record[field]!r}")
         if record["modality"] not in MODALITIES:
             raise ValueError(f"{where}: modality {record['modality']!r} is not one of {MODALITIES}")
         for field in ("reference", "target", "mask"):
+            if field in record and Path(record[field]).is_absolute():
+                raise ValueError(f"{where}: {field} {record[field]!r} is absolute; paths are relative to {root}")
             if field in record and not (root / record[field]).is_file():
                 raise ValueError(f"{where}: {field} file {record[field]!r} not found under {root}")
         records.append(record)
