@@ -204,7 +204,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     model.train()  # the frozen UNet too: it has no dropout, and diffusers checkpoints activations only in train mode
     progress = tqdm(total=config.max_steps, initial=state.step, desc="training", unit="step",
                     disable=not accelerator.is_local_main_process)  # fmt: skip
-    window_start, window_samples = time.perf_counter(), 0
+    window_start, window_samples, window_losses = time.perf_counter(), 0, []
     loss_sum, micro_steps, skipped = torch.zeros((), device=device), 0, 0
     interrupted = False
     batches = iter(loader)
@@ -229,11 +229,11 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
                 continue
 
             state.step += 1
-            totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(micro_steps), device=device),
-                                                     torch.tensor(float(skipped), device=device),
-                                                     torch.tensor(float(stop.requested), device=device)]),
-                                        reduction="sum")  # fmt: skip
-            step_loss, state.skipped = float(totals[0] / totals[1]), state.skipped + int(totals[2])
+            # The step's one collective: the mean loss, the skipped samples and any stop request, over all processes.
+            counts = torch.tensor([micro_steps, skipped, stop.requested], device=device, dtype=torch.float32)
+            totals = accelerator.reduce(torch.cat([loss_sum[None], counts]), reduction="sum")
+            step_loss, state.skipped, stopping = float(totals[0] / totals[1]), state.skipped + int(totals[2]), totals[3] > 0
+            window_losses.append(step_loss)
             loss_sum.zero_()
             micro_steps = skipped = 0
             progress.update(1)
@@ -243,7 +243,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             if state.step % config.log_every == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 metrics = {
-                    "loss": step_loss, "lr": optimizer.param_groups[0]["lr"],
+                    "loss": sum(window_losses) / len(window_losses), "lr": optimizer.param_groups[0]["lr"],
                     **{f"g_{m}": gate[m] for m in MODALITIES},
                     "samples_per_second": window_samples / elapsed, "skipped_samples": state.skipped,
                 }  # fmt: skip
@@ -251,10 +251,10 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
                 if accelerator.is_main_process:
                     with open(run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps({"step": state.step, **metrics}) + "\n")
-                window_start, window_samples = time.perf_counter(), 0
+                window_start, window_samples, window_losses = time.perf_counter(), 0, []
             if state.step % config.validation.every == 0 or last:
                 validate()
-            if totals[3] > 0:
+            if stopping:
                 interrupted = True
                 export_and_checkpoint()
                 break

@@ -1,0 +1,94 @@
+"""Training as real processes: killed with SIGKILL and resumed, and two processes through torchrun (gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from flexip.cli import main
+from flexip.demo.manifest import ManifestConfig, write_manifest
+from flexip.models.adapter import FlexIPAdapter
+from flexip.training.checkpoint import parameter_hash
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # one thread each: two cores are shared
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def four_pairs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("four-pairs")
+    return write_manifest(root, ManifestConfig(num_images=2, num_clips=1, frames_per_clip=3, size=32))
+
+
+def train_args(models, manifest: Path, output_dir: Path, max_steps: int, *extra: str, resume: str | None = None) -> list[str]:
+    overrides = [
+        "model.tiny_models=''", f"model.base={models.base}", f"model.image_encoder={models.image_encoder}",
+        f"model.dino_encoder={models.dinov2}", f"data.manifest={manifest}", "log_with=[]", "log_every=1",
+        "validation.every=1000", "learning_rate=1e-2", *extra,
+    ]  # fmt: skip
+    args = ["train", "--config", str(CONFIG), "--output-dir", str(output_dir), "--max-steps", str(max_steps)]
+    args += ["--resume", resume] if resume else []
+    return args + [a for o in overrides for a in ("--set", o)]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in records}
+
+
+def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(tmp_path, tiny_models, four_pairs):
+    killed = tmp_path / "killed"
+    args = train_args(tiny_models, four_pairs, killed, 1000, "checkpoint_every=2", "keep_checkpoints=2")
+    process = subprocess.Popen([sys.executable, "-m", "flexip", *args], env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    checkpoints = killed / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not (checkpoints / "checkpoint-00000004").is_dir():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no second checkpoint within 2 minutes"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+
+    complete = sorted(p.name for p in checkpoints.glob("checkpoint-*"))
+    assert len(complete) <= 2  # keep_checkpoints, even with a save in flight when killed
+    latest = int(complete[-1].split("-")[1])
+    assert main(train_args(tiny_models, four_pairs, killed, latest + 3, "checkpoint_every=2", resume="latest")) == 0
+    reference = tmp_path / "reference"
+    assert main(train_args(tiny_models, four_pairs, reference, latest + 3, "checkpoint_every=2")) == 0
+    expected, resumed = losses(reference), losses(killed)
+    assert [resumed[s] for s in range(latest + 1, latest + 4)] == [expected[s] for s in range(latest + 1, latest + 4)]
+    assert FlexIPAdapter.from_pretrained(killed / "adapter").state_dict().keys()  # the export is loadable
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_two_processes_through_torchrun_keep_identical_parameters(tmp_path, tiny_models, four_pairs):
+    run = tmp_path / "ddp"
+    args = train_args(tiny_models, four_pairs, run, 3, "checkpoint_every=3", "batch_size=2")
+    command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "flexip", *args]
+    finished = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    state = json.loads((run / "checkpoints" / "checkpoint-00000003" / "training_state.json").read_text())
+    assert state["num_processes"] == 2 and state["samples"] == 3 * 2 * 2
+    rank0, rank1 = state["parameter_hashes"]
+    assert rank0 == rank1  # DDP averaged the two processes' different batches into the same update
+    assert parameter_hash(FlexIPAdapter.from_pretrained(run / "adapter")) == rank0
