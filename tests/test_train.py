@@ -56,8 +56,12 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {record["step"]: record["loss"] for record in records}
 
 
-def test_tiny_config_from_a_fresh_directory_overfits_four_pairs_and_touches_only_the_adapter(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # tiny.yaml's relative paths: the models and data are written here on first use
+def test_tiny_config_from_a_fresh_directory_overfits_four_pairs_and_touches_only_the_adapter(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(
+        tmp_path
+    )  # tiny.yaml's relative paths: the models and data are written here on first use
     overrides = [
         "data.demo_world={num_images: 2, num_clips: 1, frames_per_clip: 3, size: 32, seed: 0}",
         "max_steps=40", "log_every=1", "checkpoint_every=20", "validation.every=40", "learning_rate=1e-2",
@@ -94,10 +98,23 @@ def test_tiny_config_from_a_fresh_directory_overfits_four_pairs_and_touches_only
     with Image.open(run / "samples" / "step-00000040.png") as sheet:
         # 4 columns (reference + 3 values of g) of 128 px cells; 2 references x 2 prompts rows.
         assert sheet.size == (4 * 128, 14 + 4 * (14 + 128))
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00000020", "checkpoint-00000040"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "checkpoint-00000020",
+        "checkpoint-00000040",
+    ]
     exported = FlexIPAdapter.from_pretrained(run / "adapter")
     assert all(torch.equal(v, result.adapter.state_dict()[k]) for k, v in exported.state_dict().items())
-    assert Path(exported.resolve_encoder(exported.config.image_encoder)).is_dir()  # absolute: works from anywhere
+    assert Path(
+        exported.resolve_encoder(exported.config.image_encoder)
+    ).is_dir()  # absolute: works from anywhere
+
+    # An older checkpoint, resumed into another folder by its path, replays the same steps.
+    branch = tmp_path / "branch"
+    train(
+        load_config(CONFIG, [*overrides, "max_steps=23", f"output_dir={branch}"]),
+        resume=str(run / "checkpoints" / "checkpoint-00000020"),
+    )
+    assert losses(branch) == {s: history[s] for s in (21, 22, 23)}
 
 
 def _interrupt_when(path: Path, lines: int) -> threading.Thread:
@@ -143,7 +160,9 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_models
     runs = {}
     for checkpointing in (False, True):
         output = tmp_path / str(checkpointing)
-        overrides = tiny_overrides(tiny_models, four_pairs, output, "max_steps=2", f"gradient_checkpointing={checkpointing}")
+        overrides = tiny_overrides(
+            tiny_models, four_pairs, output, "max_steps=2", f"gradient_checkpointing={checkpointing}"
+        )
         result = train(load_config(CONFIG, overrides))
         assert result.models.unet.is_gradient_checkpointing == checkpointing
         runs[checkpointing] = losses(output)

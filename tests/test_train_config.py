@@ -38,7 +38,12 @@ def test_sd15_config_is_the_papers_recipe():
 def test_overrides_reach_nested_keys_and_parse_values(tmp_path):
     config = load_config(
         CONFIGS / "tiny.yaml",
-        ["data.video_fraction=0.25", "validation.preservation=[0, 1]", "learning_rate=3e-4", "output_dir=x y"],
+        [
+            "data.video_fraction=0.25",
+            "validation.preservation=[0, 1]",
+            "learning_rate=3e-4",
+            "output_dir=x y",
+        ],
     )
     assert config.data.video_fraction == 0.25
     assert config.validation.preservation == [0.0, 1.0]
@@ -66,7 +71,9 @@ def test_config_mistakes_name_the_key(override, message):
 def test_unknown_key_in_yaml_file_is_an_error(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text((CONFIGS / "tiny.yaml").read_text().replace("learning_rate:", "learnig_rate:"))
-    with pytest.raises(FlexIPError, match=re.escape(f"{path}: unknown key learnig_rate (did you mean learning_rate?)")):
+    with pytest.raises(
+        FlexIPError, match=re.escape(f"{path}: unknown key learnig_rate (did you mean learning_rate?)")
+    ):
         load_config(path)
 
 
@@ -91,7 +98,10 @@ def test_cli_reports_config_typo_and_missing_config_in_one_line(capsys, tmp_path
         ("", "has no training pairs"),
         ("{not json\n", ":1: not valid JSON"),
         ('{"reference": "a.png", "target": "a.png", "caption": ""}\n', ":1: missing field(s) modality"),
-        ('{"reference": "a.png", "target": "a.png", "caption": "", "modality": "audio"}\n', "modality 'audio'"),
+        (
+            '{"reference": "a.png", "target": "a.png", "caption": "", "modality": "audio"}\n',
+            "modality 'audio'",
+        ),
         ('{"reference": "/abs.png", "target": "a.png", "caption": "", "modality": "image"}\n', "is absolute"),
     ],
 )
@@ -111,7 +121,10 @@ def test_missing_base_model_fails_at_once(capsys, tmp_path):
     manifest.write_text('{"reference": "a.png", "target": "a.png", "caption": "", "modality": "image"}\n')
     overrides = [f"data.manifest={manifest}", "model.tiny_models=''", "model.base=./no/such/base",
                  "data.video_fraction=0", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
-    err = _cli_error(capsys, ["train", "--config", str(CONFIGS / "tiny.yaml"), *[a for o in overrides for a in ("--set", o)]])
+    err = _cli_error(
+        capsys,
+        ["train", "--config", str(CONFIGS / "tiny.yaml"), *[a for o in overrides for a in ("--set", o)]],
+    )
     assert "model.base" in err and "./no/such/base" in err and "does not exist" in err
 
 
@@ -119,7 +132,10 @@ def test_a_modality_the_ratio_needs_but_the_manifest_lacks_is_an_error(capsys, t
     manifest = tmp_path / "train.jsonl"
     manifest.write_text('{"reference": "a.png", "target": "a.png", "caption": "", "modality": "image"}\n')
     overrides = [f"data.manifest={manifest}", f"output_dir={tmp_path / 'run'}", "model.tiny_models=''"]
-    err = _cli_error(capsys, ["train", "--config", str(CONFIGS / "tiny.yaml"), *[a for o in overrides for a in ("--set", o)]])
+    err = _cli_error(
+        capsys,
+        ["train", "--config", str(CONFIGS / "tiny.yaml"), *[a for o in overrides for a in ("--set", o)]],
+    )
     assert "no video pairs" in err and "data.video_fraction" in err
 
 
@@ -136,7 +152,9 @@ def test_condition_dropout_probabilities_are_disjoint_and_as_configured():
     from flexip.training.config import DropoutConfig
 
     generator = torch.Generator().manual_seed(0)
-    drop_text, drop_image = condition_dropout(200_000, DropoutConfig(text=0.1, image=0.2, both=0.05), generator)
+    drop_text, drop_image = condition_dropout(
+        200_000, DropoutConfig(text=0.1, image=0.2, both=0.05), generator
+    )
     both = drop_text & drop_image
     assert abs(both.float().mean().item() - 0.05) < 0.005
     assert abs((drop_text & ~drop_image).float().mean().item() - 0.1) < 0.005
@@ -152,3 +170,17 @@ def test_gate_logits_have_no_weight_decay(tiny_models):
     assert decay.pop(id(adapter.gate.logits)) == 0.0
     assert set(decay.values()) == {0.5}
     assert len(decay) == len(list(adapter.parameters())) - 1
+
+
+def test_resume_from_a_folder_that_is_not_a_checkpoint_fails_at_once(capsys, tmp_path):
+    overrides = ["data.demo_world=null", "model.tiny_models=''", f"output_dir={tmp_path / 'run'}"]
+    argv = [
+        "train",
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--resume",
+        str(tmp_path),
+        *[a for o in overrides for a in ("--set", o)],
+    ]
+    err = _cli_error(capsys, argv)
+    assert f"--resume {tmp_path}: not a checkpoint" in err

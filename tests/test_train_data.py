@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from flexip.training.data import MixedBatchSampler, MixedStream, PairDataset, augment_reference, collate, read_manifest
+from flexip.training.data import (
+    MixedBatchSampler,
+    MixedStream,
+    PairDataset,
+    augment_reference,
+    collate,
+    read_manifest,
+)
 
 
 def _write_pairs(root: Path, images: int, videos: int) -> Path:
@@ -20,7 +27,9 @@ def _write_pairs(root: Path, images: int, videos: int) -> Path:
         modality = "image" if index < images else "video"
         Image.new("RGB", (24, 16), (index * 7 % 256, 40, 200)).save(root / f"{index}.png")
         target = f"{index}.png" if modality == "image" else f"{(index + 1) % (images + videos)}.png"
-        lines.append({"reference": f"{index}.png", "target": target, "caption": f"pair {index}", "modality": modality})
+        lines.append(
+            {"reference": f"{index}.png", "target": target, "caption": f"pair {index}", "modality": modality}
+        )
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return manifest
@@ -32,7 +41,9 @@ def _loader(manifest: Path, batch_size: int, fraction: float, seed: int = 0, sta
     stream = MixedStream([p.modality for p in pairs], fraction, seed)
     sampler = MixedBatchSampler(stream, batch_size, start, rank, world)
     dataset = PairDataset(pairs, resolution=16, seed=seed)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers
+    )
 
 
 def _take(loader, count: int) -> list[dict]:
@@ -40,7 +51,9 @@ def _take(loader, count: int) -> list[dict]:
     return [next(batches) for _ in range(count)]
 
 
-@pytest.mark.parametrize(("fraction", "batch_size", "videos_per_batch"), [(0.5, 4, 2), (0.25, 8, 2), (0.0, 4, 0), (1.0, 2, 2)])
+@pytest.mark.parametrize(
+    ("fraction", "batch_size", "videos_per_batch"), [(0.5, 4, 2), (0.25, 8, 2), (0.0, 4, 0), (1.0, 2, 2)]
+)
 def test_every_batch_has_the_configured_image_video_ratio(tmp_path, fraction, batch_size, videos_per_batch):
     # 10 image pairs and 3 video pairs: the ratio holds whatever the sources' sizes.
     manifest = _write_pairs(tmp_path, images=10, videos=3)
@@ -53,7 +66,7 @@ def test_each_pass_over_a_modality_visits_every_pair_once(tmp_path):
     stream = MixedStream([p.modality for p in pairs], 0.5, seed=0)
     videos = [stream[p] for p in range(1, 2 * 3 * 4, 2)]  # odd positions hold the video pairs at 1:1
     for start in range(0, len(videos), 3):
-        assert sorted(videos[start:start + 3]) == [10, 11, 12]
+        assert sorted(videos[start : start + 3]) == [10, 11, 12]
     images = [stream[p] for p in range(0, 40, 2)]
     assert sorted(images[:10]) == list(range(10)) and sorted(images[10:]) == list(range(10))
     assert images[:10] != images[10:]  # a fresh order each pass

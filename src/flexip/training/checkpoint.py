@@ -83,7 +83,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     directory = Path(run_dir) / "checkpoints"
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CHECKPOINT_NAME.match(p.name)) and p.is_dir()]
+    found = [
+        (int(m.group(1)), p)
+        for p in directory.iterdir()
+        if (m := CHECKPOINT_NAME.match(p.name)) and p.is_dir()
+    ]
     return [path for _, path in sorted(found)]
 
 
@@ -101,7 +105,9 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, adapter: FlexIPAdapter, state: TrainingState, run_dir: Path, keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator, adapter: FlexIPAdapter, state: TrainingState, run_dir: Path, keep: int
+) -> Path:
     """Write the full state at `state.step` on every process; returns the checkpoint folder."""
     directory = Path(run_dir) / "checkpoints"
     final = directory / f"checkpoint-{state.step:08d}"
@@ -116,7 +122,9 @@ def save_checkpoint(accelerator: Accelerator, adapter: FlexIPAdapter, state: Tra
     hashes = gather_object([parameter_hash(adapter)])
     if accelerator.is_main_process:
         if len(set(hashes)) > 1:
-            logger.warning(f"the processes' adapter weights differ at step {state.step} (hashes {hashes}): DDP is out of sync")
+            logger.warning(
+                f"the processes' adapter weights differ at step {state.step} (hashes {hashes}): DDP is out of sync"
+            )
         record = {**asdict(state), "num_processes": accelerator.num_processes, "parameter_hashes": hashes}
         atomic_write_bytes(tmp / STATE_NAME, (json.dumps(record, indent=2) + "\n").encode())
     accelerator.wait_for_everyone()
@@ -136,6 +144,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainingState:
         record = json.loads((path / STATE_NAME).read_text())
         state = TrainingState(step=record["step"], samples=record["samples"], skipped=record["skipped"])
     except (OSError, ValueError, KeyError) as e:
-        raise FlexIPError(f"checkpoint {path}: {STATE_NAME} is unreadable ({e}); resume from another checkpoint") from e
+        raise FlexIPError(
+            f"checkpoint {path}: {STATE_NAME} is unreadable ({e}); resume from another checkpoint"
+        ) from e
     accelerator.load_state(str(path))
     return state

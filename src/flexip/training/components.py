@@ -65,7 +65,9 @@ def load_reference_encoder(config: ModelConfig, dtype: torch.dtype) -> Reference
     return _load(
         "image_encoder/dino_encoder",
         f"{config.image_encoder}, {config.dino_encoder}",
-        lambda: ReferenceEncoder.from_pretrained(config.image_encoder, config.dino_encoder, config.dino_layer, dtype),
+        lambda: ReferenceEncoder.from_pretrained(
+            config.image_encoder, config.dino_encoder, config.dino_layer, dtype
+        ),
     )
 
 

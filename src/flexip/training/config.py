@@ -60,7 +60,9 @@ class DropoutConfig:
 @dataclass
 class ValidationConfig:
     every: int = 1000  # optimizer steps between contact sheets (and one at the end)
-    prompts: list[str] = field(default_factory=lambda: ["a photo of it", "it on a beach", "a watercolor painting of it"])
+    prompts: list[str] = field(
+        default_factory=lambda: ["a photo of it", "it on a beach", "a watercolor painting of it"]
+    )
     preservation: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # one column per g
     steps: int = 30  # DDIM steps
     guidance_scale: float = 7.5
@@ -80,7 +82,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     weight_decay: float = 0.01  # AdamW; never applied to the gate logits (method.md §2.4)
-    mixed_precision: str = "no"  # no | fp16 | bf16: frozen models are stored in this dtype, the adapter in fp32
+    mixed_precision: str = (
+        "no"  # no | fp16 | bf16: frozen models are stored in this dtype, the adapter in fp32
+    )
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
     checkpoint_every: int = 1000  # optimizer steps between full-state checkpoints
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
@@ -104,16 +108,24 @@ class TrainConfig:
             raise FlexIPError(f"config data.num_workers: {self.data.num_workers} must be 0 or more")
         drop = self.dropout
         if min(drop.text, drop.image, drop.both) < 0 or drop.text + drop.image + drop.both > 1:
-            raise FlexIPError(f"config dropout: {drop} must be non-negative probabilities summing to at most 1")
+            raise FlexIPError(
+                f"config dropout: {drop} must be non-negative probabilities summing to at most 1"
+            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise FlexIPError(f"config mixed_precision: {self.mixed_precision!r} is not one of no, fp16, bf16")
+            raise FlexIPError(
+                f"config mixed_precision: {self.mixed_precision!r} is not one of no, fp16, bf16"
+            )
         unknown = sorted(set(self.log_with) - {"tensorboard", "wandb"})
         if unknown:
             raise FlexIPError(f"config log_with: {unknown} unknown; choose from tensorboard, wandb")
         if not self.data.manifest:
-            raise FlexIPError("config data.manifest is empty: name the JSONL training manifest (docs/formats.md)")
+            raise FlexIPError(
+                "config data.manifest is empty: name the JSONL training manifest (docs/formats.md)"
+            )
         if not self.validation.prompts or not self.validation.preservation:
-            raise FlexIPError("config validation.prompts and validation.preservation need at least one entry each")
+            raise FlexIPError(
+                "config validation.prompts and validation.preservation need at least one entry each"
+            )
         bad_g = [g for g in self.validation.preservation if not 0.0 <= g <= 1.0]
         if bad_g:
             raise FlexIPError(f"config validation.preservation: {bad_g} outside [0, 1]")
@@ -125,13 +137,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConf
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as e:
-        raise FlexIPError(f"config {path}: cannot read it ({e.strerror}); pass --config with a YAML file") from e
+        raise FlexIPError(
+            f"config {path}: cannot read it ({e.strerror}); pass --config with a YAML file"
+        ) from e
     except yaml.YAMLError as e:
         raise FlexIPError(f"config {path} is not valid YAML: {e}") from e
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise FlexIPError(f"config {path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+        raise FlexIPError(
+            f"config {path}: expected a mapping of keys at the top level, got {type(data).__name__}"
+        )
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key:
@@ -158,7 +174,9 @@ def _assign(data: dict, keys: list[str], value, where: str) -> None:
 def _build(cls, data, source: str, prefix: str = ""):
     """Turn nested dicts into `cls`, checking every key and value type against the dataclass fields."""
     if not isinstance(data, dict):
-        raise FlexIPError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping of keys, got {data!r}")
+        raise FlexIPError(
+            f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping of keys, got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:

@@ -56,15 +56,21 @@ def read_manifest(path: str | os.PathLike) -> list[Pair]:
             raise FlexIPError(f"{where}: expected a JSON object, got {type(record).__name__}")
         missing = [name for name in REQUIRED_FIELDS if name not in record]
         if missing:
-            raise FlexIPError(f"{where}: missing field(s) {', '.join(missing)}; every line needs {', '.join(REQUIRED_FIELDS)}")
+            raise FlexIPError(
+                f"{where}: missing field(s) {', '.join(missing)}; every line needs {', '.join(REQUIRED_FIELDS)}"
+            )
         for name in (*REQUIRED_FIELDS, "mask"):
             if name in record and not isinstance(record[name], str):
                 raise FlexIPError(f"{where}: field {name} must be a string, got {record[name]!r}")
         if record["modality"] not in MODALITIES:
-            raise FlexIPError(f"{where}: modality {record['modality']!r} is not one of {', '.join(MODALITIES)}")
+            raise FlexIPError(
+                f"{where}: modality {record['modality']!r} is not one of {', '.join(MODALITIES)}"
+            )
         for name in ("reference", "target", "mask"):
             if os.path.isabs(record.get(name, "")):
-                raise FlexIPError(f"{where}: {name} {record[name]!r} is absolute; paths are relative to the manifest")
+                raise FlexIPError(
+                    f"{where}: {name} {record[name]!r} is absolute; paths are relative to the manifest"
+                )
         pairs.append(Pair(
             reference=path.parent / record["reference"],
             target=path.parent / record["target"],
@@ -73,7 +79,9 @@ def read_manifest(path: str | os.PathLike) -> list[Pair]:
             mask=path.parent / record["mask"] if record.get("mask") else None,
         ))  # fmt: skip
     if not pairs:
-        raise FlexIPError(f"manifest {path} has no training pairs; each line is one JSON object (docs/formats.md)")
+        raise FlexIPError(
+            f"manifest {path} has no training pairs; each line is one JSON object (docs/formats.md)"
+        )
     return pairs
 
 
@@ -88,7 +96,9 @@ class MixedStream:
     def __init__(self, modalities: list[int], video_fraction: float, seed: int):
         self.fraction = Fraction(str(video_fraction))
         self.seed = seed
-        self.members = [[i for i, m in enumerate(modalities) if m == index] for index in range(len(MODALITIES))]
+        self.members = [
+            [i for i, m in enumerate(modalities) if m == index] for index in range(len(MODALITIES))
+        ]
         for index, share in ((0, 1 - self.fraction), (1, self.fraction)):
             if share > 0 and not self.members[index]:
                 name = MODALITIES[index]
@@ -178,7 +188,9 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __init__(self, pairs: list[Pair], resolution: int, seed: int):
         self.pairs, self.resolution, self.seed = pairs, resolution, seed
-        self.members = {m: [i for i, p in enumerate(pairs) if p.modality == m] for m in range(len(MODALITIES))}
+        self.members = {
+            m: [i for i, p in enumerate(pairs) if p.modality == m] for m in range(len(MODALITIES))
+        }
         self.slot = np.zeros(len(pairs), dtype=np.int64)  # index -> its place in its modality's list
         for members in self.members.values():
             self.slot[members] = np.arange(len(members))

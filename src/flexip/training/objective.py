@@ -30,11 +30,15 @@ class EncodedBatch:
 def encode_text(models: FrozenModels, captions: list[str], device: torch.device) -> torch.Tensor:
     # The text encoder's own context length: a tokenizer saved without model_max_length reports ~1e30.
     length = models.text_encoder.config.max_position_embeddings
-    ids = models.tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    ids = models.tokenizer(
+        captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+    )
     return models.text_encoder(ids.input_ids.to(device))[0]
 
 
-def condition_dropout(batch: int, dropout: DropoutConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def condition_dropout(
+    batch: int, dropout: DropoutConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (drop text, drop image) masks: disjoint events with the configured probabilities."""
     draw = torch.rand(batch, generator=generator, device=generator.device)
     text_only = draw < dropout.text
@@ -44,7 +48,9 @@ def condition_dropout(batch: int, dropout: DropoutConfig, generator: torch.Gener
 
 
 @torch.no_grad()
-def encode_batch(models: FrozenModels, batch: dict, dropout: DropoutConfig, generator: torch.Generator) -> EncodedBatch:
+def encode_batch(
+    models: FrozenModels, batch: dict, dropout: DropoutConfig, generator: torch.Generator
+) -> EncodedBatch:
     """Latents, text and reference features of a collated batch; dropped conditions become null ones."""
     device = generator.device
     drop_text, drop_image = condition_dropout(len(batch["captions"]), dropout, generator)

@@ -57,7 +57,7 @@ class StopSignals:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __enter__(self) -> StopSignals:
+    def __enter__(self) -> StopSignals:  # noqa: PYI034 (Self needs Python 3.11)
         self.requested = 0
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -134,7 +134,9 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     # --- the run ---------------------------------------------------------------------------------------------
     for tracker in config.log_with:
         if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
-            raise FlexIPError(f"config log_with: {tracker} is not installed; `pip install {tracker}` or remove it")
+            raise FlexIPError(
+                f"config log_with: {tracker} is not installed; `pip install {tracker}` or remove it"
+            )
     run_dir = Path(config.output_dir)
     accelerator = Accelerator(
         # Without an accelerator device, accelerate runs torchrun's processes as one unless told it is on CPUs
@@ -232,7 +234,11 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             # The step's one collective: the mean loss, the skipped samples and any stop request, over all processes.
             counts = torch.tensor([micro_steps, skipped, stop.requested], device=device, dtype=torch.float32)
             totals = accelerator.reduce(torch.cat([loss_sum[None], counts]), reduction="sum")
-            step_loss, state.skipped, stopping = float(totals[0] / totals[1]), state.skipped + int(totals[2]), totals[3] > 0
+            step_loss, state.skipped, stopping = (
+                float(totals[0] / totals[1]),
+                state.skipped + int(totals[2]),
+                totals[3] > 0,
+            )
             window_losses.append(step_loss)
             loss_sum.zero_()
             micro_steps = skipped = 0
@@ -262,6 +268,8 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
                 export_and_checkpoint()
     progress.close()
     if state.skipped:
-        logger.warning(f"{state.skipped} unreadable training pairs were skipped (each is logged above with its path)")
+        logger.warning(
+            f"{state.skipped} unreadable training pairs were skipped (each is logged above with its path)"
+        )
     accelerator.end_training()
     return TrainResult(run_dir, state, interrupted, adapter.eval(), models)

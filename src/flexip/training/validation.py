@@ -44,12 +44,16 @@ def sweep(
             # Unconditional half (empty prompt, null reference) first, then the conditional half; n samples each.
             text_embeds = torch.cat([null_text.expand(n, -1, -1), text.expand(n, -1, -1)])
             clip_embeds = torch.cat([null.clip_embeds.expand(n, -1), encoded.clip_embeds.expand(n, -1)])
-            dino_tokens = torch.cat([null.dino_tokens.expand(n, -1, -1), encoded.dino_tokens.expand(n, -1, -1)])
+            dino_tokens = torch.cat(
+                [null.dino_tokens.expand(n, -1, -1), encoded.dino_tokens.expand(n, -1, -1)]
+            )
             condition = adapter(clip_embeds, dino_tokens, text_embeds, preservation=g.repeat(2), cache=True)
 
             generator = torch.Generator(device).manual_seed(config.seed)
             shape = (1, unet.config.in_channels, latent_size, latent_size)
-            latents = torch.randn(shape, generator=generator, device=device, dtype=unet.dtype).expand(n, -1, -1, -1)
+            latents = torch.randn(shape, generator=generator, device=device, dtype=unet.dtype).expand(
+                n, -1, -1, -1
+            )
             scheduler.set_timesteps(config.steps, device=device)
             latents = latents * scheduler.init_noise_sigma
             for t in scheduler.timesteps:
@@ -65,12 +69,17 @@ def sweep(
 
 
 def contact_sheet(
-    references: list[Image.Image], prompts: list[str], preservation: list[float], rows: list[list[Image.Image]]
+    references: list[Image.Image],
+    prompts: list[str],
+    preservation: list[float],
+    rows: list[list[Image.Image]],
 ) -> Image.Image:
     """A labelled grid: a header with each column's g, and above each row its prompt."""
     cell = max(MIN_CELL, rows[0][0].width)
     columns = 1 + len(preservation)
-    sheet = Image.new("RGB", (columns * cell, LABEL_HEIGHT + len(rows) * (LABEL_HEIGHT + cell)), (255, 255, 255))
+    sheet = Image.new(
+        "RGB", (columns * cell, LABEL_HEIGHT + len(rows) * (LABEL_HEIGHT + cell)), (255, 255, 255)
+    )
     draw = ImageDraw.Draw(sheet)
     for column, label in enumerate(["reference", *(f"g = {g:g}" for g in preservation)]):
         draw.text((column * cell + 4, 1), label, fill=(0, 0, 0))
