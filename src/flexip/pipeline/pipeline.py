@@ -44,9 +44,10 @@ class FlexIPPipeline(StableDiffusionPipeline):
                 f"cannot load a Stable Diffusion base model from {str(base)!r} ({str(e).splitlines()[0]}); give a "
                 "diffusers pipeline directory or a hub id whose weights are downloaded"
             ) from e
-        if (
-            torch_dtype is not None
-        ):  # cast after loading: diffusers renamed its dtype argument across versions
+        # Cast after loading (diffusers renamed its dtype argument across versions), and only when needed:
+        # diffusers 0.42 warns on every cast.
+        modules = [module for module in stock.components.values() if isinstance(module, torch.nn.Module)]
+        if torch_dtype is not None and any(module.dtype != torch_dtype for module in modules):
             stock.to(dtype=torch_dtype)
         pipe = cls(**stock.components, requires_safety_checker=stock.config.requires_safety_checker)
         pipe.flexip = FlexIPInjection.load(pipe.unet, adapter, image_encoder, dino_encoder, torch_dtype)
