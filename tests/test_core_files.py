@@ -138,3 +138,14 @@ def test_model_references_name_hub_subfolders_and_local_paths(tiny_models):
     assert split_model_reference(tiny_models.dinov2) == (str(tiny_models.dinov2), None)
     with pytest.raises(FlexIPError, match="cannot load CLIPVisionModelWithProjection from '/nonexistent/clip'"):
         ReferenceEncoder.from_pretrained("/nonexistent/clip", tiny_models.dinov2)
+
+
+def test_clip_encoder_without_processor_config_uses_clip_defaults(tiny_models, tmp_path):
+    clip_dir = shutil.copytree(tiny_models.image_encoder, tmp_path / "image_encoder")
+    (clip_dir / "preprocessor_config.json").unlink()  # as in h94/IP-Adapter/models/image_encoder
+    encoder = ReferenceEncoder.from_pretrained(clip_dir, tiny_models.dinov2)
+    assert encoder.clip_processor.crop_size == {"height": 224, "width": 224}
+    dino_dir = shutil.copytree(tiny_models.dinov2, tmp_path / "dinov2")
+    (dino_dir / "preprocessor_config.json").unlink()
+    with pytest.raises(FlexIPError, match="dinov2"):
+        ReferenceEncoder.from_pretrained(tiny_models.image_encoder, dino_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -9,10 +10,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save
 from torch import nn
-from transformers import AutoImageProcessor, CLIPVisionModelWithProjection, Dinov2Model
+from transformers import AutoImageProcessor, CLIPImageProcessor, CLIPVisionModelWithProjection, Dinov2Model
 
 from .atomic import atomic_write_bytes
 from .errors import FlexIPError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +85,21 @@ def _load(model_cls, reference: str | os.PathLike, **kwargs):
         ) from e
 
 
+def _load_processor(reference: str | os.PathLike, default):
+    """The image processor saved with a model, or `default()` where the model ships none.
+
+    IP-Adapter's CLIP-H (`h94/IP-Adapter/models/image_encoder`) has no preprocessor config; the standard CLIP
+    preprocessing is what it was trained with, and what diffusers uses for it.
+    """
+    try:
+        return _load(AutoImageProcessor, reference)
+    except FlexIPError:
+        if default is None:
+            raise
+        logger.info(f"{reference} has no image processor config; using {default.__name__} defaults")
+        return default()
+
+
 class ReferenceEncoder(nn.Module):
     """The two frozen image encoders, each with its own preprocessing."""
 
@@ -104,8 +122,8 @@ class ReferenceEncoder(nn.Module):
         """Load both encoders and their image processors from local directories or hub ids (`owner/repo/subfolder`)."""
         clip = _load(CLIPVisionModelWithProjection, clip_model, dtype=torch_dtype)
         dino = _load(Dinov2Model, dino_model, dtype=torch_dtype)
-        clip_processor = _load(AutoImageProcessor, clip_model)
-        dino_processor = _load(AutoImageProcessor, dino_model)
+        clip_processor = _load_processor(clip_model, default=CLIPImageProcessor)
+        dino_processor = _load_processor(dino_model, default=None)
         return cls(clip.eval().requires_grad_(False), clip_processor, dino.eval().requires_grad_(False),
                    dino_processor, dino_layer)  # fmt: skip
 

@@ -160,6 +160,7 @@ def save_tiny_model_set(root: str | os.PathLike, seed: int = 0) -> ModelSet:
         base.unet,
         clip_embed_dim=clip.config.projection_dim,
         dino_hidden_dim=dino.config.hidden_size,
+        base_model="../base",
         image_encoder="../image_encoder",
         dino_encoder="../dinov2",
         preservation={"num_queries": 4, "num_clip_tokens": 2, "width": WIDTH, "depth": 1, "heads": 2, "head_dim": 16},

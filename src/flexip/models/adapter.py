@@ -59,7 +59,8 @@ class FlexIPConfig:
     clip_embed_dim: int  # CLIP image embedding (projection) size
     dino_hidden_dim: int  # DINOv2 hidden size
     layers: dict[str, list[int]]  # attn2 processor name -> [K/V input width, K/V output width]
-    image_encoder: str = ""  # CLIP vision model it was trained with: hub id, or a path ("./x" = beside the adapter)
+    base_model: str = ""  # diffusers base model it was trained on: hub id, or a path ("./x" = beside the adapter)
+    image_encoder: str = ""  # CLIP vision model it was trained with, same convention
     dino_encoder: str = ""  # DINOv2 model it was trained with, same convention
     dino_layer: int = -2  # which DINOv2 hidden state feeds the Preservation adapter (-2: penultimate block)
     preservation: PreservationConfig = field(default_factory=PreservationConfig)
@@ -132,6 +133,7 @@ class FlexIPAdapter(nn.Module):
         unet: nn.Module,
         clip_embed_dim: int,
         dino_hidden_dim: int,
+        base_model: str = "",
         image_encoder: str = "",
         dino_encoder: str = "",
         **overrides,
@@ -152,6 +154,7 @@ class FlexIPAdapter(nn.Module):
                 "clip_embed_dim": clip_embed_dim,
                 "dino_hidden_dim": dino_hidden_dim,
                 "layers": {name: [a.to_k.in_features, a.to_k.out_features] for name, a in layers.items()},
+                "base_model": base_model,
                 "image_encoder": image_encoder,
                 "dino_encoder": dino_encoder,
                 "format_version": FORMAT_VERSION,
@@ -270,7 +273,7 @@ class FlexIPAdapter(nn.Module):
         return adapter.eval()
 
     def resolve_encoder(self, reference: str) -> str:
-        """An encoder id from the config; "./x" and "../x" are taken relative to the adapter directory."""
+        """A model id from the config; "./x" and "../x" are taken relative to the adapter directory."""
         directory = getattr(self, "source_directory", None)
         if directory is not None and reference.startswith(("./", "../")):
             return str((directory / reference).resolve())

@@ -115,6 +115,7 @@ def _build_adapter(config: TrainConfig, unet, encoder) -> FlexIPAdapter:
     model = config.model
     return FlexIPAdapter.for_unet(
         unet, encoder.clip_embed_dim, encoder.dino_hidden_dim,
+        base_model=_portable(model.base),
         image_encoder=_portable(model.image_encoder), dino_encoder=_portable(model.dino_encoder),
         dino_layer=model.dino_layer, preservation=dataclasses.asdict(model.preservation),
         personalization=dataclasses.asdict(model.personalization), gate=dataclasses.asdict(model.gate),
