@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +61,11 @@ def test_sweep_writes_the_dial_left_to_right(tmp_path, reference, model_args, ca
         "1",
     ]
     argv = ["sweep", "--reference", str(reference), "--prompt", "a dog on the beach", "--out", str(out)]
-    assert main([*argv, "--preservation", "0,0.5,1", *model_args, *options]) == 0
+    # No --base: the adapter records its base model.
+    assert (
+        main([*argv, "--preservation", "0,0.5,1", "--adapter", model_args[3], "--steps", STEPS, *options])
+        == 0
+    )
     names = ["00_preservation-0.00.png", "01_preservation-0.50.png", "02_preservation-1.00.png"]
     assert sorted(path.name for path in out.iterdir()) == sorted(
         [*names, "contact_sheet.png", "settings.json"]
@@ -68,6 +73,7 @@ def test_sweep_writes_the_dial_left_to_right(tmp_path, reference, model_args, ca
     assert "contact_sheet.png" in capsys.readouterr().out
     settings = json.loads((out / "settings.json").read_text())
     assert settings["preservation"] == [0.0, 0.5, 1.0] and settings["scheduler"] == "dpm++"
+    assert Path(settings["base"]).resolve() == Path(model_args[1]).resolve()
     with Image.open(out / "contact_sheet.png") as sheet:
         assert sheet.width > 4 * sheet.height / 2  # the reference and three values side by side
 

@@ -226,3 +226,7 @@ def test_loading_errors_name_what_is_wrong(tmp_path, tiny_models):
         FlexIPPipeline.from_pretrained(base=tmp_path / "nothing", adapter=tiny_models.adapter)
     with pytest.raises(FlexIPError, match="not found"):
         FlexIPPipeline.from_pretrained(base=tiny_models.base, adapter=tmp_path)
+    unrecorded = FlexIPAdapter.from_pretrained(tiny_models.adapter)
+    unrecorded.config.base_model = ""
+    with pytest.raises(FlexIPError, match="does not record its base model"):
+        FlexIPPipeline.from_pretrained(adapter=unrecorded)

@@ -44,7 +44,7 @@ def adapter_dir(tmp_path_factory):
     base = StableDiffusionPipeline.from_pretrained(BASE_MODEL)
     torch.manual_seed(0)
     adapter = FlexIPAdapter.for_unet(
-        base.unet, 1024, 1024, image_encoder=IMAGE_ENCODER, dino_encoder=DINO_ENCODER
+        base.unet, 1024, 1024, base_model=BASE_MODEL, image_encoder=IMAGE_ENCODER, dino_encoder=DINO_ENCODER
     )
     assert adapter.config.cross_attention_dim == 768 and len(adapter.config.layers) == 16
     directory = tmp_path_factory.mktemp("sd15-adapter")
@@ -55,7 +55,9 @@ def adapter_dir(tmp_path_factory):
 def test_default_models_generate_and_scale_zero_is_sd15(adapter_dir):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    pipe = FlexIPPipeline.from_pretrained(base=BASE_MODEL, adapter=adapter_dir, torch_dtype=dtype).to(device)
+    pipe = FlexIPPipeline.from_pretrained(adapter=adapter_dir, torch_dtype=dtype).to(
+        device
+    )  # base: as recorded
     plain = StableDiffusionPipeline.from_pretrained(BASE_MODEL, torch_dtype=dtype).to(device)
     reference = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
     settings = {"num_inference_steps": 2, "height": 256, "width": 256, "output_type": "np"}

@@ -63,8 +63,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--base", default=None,
-        help="Stable Diffusion base: hub id or directory (default: the embedded model's base without --adapter, "
-        "else stable-diffusion-v1-5/stable-diffusion-v1-5)",
+        help="Stable Diffusion base: hub id or directory (default: the base the adapter records)",
     )  # fmt: skip
     parser.add_argument(
         "--adapter", default=None, help="FlexIP adapter directory (default: the embedded model)"
@@ -130,7 +129,6 @@ def load_pipeline(args: argparse.Namespace) -> LoadedModel:
 
     from ..errors import FlexIPError
     from ..pipeline import FlexIPPipeline
-    from ..pipeline.defaults import BASE_MODEL
     from ..pipeline.embedded import embedded_model
     from ..pipeline.schedulers import make_scheduler
 
@@ -154,11 +152,16 @@ def load_pipeline(args: argparse.Namespace) -> LoadedModel:
         embedded = embedded_model()
         adapter, base = embedded.models.adapter, args.base or embedded.models.base
     else:
-        adapter, base = args.adapter, args.base or BASE_MODEL
+        adapter, base = args.adapter, args.base
     pipe = FlexIPPipeline.from_pretrained(base=base, adapter=adapter, torch_dtype=getattr(torch, dtype_name))
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler)
     pipe.to(device)
-    record = {"base": str(base), "adapter": str(adapter), "device": str(device), "dtype": dtype_name}
+    record = {
+        "base": pipe.config._name_or_path,
+        "adapter": str(adapter),
+        "device": str(device),
+        "dtype": dtype_name,
+    }
     return LoadedModel(pipe, embedded, record)
 
 

@@ -27,7 +27,8 @@ class FlexIPPipeline(StableDiffusionPipeline):
     @classmethod
     def from_pretrained(
         cls,
-        base: str | os.PathLike,
+        base: str | os.PathLike | None = None,
+        *,
         adapter: str | os.PathLike | FlexIPAdapter,
         image_encoder: str | os.PathLike | None = None,
         dino_encoder: str | os.PathLike | None = None,
@@ -35,8 +36,16 @@ class FlexIPPipeline(StableDiffusionPipeline):
     ) -> FlexIPPipeline:
         """Load a Stable Diffusion base (hub id or directory) and a FlexIP adapter (directory or object).
 
-        The encoders default to those the adapter's config names.
+        The base and the encoders default to those the adapter's config records.
         """
+        if not isinstance(adapter, FlexIPAdapter):
+            adapter = FlexIPAdapter.from_pretrained(adapter)
+        base = base or adapter.resolve_encoder(adapter.config.base_model)
+        if not base:
+            raise FlexIPError(
+                "the adapter does not record its base model; pass the Stable Diffusion base it was trained on "
+                "(base=... in Python, --base on the command line)"
+            )
         try:
             stock = StableDiffusionPipeline.from_pretrained(os.fspath(base))
         except (OSError, ValueError) as e:
@@ -50,6 +59,7 @@ class FlexIPPipeline(StableDiffusionPipeline):
         if torch_dtype is not None and any(module.dtype != torch_dtype for module in modules):
             stock.to(dtype=torch_dtype)
         pipe = cls(**stock.components, requires_safety_checker=stock.config.requires_safety_checker)
+        pipe.register_to_config(_name_or_path=os.fspath(base))  # as diffusers' from_pretrained records it
         pipe.flexip = FlexIPInjection.load(pipe.unet, adapter, image_encoder, dino_encoder, torch_dtype)
         return pipe
 
