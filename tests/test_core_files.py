@@ -28,10 +28,10 @@ def test_adapter_config_records_sizes_and_encoders(tiny_models):
     assert config["image_encoder"] == "../image_encoder" and config["dino_encoder"] == "../dinov2"
     assert len(config["layers"]) == 4
     adapter = FlexIPAdapter.from_pretrained(tiny_models.adapter)
-    assert adapter.resolve_encoder(config["image_encoder"]) == str(tiny_models.image_encoder.resolve())
-    assert adapter.resolve_encoder("openai/clip-vit-large-patch14") == "openai/clip-vit-large-patch14"
+    assert adapter.resolve_model(config["image_encoder"]) == str(tiny_models.image_encoder.resolve())
+    assert adapter.resolve_model("openai/clip-vit-large-patch14") == "openai/clip-vit-large-patch14"
     encoder = ReferenceEncoder.from_pretrained(
-        adapter.resolve_encoder(config["image_encoder"]), adapter.resolve_encoder(config["dino_encoder"])
+        adapter.resolve_model(config["image_encoder"]), adapter.resolve_model(config["dino_encoder"])
     )
     assert (encoder.clip_embed_dim, encoder.dino_hidden_dim) == (config["clip_embed_dim"], config["dino_hidden_dim"])
 

@@ -42,3 +42,15 @@ def test_long_labels_are_shortened_and_odd_shapes_fit():
 def test_every_row_needs_one_image_per_label():
     with pytest.raises(ValueError, match="one image per label"):
         contact_sheet([_tiles(2)], ["only one"])
+
+
+def test_row_labels_sit_above_their_rows():
+    rows = [_tiles(2), _tiles(2)]
+    plain = contact_sheet(rows, ["a", "b"], tile_size=32)
+    labelled = contact_sheet(rows, ["a", "b"], tile_size=32, row_labels=["prompt one", "prompt two"])
+    assert labelled.height > plain.height
+    pixels = np.asarray(labelled)
+    bottom_tile = np.asarray(rows[1][0].resize((32, 32), Image.Resampling.NEAREST))
+    np.testing.assert_array_equal(pixels[-(32 + MARGIN) : -MARGIN, MARGIN : MARGIN + 32], bottom_tile)
+    with pytest.raises(ValueError, match="2 row labels for 1 rows"):
+        contact_sheet([_tiles(2)], ["a", "b"], row_labels=["x", "y"])

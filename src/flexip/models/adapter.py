@@ -272,7 +272,7 @@ class FlexIPAdapter(nn.Module):
             adapter.to(torch_dtype)
         return adapter.eval()
 
-    def resolve_encoder(self, reference: str) -> str:
+    def resolve_model(self, reference: str) -> str:
         """A model id from the config; "./x" and "../x" are taken relative to the adapter directory."""
         directory = getattr(self, "source_directory", None)
         if directory is not None and reference.startswith(("./", "../")):

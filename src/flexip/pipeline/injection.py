@@ -76,8 +76,8 @@ class FlexIPInjection:
         if not isinstance(adapter, FlexIPAdapter):
             adapter = FlexIPAdapter.from_pretrained(adapter)
         config = adapter.config
-        image_encoder = image_encoder or adapter.resolve_encoder(config.image_encoder)
-        dino_encoder = dino_encoder or adapter.resolve_encoder(config.dino_encoder)
+        image_encoder = image_encoder or adapter.resolve_model(config.image_encoder)
+        dino_encoder = dino_encoder or adapter.resolve_model(config.dino_encoder)
         if not image_encoder or not dino_encoder:
             raise FlexIPError(
                 "the adapter's config names no image encoder or DINOv2 model; pass image_encoder= and dino_encoder="

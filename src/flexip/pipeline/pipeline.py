@@ -40,7 +40,7 @@ class FlexIPPipeline(StableDiffusionPipeline):
         """
         if not isinstance(adapter, FlexIPAdapter):
             adapter = FlexIPAdapter.from_pretrained(adapter)
-        base = base or adapter.resolve_encoder(adapter.config.base_model)
+        base = base or adapter.resolve_model(adapter.config.base_model)
         if not base:
             raise FlexIPError(
                 "the adapter does not record its base model; pass the Stable Diffusion base it was trained on "

@@ -32,7 +32,7 @@ from .components import FrozenModels, load_frozen_models, prepare_tiny_models
 from .config import TrainConfig, config_to_yaml
 from .data import MixedBatchSampler, MixedStream, PairDataset, collate, read_manifest
 from .objective import FlexIPTrainingModel, encode_batch
-from .validation import contact_sheet, png_bytes, sweep, validation_references
+from .validation import png_bytes, sweep, sweep_sheet, validation_references
 
 logger = get_logger(__name__)
 
@@ -198,7 +198,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             adapter.eval()
             with accelerator.autocast():
                 rows = sweep(models, adapter, references, config.validation, config.data.resolution, device)
-            sheet = contact_sheet(references, config.validation.prompts, config.validation.preservation, rows)
+            sheet = sweep_sheet(references, config.validation.prompts, config.validation.preservation, rows)
             atomic_write_bytes(run_dir / "samples" / f"step-{state.step:08d}.png", png_bytes(sheet))
             adapter.train()
         accelerator.wait_for_everyone()

@@ -11,8 +11,9 @@ import io
 
 import torch
 from diffusers import DDIMScheduler
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from ..contact_sheet import contact_sheet
 from ..models.adapter import FlexIPAdapter
 from .components import FrozenModels
 from .config import ValidationConfig
@@ -20,7 +21,6 @@ from .data import Pair, load_rgb
 from .objective import encode_text
 
 MIN_CELL = 128  # px: tiny models' 32 px images are upscaled so the sheet stays readable
-LABEL_HEIGHT = 14
 
 
 @torch.no_grad()
@@ -68,29 +68,19 @@ def sweep(
     return rows
 
 
-def contact_sheet(
+def sweep_sheet(
     references: list[Image.Image],
     prompts: list[str],
     preservation: list[float],
     rows: list[list[Image.Image]],
 ) -> Image.Image:
-    """A labelled grid: a header with each column's g, and above each row its prompt."""
-    cell = max(MIN_CELL, rows[0][0].width)
-    columns = 1 + len(preservation)
-    sheet = Image.new(
-        "RGB", (columns * cell, LABEL_HEIGHT + len(rows) * (LABEL_HEIGHT + cell)), (255, 255, 255)
+    """The sweep as a contact sheet: the reference, then one column per g; each row labelled with its prompt."""
+    return contact_sheet(
+        [[references[index // len(prompts)], *row] for index, row in enumerate(rows)],
+        ["reference", *(f"g = {g:g}" for g in preservation)],
+        tile_size=MIN_CELL,
+        row_labels=[f"prompt: {prompts[index % len(prompts)]!r}" for index in range(len(rows))],
     )
-    draw = ImageDraw.Draw(sheet)
-    for column, label in enumerate(["reference", *(f"g = {g:g}" for g in preservation)]):
-        draw.text((column * cell + 4, 1), label, fill=(0, 0, 0))
-    for index, row in enumerate(rows):
-        reference, prompt = references[index // len(prompts)], prompts[index % len(prompts)]
-        top = LABEL_HEIGHT + index * (LABEL_HEIGHT + cell)
-        draw.text((4, top + 1), f"prompt: {prompt!r}", fill=(0, 0, 0))
-        for column, image in enumerate([reference, *row]):
-            resized = image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
-            sheet.paste(resized, (column * cell, top + LABEL_HEIGHT))
-    return sheet
 
 
 def png_bytes(image: Image.Image) -> bytes:
