@@ -103,3 +103,28 @@ def test_a_resumed_run_may_change_its_length(trained):
     summary = train_main(["--out", str(root / "model"), "--work-dir", str(root / "work"), "--samples", "32",
                           "--vae-steps", "2", "--unet-steps", "3", "--batch-size", "4", "--quiet"])
     assert summary["config"]["unet_steps"] == 3
+
+
+def test_interrupted_unet_training_resumes_to_the_same_weights(tmp_path):
+    from flexip.demo.base_model import BaseModelConfig, build_components
+    from flexip.demo.train_base import TrainBaseConfig, train_unet
+
+    config = TrainBaseConfig(unet_steps=4, unet_batch_size=2, checkpoint_every=2, warmup_steps=1)
+    latent = (torch.randn(6, 8, 8, 8), torch.full((6, 8, 8, 8), 0.1))
+    text = (torch.randn(3, 16, 64), torch.tensor([1, 2, 1, 2, 1, 2]))
+
+    def parts():
+        built = build_components(BaseModelConfig())
+        built.vae.register_to_config(scaling_factor=1.0)
+        return built
+
+    straight = train_unet(parts(), latent, text, config, tmp_path, progress=False)
+    assert (tmp_path / "unet.pt").is_file()  # written at step 2, as if the run had stopped there
+    # Start the second run from other weights: only loading the checkpoint can make it end where the first did.
+    second = parts()
+    with torch.no_grad():
+        for parameter in second.unet.parameters():
+            parameter.add_(0.5)
+    resumed = train_unet(second, latent, text, config, tmp_path, progress=False)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
