@@ -9,7 +9,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from flexip import FlexIPAdapter, FlexIPError, FlexIPPipeline
-from flexip.pipeline.schedulers import SCHEDULERS, make_scheduler
+from flexip.schedulers import SCHEDULERS, make_scheduler
 
 STEPS = 2
 

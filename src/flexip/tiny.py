@@ -126,13 +126,13 @@ def build_tiny_image_encoders(seed: int = 0) -> tuple:
         CLIPVisionConfig(
             hidden_size=WIDTH, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
             image_size=IMAGE_SIZE, patch_size=8, projection_dim=WIDTH,
-        )  # fmt: skip
+        )
     )
     dino = Dinov2Model(
         Dinov2Config(
             hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
             image_size=IMAGE_SIZE, patch_size=8,
-        )  # fmt: skip
+        )
     )
     size = {"shortest_edge": IMAGE_SIZE}
     crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import FlexIPError
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; a user mistake prints one line and returns 2, without a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # transformers warns on every image processor that torchvision is absent (its PIL fallback is what we
+    # use); on the command line that is noise. Users can still ask for it with TRANSFORMERS_VERBOSITY.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return args.run(args) or 0
     except FlexIPError as e:

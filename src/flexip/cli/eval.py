@@ -34,7 +34,7 @@ def register(subparsers) -> None:
 
 def _register_generate(commands) -> None:
     from ..evaluation.benchmarks import BENCHMARKS
-    from ..evaluation.generate import DTYPES, METHODS
+    from ..evaluation.generate_config import DTYPES, METHODS
 
     p = commands.add_parser(
         "generate",
@@ -105,7 +105,8 @@ def _register_generate(commands) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from ..evaluation.benchmarks import load_benchmark
-    from ..evaluation.generate import GenerationConfig, generate
+    from ..evaluation.generate import generate
+    from ..evaluation.generate_config import GenerationConfig
 
     config = GenerationConfig(
         method=args.method,
@@ -131,7 +132,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _register_score(commands) -> None:
-    from ..evaluation.score import IDENTITY_MODES, ScoreConfig
+    from ..evaluation.score_config import IDENTITY_MODES, ScoreConfig
 
     defaults = ScoreConfig(aesthetic_head="")
     p = commands.add_parser(
@@ -175,7 +176,8 @@ def _register_score(commands) -> None:
 def run_score(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from ..evaluation.score import ScoreConfig, Scorer, check_results, score_results
+    from ..evaluation.score import Scorer, check_results, score_results
+    from ..evaluation.score_config import ScoreConfig
 
     for directory in args.results:
         check_results(directory)

@@ -45,7 +45,7 @@ def add_subject_options(parser: argparse.ArgumentParser) -> None:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """The sampling and model options every generating command takes."""
-    from ..pipeline.schedulers import SCHEDULERS
+    from ..schedulers import SCHEDULERS
 
     parser.add_argument("--negative-prompt", default=None, help="what to steer away from (default: none)")
     parser.add_argument(
@@ -130,7 +130,7 @@ def load_pipeline(args: argparse.Namespace) -> LoadedModel:
     from ..errors import FlexIPError
     from ..pipeline import FlexIPPipeline
     from ..pipeline.embedded import embedded_model
-    from ..pipeline.schedulers import make_scheduler
+    from ..schedulers import make_scheduler
 
     if args.device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

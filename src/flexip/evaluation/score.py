@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,26 +17,10 @@ from . import metrics
 from .aesthetic import AestheticHead
 from .extractors import ClipFeatures, DinoFeatures
 from .results import SCORES_FILE, SUMMARY_FILE, PlannedImage, read_generation, write_jsonl
+from .score_config import ScoreConfig
 from .tables import markdown_table, write_csv
 
-IDENTITY_MODES = ("reference", "all")
 BATCH_SIZE = 16
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """The backbones behind the metrics (hub ids or local paths), recorded beside every score."""
-
-    aesthetic_head: str  # LAION's sac+logos+ava1-l14-linearMSE.pth, or a safetensors copy
-    clip_model: str = "openai/clip-vit-large-patch14"  # CLIP-I and CLIP-T (torchmetrics' CLIPScore default)
-    dino_model: str = "facebook/dino-vits16"  # DINO-I, as DreamBooth measured it
-    iqa_model: str = "openai/clip-vit-large-patch14"  # CLIP-IQA
-    aesthetic_model: str = "openai/clip-vit-large-patch14"  # what the LAION head was trained on
-    identity: str = "reference"  # compare with the reference used, or average over "all" real images
-
-    def __post_init__(self):
-        if self.identity not in IDENTITY_MODES:
-            raise FlexIPError(f"--identity must be one of {', '.join(IDENTITY_MODES)}, got {self.identity!r}")
 
 
 def _open(path: str | os.PathLike) -> Image.Image:

@@ -12,9 +12,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import FlexIPError
 from ..atomic import atomic_directory
-from .attention import BranchProjections, FlexIPCondition, attach, branch_weights, cross_attention_layers, detach
+from ..errors import FlexIPError
+from .attention import (
+    BranchProjections,
+    FlexIPCondition,
+    attach,
+    branch_weights,
+    cross_attention_layers,
+    detach,
+)
 from .gate import DynamicWeightGate
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
