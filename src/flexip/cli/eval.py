@@ -43,8 +43,7 @@ def _register_generate(commands) -> None:
         description="Generate the images of one method for every (subject, prompt, seed, dial value) of a "
         "benchmark into OUT/images, with every setting in OUT/generation.json and every image listed in "
         "OUT/manifest.jsonl. Images already there are kept: run the same command again to finish an "
-        "interrupted "
-        "run. Zero-shot protocol: one reference image per subject, DreamBench's unique token dropped.",
+        "interrupted run. Zero-shot protocol: one reference image per subject, DreamBench's unique token dropped.",
     )
     p.add_argument(
         "--benchmark", choices=BENCHMARKS, default="dreambench", help="benchmark layout (default: dreambench)"
@@ -201,8 +200,7 @@ def _register_rank(commands) -> None:
         "rank",
         help="the mRank table of results directories and published numbers",
         description="Rank every method (each dial value of a results directory is one entry) on each of the "
-        "five "
-        "metrics, 1 = best, ties sharing their mean rank, and average: mRank (method.md §5). CSV inputs hold "
+        "five metrics, 1 = best, ties sharing their mean rank, and average: mRank (method.md §5). CSV inputs hold "
         "published numbers: columns method,CLIP-T,CLIP-I,DINO-I,CLIP-IQA,Aesthetic.",
     )
     p.add_argument(
@@ -225,8 +223,7 @@ def _register_curve(commands) -> None:
         "curve",
         help="identity vs prompt fidelity over the dial, and how smoothly each method moves",
         description="Plot DINO-I and CLIP-I against CLIP-T, one labelled point per preservation value or "
-        "scale "
-        "(tradeoff.png/.svg), and the largest jump between neighbouring dial values as a share of the range "
+        "scale (tradeoff.png/.svg), and the largest jump between neighbouring dial values as a share of the range "
         "covered (smoothness.png/.svg; needs 3+ dial values). Numbers in tradeoff.csv.",
     )
     p.add_argument("results", nargs="+", help="scored results directories")
