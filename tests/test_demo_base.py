@@ -34,6 +34,20 @@ def test_every_word_is_one_token_and_the_text_encoder_separates_words():
     assert similarity.max() < 0.5
 
 
+def test_vocab_files_tokenize_like_the_tokenizer(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from flexip.demo.text import write_vocab_files
+
+    tokenizer = build_tokenizer()
+    write_vocab_files(tokenizer, tmp_path)
+    again = CLIPTokenizer(vocab=str(tmp_path / "vocab.json"), merges=str(tmp_path / "merges.txt"),
+                          model_max_length=tokenizer.model_max_length)
+    text = "a large star on the right with night background drawn in gray"
+    assert again(text).input_ids == tokenizer(text).input_ids
+    assert len(tokenizer(text).input_ids) == len(text.split()) + 2
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-base")

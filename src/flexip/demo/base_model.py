@@ -25,7 +25,7 @@ from transformers import (
     Dinov2Model,
 )
 
-from flexip.demo.text import build_text_encoder, build_tokenizer
+from flexip.demo.text import build_text_encoder, build_tokenizer, write_vocab_files
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
 # CLIP's normalisation; the random encoders do not care, but part 2's preprocessing stays the usual one.
@@ -173,6 +173,7 @@ def save_model_set(parts: BaseComponents, directory: str | Path, half: bool = Tr
     if half:
         pipeline = pipeline.to(torch.float16)
     pipeline.save_pretrained(tmp / "base", safe_serialization=True)
+    write_vocab_files(parts.tokenizer, tmp / "base" / "tokenizer")
     clip, clip_processor, dino, dino_processor = build_reference_encoders(parts.config)
     dtype = torch.float16 if half else torch.float32
     clip.to(dtype).save_pretrained(tmp / "image_encoder", safe_serialization=True)

@@ -6,6 +6,9 @@ Both are built offline from the world's vocabulary (no hub): every caption word 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -48,6 +51,16 @@ def build_tokenizer(words: list[str] | None = None, max_length: int = 16) -> CLI
             # Another word's merge fired inside this one; reordering the vocabulary would fix it.
             raise ValueError(f"word {word!r} tokenizes to {tokenizer.convert_ids_to_tokens(ids)}, not one token")
     return tokenizer
+
+
+def write_vocab_files(tokenizer: CLIPTokenizer, directory: str | Path) -> None:
+    """Write vocab.json and merges.txt beside tokenizer.json: transformers 4's slow CLIPTokenizer, which
+    diffusers picks for SD pipelines there, reads only these two files."""
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    directory = Path(directory)
+    (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
 
 
 def build_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 64, seed: int = 0) -> CLIPTextModel:
