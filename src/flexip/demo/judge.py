@@ -134,7 +134,7 @@ class Judge:
         self.net = net.eval()
 
     @classmethod
-    def load(cls, path: str | Path = DEFAULT_WEIGHTS) -> "Judge":
+    def load(cls, path: str | Path = DEFAULT_WEIGHTS) -> Judge:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"judge weights {path} not found; train them with `python -m flexip.demo.train_judge`")

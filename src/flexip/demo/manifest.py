@@ -95,7 +95,8 @@ def validate_manifest(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: not a JSON object ({e.msg})") from e
         if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            # Every manifest problem is a ValueError, so a reader catches one type.
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")  # noqa: TRY004
         missing = [f for f in REQUIRED_FIELDS if f not in record]
         if missing:
             raise ValueError(f"{where}: missing field(s) {missing}; every line needs {list(REQUIRED_FIELDS)}")

@@ -9,7 +9,7 @@ edges are anti-aliased. Every random choice comes from a `numpy.random.Generator
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -234,6 +234,3 @@ def render_seeded(seed: int, size: int = 32) -> tuple[Image.Image, Image.Image, 
     image, mask = render(identity, scene, rng, size)
     return image, mask, identity, scene
 
-
-def with_style(scene: Scene, style: str) -> Scene:
-    return replace(scene, style=style)
