@@ -94,7 +94,7 @@ def test_manifest_is_deterministic_by_seed(tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("not json", "not a JSON object"),
+        ("not json", "not valid JSON"),
         (json.dumps({"reference": "x.png"}), "missing field"),
         (json.dumps({"reference": "a.png", "target": "a.png", "caption": "c", "modality": "audio",
                      "source": "s"}), "modality 'audio'"),

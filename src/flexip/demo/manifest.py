@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from flexip.demo.world import caption, render, sample_identity, sample_scene
+from ..manifest import read_manifest_records
+from .world import caption, render, sample_identity, sample_scene
 
-MODALITIES = ("image", "video")
-# As docs/formats.md ("Training manifest"): `source` and `mask` are optional there; our writer always adds them.
-REQUIRED_FIELDS = ("reference", "target", "caption", "modality")
 
 
 @dataclass
@@ -82,38 +80,8 @@ def write_manifest(out_dir: str | Path, config: ManifestConfig, progress: bool =
 
 
 def validate_manifest(path: str | Path) -> list[dict]:
-    """Read a manifest and check every line; raises ValueError naming the file, line and problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"manifest {path} does not exist; write one with `python -m flexip.demo.manifest`")
-    root = path.parent
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not a JSON object ({e.msg})") from e
-        if not isinstance(record, dict):
-            # Every manifest problem is a ValueError, so a reader catches one type.
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")  # noqa: TRY004
-        missing = [f for f in REQUIRED_FIELDS if f not in record]
-        if missing:
-            raise ValueError(f"{where}: missing field(s) {missing}; every line needs {list(REQUIRED_FIELDS)}")
-        for field in (*REQUIRED_FIELDS, "source", "mask"):
-            if field in record and not isinstance(record[field], str):
-                raise ValueError(f"{where}: field {field!r} must be a string, got {record[field]!r}")
-        if record["modality"] not in MODALITIES:
-            raise ValueError(f"{where}: modality {record['modality']!r} is not one of {MODALITIES}")
-        for field in ("reference", "target", "mask"):
-            if field in record and Path(record[field]).is_absolute():
-                raise ValueError(f"{where}: {field} {record[field]!r} is absolute; paths are relative to {root}")
-            if field in record and not (root / record[field]).is_file():
-                raise ValueError(f"{where}: {field} file {record[field]!r} not found under {root}")
-        records.append(record)
-    if not records:
-        raise ValueError(f"manifest {path} has no lines")
-    return records
+    """Read a manifest and check every line and file; raises FlexIPError naming the file, line and problem."""
+    return read_manifest_records(path, check_files=True)
 
 
 def main(argv: list[str] | None = None) -> None:

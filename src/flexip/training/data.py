@@ -6,7 +6,6 @@ the data order is the same with any number of workers and a resumed run continue
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -19,9 +18,9 @@ import torch
 from PIL import Image
 
 from ..errors import FlexIPError
+from ..manifest import read_manifest_records
 from ..models.gate import MODALITIES
 
-REQUIRED_FIELDS = ("reference", "target", "caption", "modality")
 MAX_CONSECUTIVE_BAD = 32  # more bad samples in a row than this means the data itself is broken
 
 
@@ -37,52 +36,18 @@ class Pair:
 
 
 def read_manifest(path: str | os.PathLike) -> list[Pair]:
-    """Parse and check every line (docs/formats.md); image files are checked only when loaded."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise FlexIPError(f"manifest {path}: cannot read it ({e}); set data.manifest to a JSONL file") from e
-    pairs = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"manifest {path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FlexIPError(f"{where}: not valid JSON ({e.msg}); each line is one JSON object") from e
-        if not isinstance(record, dict):
-            raise FlexIPError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        missing = [name for name in REQUIRED_FIELDS if name not in record]
-        if missing:
-            raise FlexIPError(
-                f"{where}: missing field(s) {', '.join(missing)}; every line needs {', '.join(REQUIRED_FIELDS)}"
-            )
-        for name in (*REQUIRED_FIELDS, "mask"):
-            if name in record and not isinstance(record[name], str):
-                raise FlexIPError(f"{where}: field {name} must be a string, got {record[name]!r}")
-        if record["modality"] not in MODALITIES:
-            raise FlexIPError(
-                f"{where}: modality {record['modality']!r} is not one of {', '.join(MODALITIES)}"
-            )
-        for name in ("reference", "target", "mask"):
-            if os.path.isabs(record.get(name, "")):
-                raise FlexIPError(
-                    f"{where}: {name} {record[name]!r} is absolute; paths are relative to the manifest"
-                )
-        pairs.append(Pair(
-            reference=path.parent / record["reference"],
-            target=path.parent / record["target"],
+    """The manifest's pairs, paths resolved (docs/formats.md); image files are checked only when loaded."""
+    root = Path(path).parent
+    return [
+        Pair(
+            reference=root / record["reference"],
+            target=root / record["target"],
             caption=record["caption"],
             modality=MODALITIES.index(record["modality"]),
-            mask=path.parent / record["mask"] if record.get("mask") else None,
-        ))  # fmt: skip
-    if not pairs:
-        raise FlexIPError(
-            f"manifest {path} has no training pairs; each line is one JSON object (docs/formats.md)"
+            mask=root / record["mask"] if record.get("mask") else None,
         )
-    return pairs
+        for record in read_manifest_records(path)
+    ]
 
 
 class MixedStream:
