@@ -20,7 +20,6 @@ from ..manifest import read_manifest_records
 from .world import caption, render, sample_identity, sample_scene
 
 
-
 @dataclass
 class ManifestConfig:
     num_images: int = 1000  # invariant pairs
