@@ -82,6 +82,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     weight_decay: float = 0.01  # AdamW; never applied to the gate logits (method.md §2.4)
+    # Min-SNR-gamma loss weighting (Hang et al. 2023): each sample's MSE times min(SNR, gamma) / SNR; 0 = plain
+    # MSE. It shifts weight to the noisy steps where a subject's global look (colour, background) is decided;
+    # the demo recipe needs it (docs/demo-model.md, Part 2).
+    min_snr_gamma: float = 0.0
     mixed_precision: str = (
         "no"  # no | fp16 | bf16: frozen models are stored in this dtype, the adapter in fp32
     )
@@ -104,6 +108,8 @@ class TrainConfig:
                 raise FlexIPError(f"config {key}: {value} must be at least 1")
         if not 0.0 <= self.data.video_fraction <= 1.0:
             raise FlexIPError(f"config data.video_fraction: {self.data.video_fraction} must be in [0, 1]")
+        if self.min_snr_gamma < 0:
+            raise FlexIPError(f"config min_snr_gamma: {self.min_snr_gamma} must be 0 (off) or positive")
         if self.data.num_workers < 0:
             raise FlexIPError(f"config data.num_workers: {self.data.num_workers} must be 0 or more")
         drop = self.dropout

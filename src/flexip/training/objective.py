@@ -74,11 +74,15 @@ class FlexIPTrainingModel(nn.Module):
     Only the adapter's parameters require gradients: DDP (through `accelerator.prepare`) syncs just those.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, adapter: FlexIPAdapter, noise_scheduler: DDPMScheduler):
+    def __init__(
+        self, unet: UNet2DConditionModel, adapter: FlexIPAdapter, noise_scheduler: DDPMScheduler,
+        min_snr_gamma: float = 0.0,
+    ):  # fmt: skip
         super().__init__()
         self.unet = unet
         self.adapter = adapter
         self.noise_scheduler = noise_scheduler
+        self.min_snr_gamma = min_snr_gamma
         adapter.attach(unet)
 
     def forward(self, batch: EncodedBatch, generator: torch.Generator) -> torch.Tensor:
@@ -93,4 +97,14 @@ class FlexIPTrainingModel(nn.Module):
         g = self.adapter.gate(batch.modality, generator=generator)
         condition = self.adapter(batch.clip_embeds, batch.dino_tokens, batch.text_embeds, preservation=g)
         prediction = self.unet(noisy, timesteps, encoder_hidden_states=(batch.text_embeds, condition)).sample
-        return F.mse_loss(prediction.float(), noise.float())
+        if not self.min_snr_gamma:
+            return F.mse_loss(prediction.float(), noise.float())
+        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * min_snr_weight(self.noise_scheduler, timesteps, self.min_snr_gamma)).mean()
+
+
+def min_snr_weight(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weight of an epsilon-prediction loss: min(SNR, gamma) / SNR (Hang et al. 2023, eq. 8)."""
+    alpha_bar = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    return torch.clamp(snr, max=gamma) / snr

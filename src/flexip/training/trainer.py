@@ -163,7 +163,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     adapter = _build_adapter(config, models.unet, models.encoder)
     if config.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
-    model = FlexIPTrainingModel(models.unet, adapter, models.noise_scheduler)
+    model = FlexIPTrainingModel(models.unet, adapter, models.noise_scheduler, config.min_snr_gamma)
     optimizer = build_optimizer(adapter, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     register_hooks(accelerator, adapter)
