@@ -8,12 +8,13 @@ from pathlib import Path
 from .generate import add_model_options
 from .sweep import DEFAULT_VALUES
 
-# A subject of the demo world (flexip.demo.world), which the trained demo model learns: its identity (a red star
-# with white stripes) is only in the reference; the prompt moves it and changes the scene.
-DEMO_SUBJECT = {"color": "red", "pattern": "stripes", "pattern_color": "white"}
-DEMO_SCENE = {"subject": "star", "background": "sand", "position": "left", "size": "large"}
-DEMO_PROMPT = "a large star on the right with night background"
-DEMO_REFERENCE_SIZE = 64  # pixels
+# A subject of the demo world (flexip.demo.world), which the shipped demo model was trained on: its identity (a
+# blue star) is only in the reference; the prompt moves it, shrinks it and changes the background. Chosen from
+# the dial measurement's pairs (docs/demo-model.md, Part 2) as one where the dial shows clearly.
+DEMO_SUBJECT = {"color": "blue", "pattern": "plain", "pattern_color": "white"}
+DEMO_SCENE = {"subject": "star", "background": "rose", "position": "right", "size": "large"}
+DEMO_PROMPT = "a small star on the center with sand background"
+DEMO_REFERENCE_SIZE = 32  # pixels: the size of the demo model's training references
 
 EXAMPLES = """\
 examples:
@@ -62,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_pipeline(args)
     if loaded.embedded is not None and not loaded.embedded.trained:
         print(
-            "flexip demo: note: the trained demo model is not shipped yet, so the embedded default is the tiny "
-            "random model; these pictures are noise and mean nothing. They show that everything runs."
+            "flexip demo: note: this copy of flexip lacks its trained demo model (flexip/assets/demo), so the "
+            "embedded default is the tiny random model; these pictures are noise and mean nothing. They show "
+            "that everything runs."
         )
     sheet = sweep(args, loaded, reference, values, settings, out)
     save_image(reference, Path(out) / "reference.png", {"prompt": DEMO_PROMPT})

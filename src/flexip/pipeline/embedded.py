@@ -1,9 +1,10 @@
 """The embedded default model: what `flexip demo`, `generate` and `sweep` use when no model is named.
 
-Once the trained demo model ships in `flexip/assets/demo/` (a model set, docs/formats.md) it is the default.
-Until then the default is the tiny random model set, built on first use into the user's cache directory
-(`$XDG_CACHE_HOME/flexip/tiny-<version>`, else `~/.cache/flexip/...`): it runs everything, but its pictures
-are noise.
+The package ships the trained demo model in `flexip/assets/demo/` (a model set, docs/formats.md; how it was
+trained and how well its dial works: docs/demo-model.md), and that is the default. A copy of the package
+without its data files falls back to the tiny random model set, built on first use into the user's cache
+directory (`$XDG_CACHE_HOME/flexip/tiny-<version>`, else `~/.cache/flexip/...`): it runs everything, but its
+pictures are noise, and `flexip demo` says so.
 """
 
 from __future__ import annotations

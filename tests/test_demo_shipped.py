@@ -1,0 +1,100 @@
+"""The shipped demo model: its dial works, it is small, and its recipe retrains from scratch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from safetensors import safe_open
+
+from flexip.cli import main
+from flexip.demo.dial import dial_pairs, measure, summarize
+from flexip.demo.judge import Judge
+from flexip.models.adapter import WEIGHTS_NAME, FlexIPAdapter
+from flexip.pipeline import FlexIPPipeline
+from flexip.pipeline.embedded import DEMO_MODEL_DIR, embedded_model
+from flexip.training.config import load_config
+from flexip.training.objective import min_snr_weight
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "train" / "demo.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on the shared two cores are slower, not faster
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_embedded_default_is_the_shipped_model_and_it_is_small():
+    embedded = embedded_model()
+    assert embedded.trained and embedded.models.root == DEMO_MODEL_DIR
+    total = sum(p.stat().st_size for name in ("base", "image_encoder", "dinov2", "adapter")
+                for p in (DEMO_MODEL_DIR / name).rglob("*") if p.is_file())  # fmt: skip
+    assert total <= 10_000_000
+    config = json.loads((DEMO_MODEL_DIR / "adapter" / "flexip_config.json").read_text())
+    # Paths inside the model set, so the installed package finds its own models.
+    assert (config["base_model"], config["image_encoder"], config["dino_encoder"]) == (
+        "../base", "../image_encoder", "../dinov2",
+    )  # fmt: skip
+    with safe_open(DEMO_MODEL_DIR / "adapter" / WEIGHTS_NAME, "pt") as weights:
+        dtypes = {weights.get_tensor(key).dtype for key in weights.keys()}  # noqa: SIM118 (not a dict)
+    assert dtypes == {torch.float16}
+
+
+def test_the_shipped_dial_carries_the_identity_and_keeps_the_prompt():
+    """A small version of docs/demo-model.md's measurement (its first 10 pairs, 2 seeds, 25 steps).
+
+    Measured: identity match 0.15 / 0.66 / 0.59 at g = 0 / 0.5 / 1, prompt match 1.00 / 0.98 / 0.96. An
+    untrained adapter gives 0.18 / 0.22 / 0.27 and prompt match 0.43 at g = 1 (random tokens wreck it).
+    """
+    pipe = FlexIPPipeline.from_pretrained(adapter=DEMO_MODEL_DIR / "adapter", torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    scores = measure(pipe, Judge.load(), dial_pairs(10, seed=0), seeds=2, values=[0.0, 0.5, 1.0], steps=25,
+                     guidance=7.5, progress=False)  # fmt: skip
+    summary = summarize(scores)
+    identity, prompt = np.array(summary["identity_match"]), np.array(summary["prompt_match"])
+    assert summary["identity_gain"] >= 0.25 and identity[1] >= identity[0] + 0.25, summary
+    assert np.all(prompt >= 0.85) and prompt[-1] <= prompt[0], summary
+
+
+def test_min_snr_weight_moves_the_loss_to_noisy_steps():
+    scheduler = DDPMScheduler.from_pretrained(DEMO_MODEL_DIR / "base", subfolder="scheduler")
+    weight = min_snr_weight(scheduler, torch.arange(0, 1000, 50), gamma=1.0)
+    assert weight[0] < 0.01 and weight[-1] == 1.0 and torch.all(weight.diff() >= 0)
+    assert weight.min() > 0
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_recipe_retrains_from_scratch(tmp_path, monkeypatch):
+    """configs/train/demo.yaml, shortened: its loss falls and the adapter it writes loads and generates."""
+    monkeypatch.chdir(REPO)  # the config's model paths are relative to the repository root
+    world = "{num_images: 24, num_clips: 6, frames_per_clip: 5, size: 32, seed: 0}"
+    overrides = [
+        f"data.manifest={tmp_path / 'data' / 'manifest.jsonl'}", f"data.demo_world={world}",
+        "max_steps=40", "batch_size=16", "log_every=10", "log_with=[]", "validation.steps=2",
+        "validation.preservation=[0.0, 1.0]", "checkpoint_every=1000",
+    ]  # fmt: skip
+    args = ["train", "--config", str(CONFIG), "--output-dir", str(tmp_path / "run")]
+    assert main([*args, *(a for o in overrides for a in ("--set", o))]) == 0
+    logged = losses(tmp_path / "run")
+    assert len(logged) == 4 and logged[-1] < 0.8 * logged[0], logged
+
+    adapter = FlexIPAdapter.from_pretrained(tmp_path / "run" / "adapter")
+    assert adapter.config.preservation == load_config(CONFIG).model.preservation
+    pipe = FlexIPPipeline.from_pretrained(adapter=adapter, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    reference = dial_pairs(1)[0]
+    image = pipe(
+        reference.prompt, reference=reference.reference, preservation=0.5, num_inference_steps=2
+    ).images[0]
+    assert image.size == (32, 32)
