@@ -7,7 +7,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import: tests never reach a hub
 
 import pytest
+import torch
 
+from flexip import FlexIPAdapter
 from flexip.tiny import ModelSet, save_tiny_model_set
 
 
@@ -28,3 +30,24 @@ def pytest_collection_modifyitems(config, items):
 def tiny_models(tmp_path_factory) -> ModelSet:
     """The tiny model set (base, image_encoder, dinov2, adapter) with random weights. Treat it as read-only."""
     return save_tiny_model_set(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def load_test_adapter(tiny_models):
+    """A function giving a fresh copy of the tiny adapter whose Personalization residuals are random.
+
+    The kit's Personalization adapter starts as the identity on text (zero-initialised residuals, as every
+    new adapter does); random residuals make S depend on the reference, as a trained one does, so that tests
+    can tell the S branch from the text branch.
+    """
+
+    def load() -> FlexIPAdapter:
+        adapter = FlexIPAdapter.from_pretrained(tiny_models.adapter)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for parameter in adapter.personalization.parameters():
+                if not parameter.any():
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+        return adapter
+
+    return load

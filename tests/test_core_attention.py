@@ -35,16 +35,8 @@ def features(tiny_models):
 
 
 @pytest.fixture
-def adapter(tiny_models):
-    adapter = FlexIPAdapter.from_pretrained(tiny_models.adapter)
-    # The kit's Personalization adapter starts as the identity on text (zero-initialised residuals); give it
-    # random residual weights so its branch is distinguishable from the text branch in these tests.
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for parameter in adapter.personalization.parameters():
-            if not parameter.any():
-                parameter.normal_(0, 0.2)
-    return adapter
+def adapter(load_test_adapter):
+    return load_test_adapter()
 
 
 def run_unet(unet, adapter, features, preservation, scale=1.0, cache=False):

@@ -15,16 +15,8 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_models):
-    adapter = FlexIPAdapter.from_pretrained(tiny_models.adapter)
-    # The kit's Personalization adapter starts as the identity on text (zero-initialised residuals); random
-    # residuals make S depend on the reference, as a trained one does.
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for parameter in adapter.personalization.parameters():
-            if not parameter.any():
-                parameter.normal_(0, 0.2)
-    return adapter
+def adapter(load_test_adapter):
+    return load_test_adapter()
 
 
 @pytest.fixture(scope="module")

@@ -19,22 +19,14 @@ from diffusers import (
 from PIL import Image
 
 import flexip
-from flexip import FlexIPAdapter, FlexIPError
+from flexip import FlexIPError
 
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_models):
-    adapter = FlexIPAdapter.from_pretrained(tiny_models.adapter)
-    # Random residuals in the Personalization adapter (the kit's start as the identity on text), so that
-    # S depends on the reference as a trained one does.
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for parameter in adapter.personalization.parameters():
-            if not parameter.any():
-                parameter.normal_(0, 0.2)
-    return adapter
+def adapter(load_test_adapter):
+    return load_test_adapter()
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +126,11 @@ def test_interleaved_calls_in_threads_keep_their_own_reference(tiny_models, adap
         thread.start()
     for thread in threads:
         thread.join()
+    # Concurrent threads may split torch's parallel reductions differently (rounding-level differences); a
+    # leak of one call's reference or dial into the other changes pixels by far more than the tolerance.
     for result, expected in zip(results, alone):
-        np.testing.assert_allclose(result, expected, atol=1e-6)
-    assert np.abs(alone[0] - alone[1]).max() > 1e-3
+        np.testing.assert_allclose(result, expected, atol=1e-4)
+    assert np.abs(alone[0] - alone[1]).max() > 1e-2
 
 
 def test_mistakes_are_reported(tiny_models, adapter, images):
