@@ -26,6 +26,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread: on a shared two-core machine two threads make tiny models slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> ModelSet:
     """The tiny model set (base, image_encoder, dinov2, adapter) with random weights. Treat it as read-only."""

@@ -7,19 +7,12 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from flexip.demo.dial import DialScores, dial_pairs, main, spearman, summarize
 from flexip.demo.judge import Judge
 from flexip.demo.world import caption
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on the shared two cores are slower, not faster
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_spearman_ranks_with_ties():

@@ -24,12 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "train" / "demo.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on the shared two cores are slower, not faster
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_embedded_default_is_the_shipped_model_and_it_is_small():

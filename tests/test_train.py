@@ -27,13 +27,7 @@ from flexip.training.trainer import _build_adapter, train
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a shared two-core machine make the tiny models ~10x slower, not faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
