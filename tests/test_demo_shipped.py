@@ -43,11 +43,12 @@ def test_the_embedded_default_is_the_shipped_model_and_it_is_small():
     assert dtypes == {torch.float16}
 
 
-def test_the_shipped_dial_carries_the_identity_and_keeps_the_prompt():
+def test_the_shipped_dial_trades_the_prompt_for_the_identity():
     """A small version of docs/demo-model.md's measurement (its first 10 pairs, 2 seeds, 25 steps).
 
-    Measured: identity match 0.15 / 0.66 / 0.59 at g = 0 / 0.5 / 1, prompt match 1.00 / 0.98 / 0.96. An
-    untrained adapter gives 0.18 / 0.22 / 0.27 and prompt match 0.43 at g = 1 (random tokens wreck it).
+    Measured: identity match 0.12 / 0.52 / 0.53 at g = 0 / 0.5 / 1, prompt match 0.87 / 0.75 / 0.66. An
+    untrained adapter gives identity 0.18 / 0.22 / 0.27; the previous recipe's adapter (no swapped captions)
+    kept the prompt at every g (1.00 / 0.98 / 0.96).
     """
     pipe = FlexIPPipeline.from_pretrained(adapter=DEMO_MODEL_DIR / "adapter", torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -55,8 +56,9 @@ def test_the_shipped_dial_carries_the_identity_and_keeps_the_prompt():
                      guidance=7.5, progress=False)  # fmt: skip
     summary = summarize(scores)
     identity, prompt = np.array(summary["identity_match"]), np.array(summary["prompt_match"])
-    assert summary["identity_gain"] >= 0.25 and identity[1] >= identity[0] + 0.25, summary
-    assert np.all(prompt >= 0.85) and prompt[-1] <= prompt[0], summary
+    # Identity rises and never falls by more than seed noise; the prompt falls at every step.
+    assert summary["identity_gain"] >= 0.3 and np.all(np.diff(identity) >= -0.05), summary
+    assert np.all(np.diff(prompt) < 0) and summary["prompt_gain"] >= 0.15, summary
 
 
 def test_min_snr_weight_moves_the_loss_to_noisy_steps():

@@ -29,7 +29,8 @@ def test_sd15_config_is_the_papers_recipe():
     config = load_config(CONFIGS / "sd15.yaml")
     assert (config.learning_rate, config.weight_decay, config.batch_size) == (1e-4, 0.01, 8)
     assert config.data.resolution == 512 and config.data.video_fraction == 0.5
-    assert dataclasses.astuple(config.dropout) == (0.05, 0.05, 0.05)
+    assert dataclasses.astuple(config.dropout) == (0.05, 0.05, 0.05, None)
+    assert config.data.swap_captions == 0.0
     assert config.model.image_encoder == "h94/IP-Adapter/models/image_encoder"
     assert config.model.dino_encoder == "facebook/dinov2-large"
     assert (config.model.gate.image_init, config.model.gate.video_init) == (0.8, 0.2)
@@ -152,13 +153,21 @@ def test_condition_dropout_probabilities_are_disjoint_and_as_configured():
     from flexip.training.config import DropoutConfig
 
     generator = torch.Generator().manual_seed(0)
-    drop_text, drop_image = condition_dropout(
-        200_000, DropoutConfig(text=0.1, image=0.2, both=0.05), generator
-    )
-    both = drop_text & drop_image
-    assert abs(both.float().mean().item() - 0.05) < 0.005
-    assert abs((drop_text & ~drop_image).float().mean().item() - 0.1) < 0.005
-    assert abs((drop_image & ~drop_text).float().mean().item() - 0.2) < 0.005
+    modality = torch.tensor([0, 1]).repeat(100_000)  # image, video, image, ...
+    config = DropoutConfig(text=0.1, image=0.2, both=0.05, text_on_image_pairs=0.6)
+    drop_text, drop_image = condition_dropout(modality, config, generator)
+    for index, text_rate in ((0, 0.6), (1, 0.1)):  # image pairs drop their caption at their own rate
+        text, image = drop_text[modality == index], drop_image[modality == index]
+        assert abs((text & image).float().mean().item() - 0.05) < 0.005
+        assert abs((text & ~image).float().mean().item() - text_rate) < 0.005
+        assert abs((image & ~text).float().mean().item() - 0.2) < 0.005
+
+
+def test_dropout_rates_and_data_shares_are_checked():
+    with pytest.raises(FlexIPError, match="at most 1 for image pairs"):
+        load_config(CONFIGS / "tiny.yaml", ["dropout.text_on_image_pairs=0.95"])
+    with pytest.raises(FlexIPError, match="data.swap_captions: -0.1 must be in"):
+        load_config(CONFIGS / "tiny.yaml", ["data.swap_captions=-0.1"])
 
 
 def test_gate_logits_have_no_weight_decay(tiny_models):

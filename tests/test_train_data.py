@@ -36,11 +36,11 @@ def _write_pairs(root: Path, images: int, videos: int) -> Path:
 
 
 def _loader(manifest: Path, batch_size: int, fraction: float, seed: int = 0, start: int = 0, rank: int = 0,
-            world: int = 1, workers: int = 0):  # fmt: skip
+            world: int = 1, workers: int = 0, swap: float = 0.0):  # fmt: skip
     pairs = read_manifest(manifest)
     stream = MixedStream([p.modality for p in pairs], fraction, seed)
     sampler = MixedBatchSampler(stream, batch_size, start, rank, world)
-    dataset = PairDataset(pairs, resolution=16, seed=seed)
+    dataset = PairDataset(pairs, resolution=16, seed=seed, swap_captions=swap)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers
     )
@@ -102,6 +102,20 @@ def test_targets_are_square_in_range_and_image_references_are_augmented(tmp_path
     # A random crop of at least half the area, sometimes flipped: never the untouched 24x16 picture's size twice in a row.
     sizes = [reference.size for reference in batch["references"]]
     assert all(w * h >= 0.45 * 24 * 16 for w, h in sizes) and len(set(sizes)) > 1
+
+
+@pytest.mark.parametrize("swap", [0.0, 1.0])
+def test_swapped_captions_come_from_other_image_pairs_only(tmp_path, swap):
+    manifest = _write_pairs(tmp_path, images=4, videos=2)
+    captions = {"image": [], "video": []}
+    for batch in _take(_loader(manifest, 4, 0.5, swap=swap), 6):
+        for reference, caption, modality in zip(batch["references"], batch["captions"], batch["modality"]):
+            own = f"pair {reference.getpixel((0, 0))[0] // 7}"  # picture i is the flat colour (7 i, 40, 200)
+            captions["image" if modality == 0 else "video"].append((own, caption))
+    assert all(own == caption for own, caption in captions["video"])
+    swapped = [caption for own, caption in captions["image"] if own != caption]
+    assert set(swapped) <= {f"pair {i}" for i in range(4)}
+    assert (len(swapped) >= len(captions["image"]) // 2) if swap else not swapped
 
 
 def test_mask_cut_out_keeps_only_the_subject_on_white():

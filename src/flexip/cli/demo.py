@@ -9,11 +9,12 @@ from .generate import add_model_options
 from .sweep import DEFAULT_VALUES
 
 # A subject of the demo world (flexip.demo.world), which the shipped demo model was trained on: its identity (a
-# blue star) is only in the reference; the prompt moves it, shrinks it and changes the background. Chosen from
-# the dial measurement's pairs (docs/demo-model.md, Part 2) as one where the dial shows clearly.
-DEMO_SUBJECT = {"color": "blue", "pattern": "plain", "pattern_color": "white"}
-DEMO_SCENE = {"subject": "star", "background": "rose", "position": "right", "size": "large"}
-DEMO_PROMPT = "a small star on the center with sand background"
+# purple triangle with black stripes) is only in the reference; the prompt moves it, shrinks it and changes the
+# background. Chosen from the dial measurement's pairs (docs/demo-model.md, Part 2) as one where the dial shows
+# clearly.
+DEMO_SUBJECT = {"color": "purple", "pattern": "stripes", "pattern_color": "black"}
+DEMO_SCENE = {"subject": "triangle", "background": "sand", "position": "right", "size": "large"}
+DEMO_PROMPT = "a small triangle on the left with mint background"
 DEMO_REFERENCE_SIZE = 32  # pixels: the size of the demo model's training references
 
 EXAMPLES = """\

@@ -19,6 +19,7 @@ import yaml
 from ..demo.manifest import ManifestConfig
 from ..errors import FlexIPError
 from ..models.adapter import GateConfig, PersonalizationConfig, PreservationConfig
+from ..models.gate import MODALITIES
 
 
 @dataclass
@@ -43,6 +44,9 @@ class DataConfig:
     resolution: int = 512  # target images are resized and centre-cropped to this many pixels
     video_fraction: float = 0.5  # share of video (variant) pairs in every batch; 0.5 = the paper's 1:1
     num_workers: int = 4  # DataLoader worker processes that read and augment images
+    # Share of image pairs captioned with another image pair's caption, so that only the reference shows the
+    # target's scene: it teaches the dial's preservation end to outrank the prompt (docs/demo-model.md, Part 2).
+    swap_captions: float = 0.0
     # When set and the manifest is absent, render this many demo-world pairs into the manifest's folder
     # (tiny.yaml uses it so it needs no download).
     demo_world: ManifestConfig | None = None
@@ -55,6 +59,15 @@ class DropoutConfig:
     text: float = 0.05  # caption replaced by the empty prompt
     image: float = 0.05  # reference replaced by the null (all-zero) reference
     both: float = 0.05
+    # Caption dropout on image (invariant) pairs when it should differ from `text`; unset = `text`. An invariant
+    # pair's caption describes the reference's own scene: the more often it is dropped, the more of the target
+    # the Preservation branch must rebuild from the reference alone (docs/demo-model.md, Part 2).
+    text_on_image_pairs: float | None = None
+
+    def text_rate(self, modality: str) -> float:
+        if modality == "image" and self.text_on_image_pairs is not None:
+            return self.text_on_image_pairs
+        return self.text
 
 
 @dataclass
@@ -106,17 +119,23 @@ class TrainConfig:
         for key, value in positive.items():
             if value < 1:
                 raise FlexIPError(f"config {key}: {value} must be at least 1")
-        if not 0.0 <= self.data.video_fraction <= 1.0:
-            raise FlexIPError(f"config data.video_fraction: {self.data.video_fraction} must be in [0, 1]")
+        data = self.data
+        shares = {"video_fraction": data.video_fraction, "swap_captions": data.swap_captions}
+        for key, value in shares.items():
+            if not 0.0 <= value <= 1.0:
+                raise FlexIPError(f"config data.{key}: {value} must be in [0, 1]")
         if self.min_snr_gamma < 0:
             raise FlexIPError(f"config min_snr_gamma: {self.min_snr_gamma} must be 0 (off) or positive")
         if self.data.num_workers < 0:
             raise FlexIPError(f"config data.num_workers: {self.data.num_workers} must be 0 or more")
         drop = self.dropout
-        if min(drop.text, drop.image, drop.both) < 0 or drop.text + drop.image + drop.both > 1:
-            raise FlexIPError(
-                f"config dropout: {drop} must be non-negative probabilities summing to at most 1"
-            )
+        for modality in MODALITIES:
+            rates = (drop.text_rate(modality), drop.image, drop.both)
+            if min(rates) < 0 or sum(rates) > 1:
+                raise FlexIPError(
+                    f"config dropout: {drop} must be non-negative probabilities summing to at most 1 for "
+                    f"{modality} pairs"
+                )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise FlexIPError(
                 f"config mixed_precision: {self.mixed_precision!r} is not one of no, fp16, bf16"

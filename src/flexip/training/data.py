@@ -151,8 +151,9 @@ class PairDataset(torch.utils.data.Dataset):
     processes of a distributed run in step. What was skipped travels with the sample for the trainer to log.
     """
 
-    def __init__(self, pairs: list[Pair], resolution: int, seed: int):
+    def __init__(self, pairs: list[Pair], resolution: int, seed: int, swap_captions: float = 0.0):
         self.pairs, self.resolution, self.seed = pairs, resolution, seed
+        self.swap_captions = swap_captions  # share of image pairs captioned with another image pair's caption
         self.members = {
             m: [i for i, p in enumerate(pairs) if p.modality == m] for m in range(len(MODALITIES))
         }
@@ -165,9 +166,14 @@ class PairDataset(torch.utils.data.Dataset):
 
     def load(self, index: int, rng: np.random.Generator) -> dict:
         pair = self.pairs[index]
+        caption = pair.caption
         reference = load_rgb(pair.reference)
         target = reference if pair.target == pair.reference else load_rgb(pair.target)
-        if pair.modality == MODALITIES.index("image"):
+        image_pair = pair.modality == MODALITIES.index("image")
+        if image_pair and self.swap_captions and rng.random() < self.swap_captions:
+            members = self.members[pair.modality]
+            caption = self.pairs[members[rng.integers(len(members))]].caption
+        if image_pair:
             mask = None
             if pair.mask is not None:
                 with Image.open(pair.mask) as file:
@@ -179,7 +185,7 @@ class PairDataset(torch.utils.data.Dataset):
         return {
             "reference": reference,
             "pixel_values": torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0,  # (3, H, W) in [-1, 1]
-            "caption": pair.caption,
+            "caption": caption,
             "modality": pair.modality,
         }
 

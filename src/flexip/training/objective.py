@@ -14,6 +14,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from ..models.adapter import FlexIPAdapter
+from ..models.gate import MODALITIES
 from .components import FrozenModels
 from .config import DropoutConfig
 
@@ -37,13 +38,15 @@ def encode_text(models: FrozenModels, captions: list[str], device: torch.device)
 
 
 def condition_dropout(
-    batch: int, dropout: DropoutConfig, generator: torch.Generator
+    modality: torch.Tensor, dropout: DropoutConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (drop text, drop image) masks: disjoint events with the configured probabilities."""
-    draw = torch.rand(batch, generator=generator, device=generator.device)
-    text_only = draw < dropout.text
-    image_only = (draw >= dropout.text) & (draw < dropout.text + dropout.image)
-    both = (draw >= dropout.text + dropout.image) & (draw < dropout.text + dropout.image + dropout.both)
+    """Per-sample (drop text, drop image) masks: disjoint events with each sample's modality's probabilities."""
+    device = generator.device
+    text = torch.tensor([dropout.text_rate(name) for name in MODALITIES], device=device)[modality.to(device)]
+    draw = torch.rand(len(modality), generator=generator, device=device)
+    text_only = draw < text
+    image_only = (draw >= text) & (draw < text + dropout.image)
+    both = (draw >= text + dropout.image) & (draw < text + dropout.image + dropout.both)
     return text_only | both, image_only | both
 
 
@@ -53,7 +56,7 @@ def encode_batch(
 ) -> EncodedBatch:
     """Latents, text and reference features of a collated batch; dropped conditions become null ones."""
     device = generator.device
-    drop_text, drop_image = condition_dropout(len(batch["captions"]), dropout, generator)
+    drop_text, drop_image = condition_dropout(batch["modality"], dropout, generator)
     captions = ["" if drop else caption for caption, drop in zip(batch["captions"], drop_text.tolist())]
     text_embeds = encode_text(models, captions, device)
 

@@ -176,8 +176,9 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         logger.info(f"no checkpoint in {run_dir / 'checkpoints'} yet: starting at step 0")
 
     sampler = MixedBatchSampler(stream, config.batch_size, state.samples, rank, world)
+    dataset = PairDataset(pairs, config.data.resolution, config.seed, config.data.swap_captions)
     loader = torch.utils.data.DataLoader(
-        PairDataset(pairs, config.data.resolution, config.seed), batch_sampler=sampler, collate_fn=collate,
+        dataset, batch_sampler=sampler, collate_fn=collate,
         num_workers=config.data.num_workers, worker_init_fn=_ignore_stop_signals, pin_memory=device.type == "cuda",
     )  # fmt: skip
     references = validation_references(pairs)
