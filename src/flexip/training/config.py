@@ -6,6 +6,7 @@ a default. Relative paths are taken from the current directory, like every other
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -225,10 +226,9 @@ def _convert(value, kind, source: str, key: str):
         (item,) = typing.get_args(kind)
         return [_convert(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if kind is float and isinstance(value, str):
-        try:  # PyYAML reads "1e-4" (no dot) as a string
+        # PyYAML reads "1e-4" (no dot) as a string; any other string gets the typed error below.
+        with contextlib.suppress(ValueError):
             return float(value)
-        except ValueError:
-            pass
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
