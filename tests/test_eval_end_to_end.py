@@ -193,7 +193,8 @@ def test_interrupt_resume_and_two_processes_give_the_same_files(
     assert "preservation: [0.2, 0.8] before, [0.3, 0.8] now" in capsys.readouterr().err
 
     two = tmp_path / "two" / "flexip"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # torchrun gives each worker one thread only when OMP_NUM_THREADS is unset; the comparison needs one.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--module", "flexip"]
     command = [*torchrun, *generate(tiny_models, two, *args)]
     run = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=300)
