@@ -118,6 +118,31 @@ def test_swapped_captions_come_from_other_image_pairs_only(tmp_path, swap):
     assert (len(swapped) >= len(captions["image"]) // 2) if swap else not swapped
 
 
+@pytest.mark.parametrize("swap", [0.0, 1.0])
+def test_a_swapped_caption_keeps_its_reference_scene_unflipped_and_uncut(tmp_path, swap):
+    # With its caption swapped, the reference is the target scene's only record: cropped, never flipped or cut out.
+    lines = []
+    for index in range(4):
+        picture = Image.new("RGB", (24, 16), (255, 0, 0))
+        picture.paste((0, 0, 255), (12, 0, 24, 16))  # red left half, blue right half
+        mask = Image.new("L", (24, 16), 0)
+        for box in ((8, 4, 12, 8), (12, 8, 16, 12)):  # a cut-out of these two squares shows white
+            mask.paste(255, box)
+        picture.save(tmp_path / f"{index}.png")
+        mask.save(tmp_path / f"{index}_mask.png")
+        lines.append({"reference": f"{index}.png", "target": f"{index}.png", "caption": f"pair {index}",
+                      "modality": "image", "mask": f"{index}_mask.png"})  # fmt: skip
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    references = [r for batch in _take(_loader(manifest, 4, 0.0, swap=swap), 6) for r in batch["references"]]
+    flipped = [r.getpixel((0, r.height // 2)) == (0, 0, 255) for r in references]
+    cut_out = [(255, 255, 255) in {pixel for _, pixel in r.getcolors()} for r in references]
+    if swap:
+        assert not any(flipped) and not any(cut_out)
+    else:
+        assert any(flipped) and any(cut_out)  # what the check above would catch
+
+
 def test_mask_cut_out_keeps_only_the_subject_on_white():
     image = Image.new("RGB", (20, 20), (0, 0, 255))
     mask = Image.new("L", (20, 20), 0)

@@ -119,8 +119,10 @@ def _centre_square(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def augment_reference(image: Image.Image, mask: Image.Image | None, rng: np.random.Generator) -> Image.Image:
-    """An invariant pair's reference: the subject cut out by its mask, or a random crop/scale with a flip.
+def augment_reference(
+    image: Image.Image, mask: Image.Image | None, rng: np.random.Generator, flip: bool = True
+) -> Image.Image:
+    """An invariant pair's reference: the subject cut out by its mask, or a random crop; flipped half the time.
 
     Without it the adapters could copy the target pixel for pixel (method.md §3: reference = target).
     """
@@ -139,7 +141,7 @@ def augment_reference(image: Image.Image, mask: Image.Image | None, rng: np.rand
         left = int(rng.integers(0, image.width - width + 1))
         top = int(rng.integers(0, image.height - height + 1))
         image = image.crop((left, top, left + width, top + height))
-    if rng.random() < 0.5:
+    if flip and rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
 
@@ -170,17 +172,20 @@ class PairDataset(torch.utils.data.Dataset):
         reference = load_rgb(pair.reference)
         target = reference if pair.target == pair.reference else load_rgb(pair.target)
         image_pair = pair.modality == MODALITIES.index("image")
-        if image_pair and self.swap_captions and rng.random() < self.swap_captions:
+        swapped = image_pair and self.swap_captions > 0 and rng.random() < self.swap_captions
+        if swapped:
             members = self.members[pair.modality]
             caption = self.pairs[members[rng.integers(len(members))]].caption
         if image_pair:
             mask = None
-            if pair.mask is not None:
+            if pair.mask is not None and not swapped:
                 with Image.open(pair.mask) as file:
                     mask = file.convert("L")
                 if mask.size != reference.size:
                     raise ValueError(f"mask {pair.mask} is {mask.size}, its reference {reference.size}")
-            reference = augment_reference(reference, mask, rng)
+            # With its caption swapped, the reference is the only record of the target's scene: it is cropped,
+            # but not cut out or flipped, or the loss would teach a blur of the scenes it could have been.
+            reference = augment_reference(reference, mask, rng, flip=not swapped)
         pixels = np.asarray(_centre_square(target, self.resolution), dtype=np.float32)
         return {
             "reference": reference,
