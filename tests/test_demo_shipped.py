@@ -44,21 +44,20 @@ def test_the_embedded_default_is_the_shipped_model_and_it_is_small():
 
 
 def test_the_shipped_dial_trades_the_prompt_for_the_identity():
-    """A small version of docs/demo-model.md's measurement (its first 10 pairs, 2 seeds, 25 steps).
+    """A small version of docs/demo-model.md's measurement (its first 10 pairs, 2 seeds, g = 0 / 0.5 / 1).
 
-    Measured: identity match 0.13 / 0.57 / 0.51 at g = 0 / 0.5 / 1, prompt match 0.83 / 0.82 / 0.58. An
-    untrained adapter gives identity 0.18 / 0.22 / 0.27; the previous recipe's adapter (no swapped captions)
-    kept the prompt at every g (1.00 / 0.98 / 0.96).
+    Measured: identity match 0.225 / 0.550 / 0.608, prompt match 0.81 / 0.52 / 0.50. The previous recipe's
+    adapter fails it (identity 0.11 / 0.59 / 0.58: it eased at g = 1), and so does an untrained one.
     """
     pipe = FlexIPPipeline.from_pretrained(adapter=DEMO_MODEL_DIR / "adapter", torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    scores = measure(pipe, Judge.load(), dial_pairs(10, seed=0), seeds=2, values=[0.0, 0.5, 1.0], steps=25,
+    scores = measure(pipe, Judge.load(), dial_pairs(10, seed=0), seeds=2, values=[0.0, 0.5, 1.0], steps=50,
                      guidance=7.5, progress=False)  # fmt: skip
     summary = summarize(scores)
     identity, prompt = np.array(summary["identity_match"]), np.array(summary["prompt_match"])
-    # Identity rises from g = 0 and stays up; the prompt falls at every step.
-    assert identity[1:].min() >= identity[0] + 0.3, summary
-    assert np.all(np.diff(prompt) < 0) and summary["prompt_gain"] >= 0.15, summary
+    # Identity rises at every step and the prompt falls at every step, each by the issue's margin overall.
+    assert np.all(np.diff(identity) > 0) and summary["identity_gain"] >= 0.3, summary
+    assert np.all(np.diff(prompt) < 0) and summary["prompt_gain"] >= 0.2, summary
 
 
 def test_min_snr_weight_moves_the_loss_to_noisy_steps():

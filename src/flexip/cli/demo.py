@@ -9,12 +9,12 @@ from .generate import add_model_options
 from .sweep import DEFAULT_VALUES
 
 # A subject of the demo world (flexip.demo.world), which the shipped demo model was trained on: its identity (a
-# purple triangle with black stripes) is only in the reference; the prompt moves it, shrinks it and changes the
+# green square with white stripes) is only in the reference; the prompt moves it, shrinks it and changes the
 # background. Chosen from the dial measurement's pairs (docs/demo-model.md, Part 2) as one where the dial shows
 # clearly.
-DEMO_SUBJECT = {"color": "purple", "pattern": "stripes", "pattern_color": "black"}
-DEMO_SCENE = {"subject": "triangle", "background": "sand", "position": "right", "size": "large"}
-DEMO_PROMPT = "a small triangle on the left with mint background"
+DEMO_SUBJECT = {"color": "green", "pattern": "stripes", "pattern_color": "white"}
+DEMO_SCENE = {"subject": "square", "background": "sky", "position": "center", "size": "large"}
+DEMO_PROMPT = "a small square on the right with grass background"
 DEMO_REFERENCE_SIZE = 32  # pixels: the size of the demo model's training references
 
 EXAMPLES = """\
