@@ -175,3 +175,32 @@ def test_bf16_mixed_precision_keeps_the_adapter_in_float32(tmp_path, tiny_models
     assert all(math.isfinite(loss) for loss in losses(tmp_path).values())
     assert {p.dtype for p in result.adapter.parameters()} == {torch.float32}
     assert result.models.unet.dtype == torch.bfloat16
+
+
+def test_subject_loss_weight_counts_the_subjects_error_more_and_keeps_the_scale():
+    from flexip.training.objective import per_sample_mse
+
+    noise = torch.zeros(3, 4, 8, 8)
+    subject = torch.zeros(3, 1, 8, 8)
+    subject[:, :, 2:4, 2:4] = 1.0  # 4 of 64 latent pixels
+    inside, outside = torch.zeros_like(noise), torch.zeros_like(noise)
+    inside[:, :, 2:4, 2:4] = 1.0
+    outside[:, :, 5:7, 5:7] = 1.0  # the same amount of error, off the subject
+    plain = per_sample_mse(inside, noise)
+    torch.testing.assert_close(per_sample_mse(outside, noise), plain)
+    weighted_in, weighted_out = per_sample_mse(inside, noise, subject, 4.0), per_sample_mse(outside, noise, subject, 4.0)
+    assert torch.all(weighted_in > 3 * plain) and torch.all(weighted_out < plain)
+    torch.testing.assert_close(per_sample_mse(noise + 1.0, noise, subject, 4.0), torch.ones(3))  # uniform error: as is
+    torch.testing.assert_close(per_sample_mse(inside, noise, subject, 0.0), plain)
+    torch.testing.assert_close(per_sample_mse(inside, noise, torch.zeros_like(subject), 4.0), plain)
+
+
+def test_subject_loss_weight_reaches_the_training_loss(tmp_path, tiny_models, four_pairs):
+    first = {}
+    for weight in (0.0, 50.0):
+        output = tmp_path / str(weight)
+        overrides = tiny_overrides(tiny_models, four_pairs, output, "max_steps=1", f"subject_loss_weight={weight}")
+        train(load_config(CONFIG, overrides))
+        first[weight] = losses(output)[1]
+    # The same batch, noise and timesteps (masks draw no randomness): only the weighting differs.
+    assert first[50.0] != pytest.approx(first[0.0], rel=1e-3)

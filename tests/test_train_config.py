@@ -61,6 +61,7 @@ def test_overrides_reach_nested_keys_and_parse_values(tmp_path):
         ("data.video_fraction=1.5", "data.video_fraction"),
         ("mixed_precision=fp8", "mixed_precision"),
         ("dropout.text=0.95", "dropout"),
+        ("subject_loss_weight=-1", "subject_loss_weight: -1.0 must be 0 (off) or positive"),
         ("log_with=[mlflow]", "log_with"),
     ],
 )

@@ -36,11 +36,11 @@ def _write_pairs(root: Path, images: int, videos: int) -> Path:
 
 
 def _loader(manifest: Path, batch_size: int, fraction: float, seed: int = 0, start: int = 0, rank: int = 0,
-            world: int = 1, workers: int = 0, swap: float = 0.0):  # fmt: skip
+            world: int = 1, workers: int = 0, swap: float = 0.0, target_masks: bool = False):  # fmt: skip
     pairs = read_manifest(manifest)
     stream = MixedStream([p.modality for p in pairs], fraction, seed)
     sampler = MixedBatchSampler(stream, batch_size, start, rank, world)
-    dataset = PairDataset(pairs, resolution=16, seed=seed, swap_captions=swap)
+    dataset = PairDataset(pairs, resolution=16, seed=seed, swap_captions=swap, target_masks=target_masks)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers
     )
@@ -141,6 +141,30 @@ def test_a_swapped_caption_keeps_its_reference_scene_unflipped_and_uncut(tmp_pat
         assert not any(flipped) and not any(cut_out)
     else:
         assert any(flipped) and any(cut_out)  # what the check above would catch
+
+
+@pytest.mark.parametrize("swap", [0.0, 1.0])
+def test_target_masks_cover_the_target_subject_of_image_pairs_only(tmp_path, swap):
+    lines = []
+    for index in range(4):
+        Image.new("RGB", (32, 16), (index * 7, 40, 200)).save(tmp_path / f"{index}.png")
+        mask = Image.new("L", (32, 16), 0)
+        mask.paste(255, (12, 4, 20, 12))  # an 8x8 subject in the middle of the 16x16 centre square
+        mask.save(tmp_path / f"{index}_mask.png")
+        modality = "image" if index < 2 else "video"
+        target = f"{index}.png" if modality == "image" else f"{(index + 1) % 4}.png"
+        lines.append({"reference": f"{index}.png", "target": target, "caption": f"pair {index}",
+                      "modality": modality, "mask": f"{index}_mask.png"})  # fmt: skip
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    expected = torch.zeros(1, 16, 16)
+    expected[:, 4:12, 4:12] = 1.0  # the centre square's crop starts 8 px in: the subject lands at 4..12
+    for batch in _take(_loader(manifest, 4, 0.5, swap=swap, target_masks=True), 3):
+        assert batch["target_masks"].shape == (4, 1, 16, 16)
+        for mask, modality in zip(batch["target_masks"], batch["modality"].tolist()):
+            # A video pair's mask is its reference frame's, not its target's: it gets none.
+            torch.testing.assert_close(mask, expected if modality == 0 else torch.zeros(1, 16, 16))
+    assert "target_masks" not in _take(_loader(manifest, 4, 0.5, swap=swap), 1)[0]
 
 
 def test_mask_cut_out_keeps_only_the_subject_on_white():

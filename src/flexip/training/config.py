@@ -100,6 +100,10 @@ class TrainConfig:
     # MSE. It shifts weight to the noisy steps where a subject's global look (colour, background) is decided;
     # the demo recipe needs it (docs/demo-model.md, Part 2).
     min_snr_gamma: float = 0.0
+    # Extra loss weight on the subject: pixels inside an image pair's mask (its target is its reference) weigh
+    # 1 + this, the rest 1; video pairs have no target mask. 0 = off. A small subject is a few latent pixels
+    # whose error the background drowns out (docs/demo-model.md, Part 2).
+    subject_loss_weight: float = 0.0
     mixed_precision: str = (
         "no"  # no | fp16 | bf16: frozen models are stored in this dtype, the adapter in fp32
     )
@@ -125,8 +129,9 @@ class TrainConfig:
         for key, value in shares.items():
             if not 0.0 <= value <= 1.0:
                 raise FlexIPError(f"config data.{key}: {value} must be in [0, 1]")
-        if self.min_snr_gamma < 0:
-            raise FlexIPError(f"config min_snr_gamma: {self.min_snr_gamma} must be 0 (off) or positive")
+        for key in ("min_snr_gamma", "subject_loss_weight"):
+            if getattr(self, key) < 0:
+                raise FlexIPError(f"config {key}: {getattr(self, key)} must be 0 (off) or positive")
         if self.data.num_workers < 0:
             raise FlexIPError(f"config data.num_workers: {self.data.num_workers} must be 0 or more")
         drop = self.dropout

@@ -153,9 +153,12 @@ class PairDataset(torch.utils.data.Dataset):
     processes of a distributed run in step. What was skipped travels with the sample for the trainer to log.
     """
 
-    def __init__(self, pairs: list[Pair], resolution: int, seed: int, swap_captions: float = 0.0):
+    def __init__(
+        self, pairs: list[Pair], resolution: int, seed: int, swap_captions: float = 0.0, target_masks: bool = False
+    ):  # fmt: skip
         self.pairs, self.resolution, self.seed = pairs, resolution, seed
         self.swap_captions = swap_captions  # share of image pairs captioned with another image pair's caption
+        self.target_masks = target_masks  # add each target's subject mask (for `subject_loss_weight`)
         self.members = {
             m: [i for i, p in enumerate(pairs) if p.modality == m] for m in range(len(MODALITIES))
         }
@@ -176,23 +179,29 @@ class PairDataset(torch.utils.data.Dataset):
         if swapped:
             members = self.members[pair.modality]
             caption = self.pairs[members[rng.integers(len(members))]].caption
+        mask = None
+        if image_pair and pair.mask is not None and (self.target_masks or not swapped):
+            with Image.open(pair.mask) as file:
+                mask = file.convert("L")
+            if mask.size != reference.size:
+                raise ValueError(f"mask {pair.mask} is {mask.size}, its reference {reference.size}")
+        target_mask = np.zeros((self.resolution, self.resolution), dtype=np.float32)
+        if self.target_masks and mask is not None:  # an image pair's target is its reference: the mask fits both
+            target_mask = np.asarray(_centre_square(mask, self.resolution), dtype=np.float32) / 255.0
         if image_pair:
-            mask = None
-            if pair.mask is not None and not swapped:
-                with Image.open(pair.mask) as file:
-                    mask = file.convert("L")
-                if mask.size != reference.size:
-                    raise ValueError(f"mask {pair.mask} is {mask.size}, its reference {reference.size}")
             # With its caption swapped, the reference is the only record of the target's scene: it is cropped,
             # but not cut out or flipped, or the loss would teach a blur of the scenes it could have been.
-            reference = augment_reference(reference, mask, rng, flip=not swapped)
+            reference = augment_reference(reference, None if swapped else mask, rng, flip=not swapped)
         pixels = np.asarray(_centre_square(target, self.resolution), dtype=np.float32)
-        return {
+        sample = {
             "reference": reference,
             "pixel_values": torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0,  # (3, H, W) in [-1, 1]
             "caption": caption,
             "modality": pair.modality,
         }
+        if self.target_masks:
+            sample["target_mask"] = torch.from_numpy(target_mask)[None]  # (1, H, W) in [0, 1], 0 = no mask
+        return sample
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, position = item
@@ -213,7 +222,7 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    return {
+    batch = {
         "references": [s["reference"] for s in samples],
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         "captions": [s["caption"] for s in samples],
@@ -221,3 +230,6 @@ def collate(samples: list[dict]) -> dict:
         "positions": [s["position"] for s in samples],
         "skipped": [message for s in samples for message in s["skipped"]],
     }
+    if "target_mask" in samples[0]:
+        batch["target_masks"] = torch.stack([s["target_mask"] for s in samples])
+    return batch

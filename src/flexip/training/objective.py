@@ -26,6 +26,7 @@ class EncodedBatch:
     clip_embeds: torch.Tensor  # (batch, clip_embed_dim)
     dino_tokens: torch.Tensor  # (batch, tokens, dino_hidden_dim)
     modality: torch.Tensor  # (batch,) indices into MODALITIES
+    subject: torch.Tensor | None = None  # (batch, 1, H/8, W/8): share of each latent pixel inside the target's mask
 
 
 def encode_text(models: FrozenModels, captions: list[str], device: torch.device) -> torch.Tensor:
@@ -68,7 +69,10 @@ def encode_batch(
 
     pixels = batch["pixel_values"].to(device, models.vae.dtype)
     latents = models.vae.encode(pixels).latent_dist.sample(generator) * models.vae.config.scaling_factor
-    return EncodedBatch(latents, text_embeds, clip_embeds, dino_tokens, batch["modality"].to(device))
+    subject = None
+    if "target_masks" in batch:
+        subject = F.adaptive_avg_pool2d(batch["target_masks"].to(device, latents.dtype), latents.shape[-2:])
+    return EncodedBatch(latents, text_embeds, clip_embeds, dino_tokens, batch["modality"].to(device), subject)
 
 
 class FlexIPTrainingModel(nn.Module):
@@ -79,13 +83,14 @@ class FlexIPTrainingModel(nn.Module):
 
     def __init__(
         self, unet: UNet2DConditionModel, adapter: FlexIPAdapter, noise_scheduler: DDPMScheduler,
-        min_snr_gamma: float = 0.0,
+        min_snr_gamma: float = 0.0, subject_loss_weight: float = 0.0,
     ):  # fmt: skip
         super().__init__()
         self.unet = unet
         self.adapter = adapter
         self.noise_scheduler = noise_scheduler
         self.min_snr_gamma = min_snr_gamma
+        self.subject_loss_weight = subject_loss_weight
         adapter.attach(unet)
 
     def forward(self, batch: EncodedBatch, generator: torch.Generator) -> torch.Tensor:
@@ -100,10 +105,22 @@ class FlexIPTrainingModel(nn.Module):
         g = self.adapter.gate(batch.modality, generator=generator)
         condition = self.adapter(batch.clip_embeds, batch.dino_tokens, batch.text_embeds, preservation=g)
         prediction = self.unet(noisy, timesteps, encoder_hidden_states=(batch.text_embeds, condition)).sample
-        if not self.min_snr_gamma:
-            return F.mse_loss(prediction.float(), noise.float())
-        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_sample * min_snr_weight(self.noise_scheduler, timesteps, self.min_snr_gamma)).mean()
+        per_sample = per_sample_mse(prediction, noise, batch.subject, self.subject_loss_weight)
+        if self.min_snr_gamma:
+            per_sample = per_sample * min_snr_weight(self.noise_scheduler, timesteps, self.min_snr_gamma)
+        return per_sample.mean()
+
+
+def per_sample_mse(
+    prediction: torch.Tensor, noise: torch.Tensor, subject: torch.Tensor | None = None, subject_weight: float = 0.0
+) -> torch.Tensor:
+    """(batch,) mean squared error; with `subject` (batch, 1, H, W) in [0, 1], a mean weighted 1 + subject_weight
+    inside it and 1 outside, normalised per sample so the loss keeps its scale."""
+    error = F.mse_loss(prediction.float(), noise.float(), reduction="none")
+    if not subject_weight or subject is None:
+        return error.mean(dim=(1, 2, 3))
+    weight = 1.0 + subject_weight * subject.float()
+    return (error * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))
 
 
 def min_snr_weight(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -163,7 +163,9 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     adapter = _build_adapter(config, models.unet, models.encoder)
     if config.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
-    model = FlexIPTrainingModel(models.unet, adapter, models.noise_scheduler, config.min_snr_gamma)
+    model = FlexIPTrainingModel(
+        models.unet, adapter, models.noise_scheduler, config.min_snr_gamma, config.subject_loss_weight
+    )
     optimizer = build_optimizer(adapter, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     register_hooks(accelerator, adapter)
@@ -176,7 +178,10 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         logger.info(f"no checkpoint in {run_dir / 'checkpoints'} yet: starting at step 0")
 
     sampler = MixedBatchSampler(stream, config.batch_size, state.samples, rank, world)
-    dataset = PairDataset(pairs, config.data.resolution, config.seed, config.data.swap_captions)
+    dataset = PairDataset(
+        pairs, config.data.resolution, config.seed, config.data.swap_captions,
+        target_masks=config.subject_loss_weight > 0,
+    )
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate,
         num_workers=config.data.num_workers, worker_init_fn=_ignore_stop_signals, pin_memory=device.type == "cuda",
