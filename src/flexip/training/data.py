@@ -185,9 +185,6 @@ class PairDataset(torch.utils.data.Dataset):
                 mask = file.convert("L")
             if mask.size != reference.size:
                 raise ValueError(f"mask {pair.mask} is {mask.size}, its reference {reference.size}")
-        target_mask = np.zeros((self.resolution, self.resolution), dtype=np.float32)
-        if self.target_masks and mask is not None:  # an image pair's target is its reference: the mask fits both
-            target_mask = np.asarray(_centre_square(mask, self.resolution), dtype=np.float32) / 255.0
         if image_pair:
             # With its caption swapped, the reference is the only record of the target's scene: it is cropped,
             # but not cut out or flipped, or the loss would teach a blur of the scenes it could have been.
@@ -199,8 +196,12 @@ class PairDataset(torch.utils.data.Dataset):
             "caption": caption,
             "modality": pair.modality,
         }
-        if self.target_masks:
-            sample["target_mask"] = torch.from_numpy(target_mask)[None]  # (1, H, W) in [0, 1], 0 = no mask
+        if self.target_masks:  # (1, H, W) in [0, 1], all 0 without a mask; an image pair's target is its reference
+            target_mask = torch.zeros(1, self.resolution, self.resolution)
+            if mask is not None:
+                square = np.asarray(_centre_square(mask, self.resolution), dtype=np.float32) / 255.0
+                target_mask = torch.from_numpy(square)[None]
+            sample["target_mask"] = target_mask
         return sample
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
