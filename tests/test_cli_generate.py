@@ -115,6 +115,7 @@ def test_embedded_default_is_the_shipped_demo_model_once_it_exists(tmp_path, mon
         (["--preservation", "1.5"], "--preservation='1.5'"),
         (["--preservation", "0.5,nan"], "--preservation='nan'"),
         (["--preservation", "strong"], "--preservation='strong'"),
+        (["--preservation", "0.3,0.5"], "flexip sweep --preservation 0.3,0.5"),  # one value: a list is a sweep
         (["--steps", "0"], "--steps=0"),
         (["--guidance", "inf"], "--guidance='inf'"),
         (["--scale", "-1"], "--scale='-1'"),

@@ -126,6 +126,20 @@ def test_kv_cache_gives_the_same_output_over_steps(unet, attached, features):
     assert len(cached.kv_cache) == 2 * len(attached.layers)  # both branches, every layer, once
 
 
+def test_kv_cache_keys_are_the_layers_projections_and_survive_a_reattach(unet, attached, features):
+    """Cached K/V belong to a layer's branch projections (objects), never to an id a new processor may reuse."""
+    clip_embeds, dino_tokens, text, latents = features
+    with torch.no_grad():
+        condition = attached(clip_embeds, dino_tokens, text, 0.5, cache=True)
+        first = unet(latents, 500, encoder_hidden_states=(text, condition)).sample
+        FlexIPAdapter.detach(unet)
+        attached.attach(unet)  # new processor objects, the same projections
+        again = unet(latents, 500, encoder_hidden_states=(text, condition)).sample
+    branches = [(layer.to_k_preservation, layer.to_k_personalization) for layer in attached.layers.values()]
+    assert set(condition.kv_cache) == {to_k for pair in branches for to_k in pair}
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
 def test_save_load_gives_identical_outputs(unet, adapter, features, tmp_path):
     adapter.attach(unet)
     before = run_unet(unet, adapter, features, preservation=torch.tensor([0.25, 0.8]))

@@ -15,10 +15,10 @@ from transformers import (
     Dinov2Model,
 )
 
-from flexip.demo.evaluate_base import main as evaluate_main
-from flexip.demo.text import build_text_encoder, build_tokenizer
-from flexip.demo.train_base import main as train_main
-from flexip.demo.world import vocabulary
+from recipes.demo.evaluate_base import main as evaluate_main
+from recipes.demo.text import build_text_encoder, build_tokenizer
+from recipes.demo.train_base import main as train_main
+from recipes.demo.world import vocabulary
 
 
 def test_every_word_is_one_token_and_the_text_encoder_separates_words():
@@ -37,7 +37,7 @@ def test_every_word_is_one_token_and_the_text_encoder_separates_words():
 def test_vocab_files_tokenize_like_the_tokenizer(tmp_path):
     from transformers import CLIPTokenizer
 
-    from flexip.demo.text import write_vocab_files
+    from recipes.demo.text import write_vocab_files
 
     tokenizer = build_tokenizer()
     write_vocab_files(tokenizer, tmp_path)
@@ -120,8 +120,8 @@ def test_a_resumed_run_may_change_its_length(trained):
 
 
 def test_interrupted_unet_training_resumes_to_the_same_weights(tmp_path):
-    from flexip.demo.base_model import BaseModelConfig, build_components
-    from flexip.demo.train_base import TrainBaseConfig, train_unet
+    from recipes.demo.base_model import BaseModelConfig, build_components
+    from recipes.demo.train_base import TrainBaseConfig, train_unet
 
     config = TrainBaseConfig(unet_steps=4, unet_batch_size=2, checkpoint_every=2, warmup_steps=1)
     latent = (torch.randn(6, 8, 8, 8), torch.full((6, 8, 8, 8), 0.1))

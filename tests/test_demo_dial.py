@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from flexip.demo.dial import DialScores, dial_pairs, main, spearman, summarize
-from flexip.demo.judge import Judge
-from flexip.demo.world import caption
+from recipes.demo.dial import DialScores, dial_pairs, main, spearman, summarize
+from recipes.demo.judge import Judge
+from recipes.demo.world import caption
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

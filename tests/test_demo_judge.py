@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from flexip.demo.judge import Judge
-from flexip.demo.train_judge import HELD_OUT_SEED, degrade, evaluate, main, render_set
-from flexip.demo.world import Identity, Scene, caption, render
+from recipes.demo.judge import Judge
+from recipes.demo.train_judge import HELD_OUT_SEED, degrade, evaluate, main, render_set
+from recipes.demo.world import Identity, Scene, caption, render
 
 # Beyond both the training seeds and the seeds of the accuracy table in docs/demo-model.md.
 UNSEEN_SEED = HELD_OUT_SEED + 10_000_000

@@ -12,16 +12,20 @@ from diffusers import DDPMScheduler
 from safetensors import safe_open
 
 from flexip.cli import main
-from flexip.demo.dial import dial_pairs, measure, summarize
-from flexip.demo.judge import Judge
+from flexip.cli.demo import DEMO_REFERENCE, demo_reference
 from flexip.models.adapter import WEIGHTS_NAME, FlexIPAdapter
 from flexip.pipeline import FlexIPPipeline
 from flexip.pipeline.embedded import DEMO_MODEL_DIR, embedded_model
 from flexip.training.config import load_config
 from flexip.training.objective import min_snr_weight
+from recipes.demo import SHIPPED_DIR
+from recipes.demo import ship as ship_module
+from recipes.demo.dial import dial_pairs, measure, summarize
+from recipes.demo.judge import Judge
+from recipes.demo.manifest import ManifestConfig, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "train" / "demo.yaml"
+CONFIG = REPO / "recipes" / "demo" / "adapter.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,6 +67,22 @@ def test_the_shipped_dial_trades_the_prompt_for_the_identity():
     assert np.all(np.diff(prompt) < 0) and summary["prompt_gain"] >= 0.2, summary
 
 
+def test_the_shipped_reference_is_the_recipes_drawing(tmp_path):
+    """`flexip demo` reads its reference from the package; the recipe's ship step draws the same pixels."""
+    assert SHIPPED_DIR == DEMO_MODEL_DIR and DEMO_REFERENCE == SHIPPED_DIR / ship_module.REFERENCE_NAME
+    shipped = demo_reference()
+    drawn = ship_module.demo_reference()
+    assert shipped.mode == drawn.mode == "RGB" and shipped.size == drawn.size == (32, 32)
+    assert np.array_equal(np.asarray(shipped), np.asarray(drawn))
+    # The ship command writes it byte for byte as shipped (PNG is lossless and PIL's encoder deterministic).
+    (tmp_path / "set" / "adapter").mkdir(parents=True)
+    for name in ("base", "image_encoder", "dinov2"):
+        (tmp_path / "set" / name).mkdir()
+    assert ship_module.main(["--out", str(tmp_path / "set" / "adapter")]) == 0
+    assert (tmp_path / "set" / "reference.png").read_bytes() == DEMO_REFERENCE.read_bytes()
+    assert not any((tmp_path / "set" / "adapter").iterdir())  # without --adapter only the reference is written
+
+
 def test_min_snr_weight_moves_the_loss_to_noisy_steps():
     scheduler = DDPMScheduler.from_pretrained(DEMO_MODEL_DIR / "base", subfolder="scheduler")
     weight = min_snr_weight(scheduler, torch.arange(0, 1000, 50), gamma=1.0)
@@ -75,11 +95,12 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def test_the_recipe_retrains_from_scratch(tmp_path, monkeypatch):
-    """configs/train/demo.yaml, shortened: its loss falls and the adapter it writes loads and generates."""
+    """recipes/demo/adapter.yaml, shortened: its loss falls and the adapter it writes loads and generates."""
     monkeypatch.chdir(REPO)  # the config's model paths are relative to the repository root
-    world = "{num_images: 24, num_clips: 6, frames_per_clip: 5, size: 32, seed: 0}"
+    world = ManifestConfig(num_images=24, num_clips=6, frames_per_clip=5, size=32, seed=0)
+    manifest = write_manifest(tmp_path / "data", world)  # the recipe's data step
     overrides = [
-        f"data.manifest={tmp_path / 'data' / 'manifest.jsonl'}", f"data.demo_world={world}",
+        f"data.manifest={manifest}",
         "max_steps=40", "batch_size=16", "log_every=10", "log_with=[]", "validation.steps=2",
         "validation.preservation=[0.0, 1.0]", "checkpoint_every=1000",
     ]  # fmt: skip

@@ -8,8 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from flexip.demo import manifest as manifest_module
-from flexip.demo.world import (
+from recipes.demo import manifest as manifest_module
+from recipes.demo.world import (
     CLASSES,
     Identity,
     Scene,

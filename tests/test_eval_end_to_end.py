@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures import save_tiny_eval_models, save_tiny_ip_adapter
 from flexip.cli import main
-from flexip.tiny import save_tiny_eval_models, save_tiny_ip_adapter
 
 # The module itself: `flexip.evaluation` exports a function of the same name.
 generate_module = importlib.import_module("flexip.evaluation.generate")
@@ -46,10 +46,12 @@ def kit(tmp_path_factory) -> Path:
     return root
 
 
-def generate(tiny_models, out: Path, *extra: str, subjects: str = SUBJECTS, prompts: str = "2") -> list[str]:
+def generate(
+    tiny_models, out: Path, *extra: str, subjects: str = SUBJECTS, prompts: str = "2", base: bool = True
+) -> list[str]:
     return ["eval", "generate", "--data", str(DREAMBENCH), "--subjects", subjects, "--max-prompts", prompts,
-            "--base", str(tiny_models.base), "--seeds", "1", "--steps", "2", "--out", str(out),
-            *extra]  # fmt: skip
+            *(["--base", str(tiny_models.base)] if base else []), "--seeds", "1", "--steps", "2",
+            "--out", str(out), *extra]  # fmt: skip
 
 
 def score(kit: Path, *results: Path, identity: str = "reference") -> list[str]:
@@ -230,3 +232,33 @@ def test_user_mistakes_are_one_line_errors(tmp_path, tiny_models, kit, capsys):
     assert "no images for subject bear_plushie" in capsys.readouterr().err
     assert main(["eval", "score", str(tmp_path), "--aesthetic-head", str(kit / "aesthetic.safetensors")]) == 2
     assert "not a results directory" in capsys.readouterr().err
+
+
+def test_flexip_runs_on_the_base_its_adapter_records(tmp_path, tiny_models):
+    """As `flexip generate --adapter` does: the tiny and demo model sets need no --base."""
+    args = ["--method", "flexip", "--adapter", str(tiny_models.adapter)]
+    one_prompt = {"subjects": "dog", "prompts": "1"}
+    assert main(generate(tiny_models, tmp_path / "recorded", *args, **one_prompt, base=False)) == 0
+    settings = json.loads((tmp_path / "recorded" / "generation.json").read_text())
+    assert settings["base"] == str(tiny_models.base.resolve())  # the base actually used
+    assert main(generate(tiny_models, tmp_path / "given", *args, **one_prompt)) == 0
+    image = Path("images/preservation-0.5/dog/00/0.png")
+    assert (tmp_path / "recorded" / image).read_bytes() == (tmp_path / "given" / image).read_bytes()
+
+
+def test_a_run_whose_models_do_not_load_leaves_nothing_to_refuse_a_rerun(tmp_path, tiny_models, kit, capsys):
+    one_prompt = {"subjects": "dog", "prompts": "1"}
+    runs = [  # (method, its model's flag, the right path, the error for a wrong one)
+        ("ip-adapter", "--ip-adapter", kit / "ip-adapter", "cannot load the IP-Adapter"),
+        ("flexip", "--adapter", tiny_models.adapter, "flexip_config.json not found"),
+    ]
+    for method, flag, good, error in runs:
+        out = tmp_path / method
+        wrong = generate(tiny_models, out, "--method", method, flag, str(tmp_path / "missing"), **one_prompt)
+        assert main(wrong) == 2
+        assert error in capsys.readouterr().err
+        assert not (out / "generation.json").exists() and not (out / "manifest.jsonl").exists()
+        corrected = generate(tiny_models, out, "--method", method, flag, str(good), **one_prompt)
+        assert main(corrected) == 0
+        assert "made 1 images" in capsys.readouterr().out
+        assert json.loads((out / "generation.json").read_text())[flag[2:].replace("-", "_")] == str(good)

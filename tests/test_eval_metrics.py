@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, CLIPModel
 
+from fixtures import save_tiny_eval_models
 from flexip.errors import FlexIPError
 from flexip.evaluation import metrics
 from flexip.evaluation.aesthetic import AestheticHead
 from flexip.evaluation.curve import largest_jump_share
 from flexip.evaluation.extractors import IMAGENET_MEAN, IMAGENET_STD, ClipFeatures, dino_transform
 from flexip.evaluation.rank import mrank, ranks
-from flexip.tiny import save_tiny_eval_models
 
 REPO = Path(__file__).resolve().parents[1]
 LAION_HEAD = REPO.parent / "shared" / "data" / "laion-aesthetic" / "sac+logos+ava1-l14-linearMSE.pth"

@@ -1,4 +1,4 @@
-"""The real default models (flexip.pipeline.defaults) through FlexIPPipeline; opt in with --run-slow.
+"""The real default models (flexip.defaults) through FlexIPPipeline; opt in with --run-slow.
 
 Needs SD1.5, IP-Adapter's OpenCLIP ViT-H/14 and DINOv2-L in the local Hugging Face cache. No trained adapter
 is needed: a fresh one (branch K/V copied from the UNet) checks loading, sizes and the s = 0 invariant.
@@ -14,7 +14,7 @@ from huggingface_hub import try_to_load_from_cache
 from PIL import Image
 
 from flexip import FlexIPAdapter, FlexIPPipeline, ReferenceEncoder
-from flexip.pipeline.defaults import BASE_MODEL, DINO_ENCODER, IMAGE_ENCODER
+from flexip.defaults import BASE_MODEL, DINO_ENCODER, IMAGE_ENCODER
 from flexip.reference import split_model_reference
 
 pytestmark = pytest.mark.slow

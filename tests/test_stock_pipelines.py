@@ -147,3 +147,33 @@ def test_mistakes_are_reported(tiny_models, adapter, images):
     other = StableDiffusionImg2ImgPipeline(**pipe.components)
     with pytest.raises(FlexIPError, match="already has a FlexIP adapter"):
         flexip.load_flexip(other, adapter)
+
+
+@pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint", "controlnet"])
+def test_a_preservation_list_is_one_batch_equal_to_the_values_one_by_one(tiny_models, adapter, images, kind):
+    """The same meaning as FlexIPPipeline's list: one batch from one starting noise, in the order given."""
+    pipe = flexip.load_flexip(build(kind, tiny_models.base), adapter)
+    reference, values = images["references"][0], [0.0, 0.4, 1.0]
+    batches = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        swept = call(pipe, kind, images, reference=reference, preservation=values)
+    finally:
+        hook.remove()
+    assert swept.shape[0] == len(values) and set(batches) == {2 * len(values)}  # guidance doubles one batch
+    for index, value in enumerate(values):
+        np.testing.assert_allclose(swept[index], call(pipe, kind, images, reference=reference, preservation=value)[0],
+                                   atol=1e-4)  # fmt: skip
+    assert np.abs(swept[0] - swept[-1]).max() > 1e-3
+
+
+def test_flexip_pipeline_and_a_stock_pipeline_given_flexip_are_one_call(tiny_models, adapter, images):
+    """Same arguments, same images: FlexIPPipeline is the stock text-to-image pipeline with FlexIP loaded."""
+    own = flexip.FlexIPPipeline.from_pretrained(base=tiny_models.base, adapter=adapter)
+    own.set_progress_bar_config(disable=True)
+    stock = flexip.load_flexip(build("txt2img", tiny_models.base), adapter)
+    for kwargs in ({"preservation": 0.7}, {"preservation": [0.0, 1.0], "num_images_per_prompt": 2}):
+        np.testing.assert_array_equal(
+            call(own, "txt2img", images, reference=images["references"][1], **kwargs),
+            call(stock, "txt2img", images, reference=images["references"][1], **kwargs),
+        )

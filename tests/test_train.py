@@ -18,11 +18,12 @@ from PIL import Image
 
 from flexip.cli import main
 from flexip.contact_sheet import MARGIN
-from flexip.demo.manifest import ManifestConfig, write_manifest
 from flexip.models.adapter import FlexIPAdapter
+from flexip.tiny import ModelSet
 from flexip.training.components import load_frozen_models
 from flexip.training.config import load_config
 from flexip.training.trainer import _build_adapter, train
+from recipes.demo.manifest import ManifestConfig, write_manifest
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 
@@ -51,20 +52,23 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {record["step"]: record["loss"] for record in records}
 
 
-def test_tiny_config_from_a_fresh_directory_overfits_four_pairs_and_touches_only_the_adapter(
+def test_tiny_config_from_a_fresh_directory_overfits_the_kits_pairs_and_touches_only_the_adapter(
     tmp_path, monkeypatch
 ):
     monkeypatch.chdir(
         tmp_path
     )  # tiny.yaml's relative paths: the models and data are written here on first use
     overrides = [
-        "data.demo_world={num_images: 2, num_clips: 1, frames_per_clip: 3, size: 32, seed: 0}",
         "max_steps=40", "log_every=1", "checkpoint_every=20", "validation.every=40", "learning_rate=1e-2",
     ]  # fmt: skip
     config = load_config(CONFIG, overrides)
     result = train(config, resume="latest")  # no checkpoint yet: a job script may always pass it
     run = tmp_path / "runs" / "tiny"
-    assert len((tmp_path / "runs" / "tiny-data" / "manifest.jsonl").read_text().splitlines()) == 4
+    # It trained on the tiny kit's own data set, written with the models: 4 image pairs and 4 video pairs.
+    kit = ModelSet(tmp_path / "runs" / "tiny-models")
+    assert Path(config.data.manifest).resolve() == kit.manifest.resolve()
+    pairs = [json.loads(line) for line in kit.manifest.read_text().splitlines()]
+    assert sorted(pair["modality"] for pair in pairs) == ["image"] * 4 + ["video"] * 4
 
     # It learns: the loss falls clearly within a few dozen steps.
     history = losses(run)

@@ -111,7 +111,7 @@ def test_bad_manifest_fails_before_any_model_loads(capsys, tmp_path, content, me
     manifest = tmp_path / "train.jsonl"
     if content is not None:
         manifest.write_text(content)
-    overrides = [f"data.manifest={manifest}", "data.demo_world=null", "model.tiny_models=''", "model.base=./missing-base",
+    overrides = [f"data.manifest={manifest}", "model.tiny_models=''", "model.base=./missing-base",
                  f"output_dir={tmp_path / 'run'}"]  # fmt: skip
     argv = ["train", "--config", str(CONFIGS / "tiny.yaml"), *[a for o in overrides for a in ("--set", o)]]
     err = _cli_error(capsys, argv)
@@ -183,7 +183,7 @@ def test_gate_logits_have_no_weight_decay(tiny_models):
 
 
 def test_resume_from_a_folder_that_is_not_a_checkpoint_fails_at_once(capsys, tmp_path):
-    overrides = ["data.demo_world=null", "model.tiny_models=''", f"output_dir={tmp_path / 'run'}"]
+    overrides = ["model.tiny_models=''", f"output_dir={tmp_path / 'run'}"]
     argv = [
         "train",
         "--config",

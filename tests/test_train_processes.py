@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from flexip.cli import main
-from flexip.demo.manifest import ManifestConfig, write_manifest
 from flexip.models.adapter import FlexIPAdapter
 from flexip.training.checkpoint import parameter_hash
+from recipes.demo.manifest import ManifestConfig, write_manifest
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # one thread each: two cores are shared

@@ -9,16 +9,21 @@ Layout written under `root` (docs/formats.md):
     image_encoder/  transformers CLIPVisionModelWithProjection + CLIPImageProcessor
     dinov2/         transformers Dinov2Model + BitImageProcessor
     adapter/        FlexIP adapter directory, whose config points at ../image_encoder and ../dinov2
+    data/           a tiny training set (`manifest.jsonl`, docs/formats.md): coloured shapes on plain grounds,
+                    image pairs with masks and short clips of a shape moving, so `flexip train` has data offline
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image, ImageDraw
 from transformers import (
     BitImageProcessor,
     CLIPImageProcessor,
@@ -59,8 +64,17 @@ class ModelSet:
     def adapter(self) -> Path:
         return self.root / "adapter"
 
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
 
-def _byte_level_tokenizer() -> CLIPTokenizer:
+    @property
+    def manifest(self) -> Path:
+        """The tiny training set's manifest (written by `save_tiny_model_set`)."""
+        return self.data / "manifest.jsonl"
+
+
+def byte_level_tokenizer() -> CLIPTokenizer:
     """A CLIP BPE tokenizer with no merges: every byte is a token, so any prompt tokenizes offline."""
     # GPT-2/CLIP byte-to-unicode table: printable bytes map to themselves, the rest to code points >= 256.
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -95,7 +109,7 @@ def build_tiny_base(seed: int = 0) -> StableDiffusionPipeline:
         norm_num_groups=32,
         sample_size=IMAGE_SIZE,
     )
-    tokenizer = _byte_level_tokenizer()
+    tokenizer = byte_level_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -144,9 +158,82 @@ def build_tiny_image_encoders(seed: int = 0) -> tuple:
     return clip, clip_processor, dino, dino_processor
 
 
+# The tiny training set: flat shapes on flat grounds, drawn at IMAGE_SIZE. Not the demo world (recipes/demo):
+# it only has to give the trainer both kinds of pairs, masks and captions to read.
+DATA_IMAGE_PAIRS = 4
+DATA_CLIPS = 2
+DATA_FRAMES = 3  # per clip: frame 0 is the reference, the later frames are targets
+_SHAPES = ("circle", "square", "triangle")
+_COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40)}
+_GROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (15, 15, 15)}
+
+
+def _draw_shape(shape: str, color: tuple, ground: tuple, cx: float, cy: float, radius: float):
+    """(RGB image, L mask with white = the shape), IMAGE_SIZE px square."""
+    box = (cx - radius, cy - radius, cx + radius, cy + radius)
+    mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    draw = ImageDraw.Draw(mask)
+    if shape == "circle":
+        draw.ellipse(box, fill=255)
+    elif shape == "square":
+        draw.rectangle(box, fill=255)
+    else:
+        draw.polygon([(cx, cy - radius), (cx + radius, cy + radius), (cx - radius, cy + radius)], fill=255)
+    image = Image.new("RGB", mask.size, ground)
+    image.paste(color, mask=mask)
+    return image, mask
+
+
+def save_tiny_data_set(root: str | os.PathLike, seed: int = 0) -> Path:
+    """Write the tiny training set under `root` (PNGs and `manifest.jsonl`); returns the manifest's path.
+
+    DATA_IMAGE_PAIRS image pairs (reference = target, with the shape's mask) and DATA_CLIPS clips of
+    DATA_FRAMES frames in which one shape slides from left to right (video pairs: frame 0 -> each later frame).
+    Every draw comes from `seed`, so the same seed writes the same files.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    colors, grounds = list(_COLORS), list(_GROUNDS)
+
+    def pick():
+        shape, color = _SHAPES[rng.integers(len(_SHAPES))], colors[rng.integers(len(colors))]
+        ground = grounds[rng.integers(len(grounds))]
+        return shape, color, ground, f"a {color} {shape} on a {ground} background"
+
+    def save(image, name: str) -> str:
+        image.save(root / name)
+        return name
+
+    records = []
+    for index in range(DATA_IMAGE_PAIRS):
+        shape, color, ground, text = pick()
+        cx, cy = rng.uniform(10, IMAGE_SIZE - 10, 2)
+        image, mask = _draw_shape(shape, _COLORS[color], _GROUNDS[ground], cx, cy, rng.uniform(5, 9))
+        path = save(image, f"image{index}.png")
+        records.append({"reference": path, "target": path, "caption": text, "modality": "image",
+                        "source": f"image{index}", "mask": save(mask, f"image{index}_mask.png")})  # fmt: skip
+    for index in range(DATA_CLIPS):
+        shape, color, ground, text = pick()
+        cy, radius = rng.uniform(10, IMAGE_SIZE - 10), rng.uniform(5, 7)
+        clip, frames = f"clip{index}", []
+        for frame, cx in enumerate(np.linspace(8, IMAGE_SIZE - 8, DATA_FRAMES)):
+            image, mask = _draw_shape(shape, _COLORS[color], _GROUNDS[ground], cx, cy, radius)
+            frames.append(save(image, f"{clip}_f{frame}.png"))
+            if frame == 0:
+                reference_mask = save(mask, f"{clip}_f0_mask.png")
+        for target in frames[1:]:
+            records.append({"reference": frames[0], "target": target, "caption": text, "modality": "video",
+                            "source": clip, "mask": reference_mask})  # fmt: skip
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return manifest
+
+
 def save_tiny_model_set(root: str | os.PathLike, seed: int = 0) -> ModelSet:
     """Build the whole tiny model set with random weights and save it under `root`; returns its paths."""
     models = ModelSet(Path(root))
+    save_tiny_data_set(models.data, seed)  # first: a written base/ (what training checks for) implies the data
     base = build_tiny_base(seed)
     base.save_pretrained(models.base)
     clip, clip_processor, dino, dino_processor = build_tiny_image_encoders(seed + 1)
@@ -168,66 +255,3 @@ def save_tiny_model_set(root: str | os.PathLike, seed: int = 0) -> ModelSet:
     )
     adapter.save_pretrained(models.adapter)
     return models
-
-
-def save_tiny_ip_adapter(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """A tiny IP-Adapter for the tiny base, laid out like `h94/IP-Adapter` so that diffusers' own
-    `pipe.load_ip_adapter(directory, subfolder="models", weight_name="ip-adapter_sd15.safetensors")` loads it
-    offline: `models/ip-adapter_sd15.safetensors` (`image_proj.*`, `ip_adapter.*`) and `models/image_encoder/`."""
-    from safetensors.torch import save_file
-
-    models = Path(directory) / "models"
-    unet = build_tiny_base(seed).unet
-    clip, clip_processor, _, _ = build_tiny_image_encoders(seed + 1)
-    clip.save_pretrained(models / "image_encoder")
-    clip_processor.save_pretrained(models / "image_encoder")
-
-    torch.manual_seed(seed + 3)
-    tokens = 4  # the plain IP-Adapter projects the image embedding to 4 tokens
-    tensors = {
-        "image_proj.proj.weight": torch.randn(tokens * WIDTH, clip.config.projection_dim) * 0.1,
-        "image_proj.proj.bias": torch.zeros(tokens * WIDTH),
-        "image_proj.norm.weight": torch.ones(WIDTH),
-        "image_proj.norm.bias": torch.zeros(WIDTH),
-    }
-    # diffusers numbers the attention processors in order and gives the cross-attention ones the odd ids.
-    cross_attention = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
-    for index, name in enumerate(cross_attention):
-        attention = unet.get_submodule(name.removesuffix(".processor"))
-        # IP-Adapter initialises its image K/V from the layer's own text K/V.
-        tensors[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"] = attention.to_k.weight.detach().clone()
-        tensors[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"] = attention.to_v.weight.detach().clone()
-    save_file(tensors, models / "ip-adapter_sd15.safetensors")
-    return Path(directory)
-
-
-def save_tiny_eval_models(root: str | os.PathLike, seed: int = 0) -> Path:
-    """Tiny metric backbones for evaluation tests: `clip/` (transformers CLIPModel + CLIPProcessor), `dino/`
-    (a DINO-style ViTModel without pooler) and `aesthetic.safetensors` (an aesthetic head on the tiny CLIP)."""
-    from safetensors.torch import save_file
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
-
-    from .evaluation.aesthetic import AestheticHead
-
-    root = Path(root)
-    torch.manual_seed(seed)
-    tokenizer = _byte_level_tokenizer()
-    text_config = {
-        "vocab_size": len(tokenizer), "hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-    }  # fmt: skip
-    vision_config = {"hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "image_size": IMAGE_SIZE, "patch_size": 8}  # fmt: skip
-    clip = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=WIDTH))
-    size = {"shortest_edge": IMAGE_SIZE}
-    crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    clip.save_pretrained(root / "clip")
-    CLIPProcessor(image_processor=CLIPImageProcessor(size=size, crop_size=crop), tokenizer=tokenizer).save_pretrained(
-        root / "clip"
-    )
-    dino = ViTModel(ViTConfig(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                              image_size=IMAGE_SIZE, patch_size=8), add_pooling_layer=False)  # fmt: skip
-    dino.save_pretrained(root / "dino")
-    save_file(AestheticHead(embed_dim=WIDTH).state_dict(), root / "aesthetic.safetensors")
-    return root

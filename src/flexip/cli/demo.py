@@ -8,14 +8,13 @@ from pathlib import Path
 from .generate import add_model_options
 from .sweep import DEFAULT_VALUES
 
-# A subject of the demo world (flexip.demo.world), which the shipped demo model was trained on: its identity (a
-# green square with white stripes) is only in the reference; the prompt moves it, shrinks it and changes the
-# background. Chosen from the dial measurement's pairs (docs/demo-model.md, Part 2) as one where the dial shows
-# clearly.
-DEMO_SUBJECT = {"color": "green", "pattern": "stripes", "pattern_color": "white"}
-DEMO_SCENE = {"subject": "square", "background": "sky", "position": "center", "size": "large"}
+# The built-in subject, a 32 px picture of the demo world that the shipped demo model was trained on: its
+# identity (a green square with white stripes) is only in the reference; the prompt moves it, shrinks it and
+# changes the background. The demo recipe drew it (recipes/demo/ship.py, which also describes the subject) and
+# the package ships the PNG, so `flexip demo` needs nothing else. Located on its own, not through
+# pipeline.embedded.DEMO_MODEL_DIR: the reference is part of the demo, whichever model the demo runs on.
+DEMO_REFERENCE = Path(__file__).resolve().parent.parent / "assets" / "demo" / "reference.png"
 DEMO_PROMPT = "a small square on the right with grass background"
-DEMO_REFERENCE_SIZE = 32  # pixels: the size of the demo model's training references
 
 EXAMPLES = """\
 examples:
@@ -40,35 +39,39 @@ def register(subparsers) -> None:
 
 
 def demo_reference():
-    """The built-in reference image, drawn procedurally (the same pixels every time)."""
-    import numpy as np
+    """The built-in reference image (an RGB PIL image, the same pixels every time), read from the package."""
+    from PIL import Image
 
-    from ..demo.world import Identity, Scene, render
+    from ..errors import FlexIPError
 
-    image, _ = render(
-        Identity(**DEMO_SUBJECT), Scene(**DEMO_SCENE), np.random.default_rng(0), DEMO_REFERENCE_SIZE
-    )
-    return image
+    if not DEMO_REFERENCE.is_file():
+        raise FlexIPError(
+            f"{DEMO_REFERENCE} is missing: this copy of flexip lacks its data files (reinstall it, or write the "
+            "file with `python -m recipes.demo.ship --out src/flexip/assets/demo/adapter` in a clone)"
+        )
+    with Image.open(DEMO_REFERENCE) as image:
+        return image.convert("RGB")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.checks import check_preservation
-    from .generate import check_settings, load_pipeline, save_image
+    from ..pipeline.output import save_image
+    from ..pipeline.settings import load_pipeline
+    from .generate import model_settings, sampling_settings
     from .sweep import check_output_directory, sweep
 
     values = check_preservation(DEFAULT_VALUES.split(","))
-    settings = check_settings(args)
+    models, sampling = model_settings(args), sampling_settings(args)
     out = check_output_directory(args.out)
-    args.prompt, args.reference = DEMO_PROMPT, "built-in (flexip demo)"
     reference = demo_reference()
-    loaded = load_pipeline(args)
+    loaded = load_pipeline(models)
     if loaded.embedded is not None and not loaded.embedded.trained:
         print(
             "flexip demo: note: this copy of flexip lacks its trained demo model (flexip/assets/demo), so the "
             "embedded default is the tiny random model; these pictures are noise and mean nothing. They show "
             "that everything runs."
         )
-    sheet = sweep(args, loaded, reference, values, settings, out)
+    sheet = sweep(loaded, DEMO_PROMPT, reference, "built-in (flexip demo)", values, models, sampling, out)
     save_image(reference, Path(out) / "reference.png", {"prompt": DEMO_PROMPT})
     print(
         f"flexip demo: the subject {out / 'reference.png'} for the prompt {DEMO_PROMPT!r}, preservation {DEFAULT_VALUES}"

@@ -34,7 +34,10 @@ def register(subparsers) -> None:
 
 def _register_generate(commands) -> None:
     from ..evaluation.benchmarks import BENCHMARKS
-    from ..evaluation.generate_config import DTYPES, METHODS
+    from ..evaluation.generate_config import DTYPES, Sampling
+    from ..evaluation.methods import METHODS, FlexIPMethod, IPAdapterMethod
+
+    sampling = Sampling()
 
     p = commands.add_parser(
         "generate",
@@ -58,7 +61,7 @@ def _register_generate(commands) -> None:
     )
     p.add_argument(
         "--method",
-        choices=METHODS,
+        choices=list(METHODS),
         required=True,
         help="flexip; ip-adapter (diffusers' load_ip_adapter); sd (no reference: the floor); "
         "folder (images made elsewhere, --images)",
@@ -68,36 +71,54 @@ def _register_generate(commands) -> None:
     )
     p.add_argument(
         "--base",
-        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        help="Stable Diffusion base: hub id or diffusers directory (default: SD v1.5)",
+        help="Stable Diffusion base: hub id or diffusers directory (default: for flexip the base the adapter "
+        "records, otherwise SD v1.5)",
     )
     p.add_argument("--adapter", help="flexip: the adapter directory")
     p.add_argument(
-        "--preservation", type=_floats, default=(0.5,), help="flexip: dial values, e.g. 0.3,0.5,0.7"
+        "--preservation",
+        type=_floats,
+        default=FlexIPMethod.preservation,
+        help="flexip: dial values, e.g. 0.3,0.5,0.7",
     )
     p.add_argument(
         "--scale",
         type=_floats,
-        default=(1.0,),
+        default=FlexIPMethod.scale,
         help="flexip: the adapters' strength s (one value, default 1); ip-adapter: scales, e.g. 0.3,0.6,1",
     )
     p.add_argument("--ip-adapter", help="ip-adapter: hub id or directory, e.g. h94/IP-Adapter")
-    p.add_argument("--ip-adapter-subfolder", default="models", help="ip-adapter: subfolder (default: models)")
+    p.add_argument(
+        "--ip-adapter-subfolder",
+        default=IPAdapterMethod.ip_adapter_subfolder,
+        help=f"ip-adapter: subfolder (default: {IPAdapterMethod.ip_adapter_subfolder})",
+    )
     p.add_argument(
         "--ip-adapter-weight",
-        default="ip-adapter_sd15.safetensors",
-        help="ip-adapter: weight file (default: ip-adapter_sd15.safetensors)",
+        default=IPAdapterMethod.ip_adapter_weight,
+        help=f"ip-adapter: weight file (default: {IPAdapterMethod.ip_adapter_weight})",
     )
     p.add_argument("--images", help="folder: a directory of <subject>/<NN>/<name>.png, NN the prompt's index")
     p.add_argument(
-        "--seeds", type=int, default=4, help="images per prompt and dial value, seeds 0..N-1 (default: 4)"
+        "--seeds",
+        type=int,
+        default=sampling.seeds,
+        help=f"images per prompt and dial value, seeds 0..N-1 (default: {sampling.seeds})",
     )
-    p.add_argument("--steps", type=int, default=50, help="denoising steps, DDIM (default: 50)")
     p.add_argument(
-        "--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)"
+        "--steps", type=int, default=sampling.steps, help=f"denoising steps, DDIM (default: {sampling.steps})"
     )
     p.add_argument(
-        "--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32; float16 on GPUs)"
+        "--guidance",
+        type=float,
+        default=sampling.guidance,
+        help=f"classifier-free guidance scale (default: {sampling.guidance})",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=sampling.dtype,
+        help=f"model dtype (default: {sampling.dtype}; float16 on GPUs)",
     )
     p.set_defaults(run=run_generate)
 
@@ -105,11 +126,15 @@ def _register_generate(commands) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from ..evaluation.benchmarks import load_benchmark
     from ..evaluation.generate import generate
-    from ..evaluation.generate_config import GenerationConfig
+    from ..evaluation.generate_config import Sampling
+    from ..evaluation.methods import build_method
 
-    config = GenerationConfig(
-        method=args.method,
-        base=args.base,
+    sampling = Sampling(
+        base=args.base, seeds=args.seeds, steps=args.steps, guidance=args.guidance, dtype=args.dtype
+    )
+    method = build_method(
+        args.method,
+        sampling,
         adapter=args.adapter,
         preservation=args.preservation,
         scale=args.scale,
@@ -117,15 +142,11 @@ def run_generate(args: argparse.Namespace) -> int:
         ip_adapter_subfolder=args.ip_adapter_subfolder,
         ip_adapter_weight=args.ip_adapter_weight,
         images=args.images,
-        seeds=args.seeds,
-        steps=args.steps,
-        guidance=args.guidance,
-        dtype=args.dtype,
     )
     benchmark = load_benchmark(
         args.benchmark, args.data, args.subjects, args.max_prompts, args.reference_image
     )
-    made = generate(config, benchmark, args.out)
+    made = generate(method, benchmark, args.out)
     print(f"{args.out}: made {made} images in this process")
     return 0
 
@@ -210,7 +231,18 @@ def _register_rank(commands) -> None:
     p.set_defaults(run=run_rank)
 
 
+def _need_plotting() -> None:
+    """rank and curve draw with matplotlib, which an inference install does not bring."""
+    import importlib.util
+
+    from ..errors import FlexIPError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise FlexIPError("this step draws figures with matplotlib: `pip install 'flexip[eval]'` first")
+
+
 def run_rank(args: argparse.Namespace) -> int:
+    _need_plotting()
     from ..evaluation.report import rank_table
 
     out = Path(args.out) if args.out else Path(args.inputs[0]).resolve().parent
@@ -232,6 +264,7 @@ def _register_curve(commands) -> None:
 
 
 def run_curve(args: argparse.Namespace) -> int:
+    _need_plotting()
     from ..evaluation.report import curve_figures
 
     out = Path(args.out) if args.out else Path(args.results[0]).resolve().parent

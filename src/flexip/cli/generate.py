@@ -1,13 +1,12 @@
 """`flexip generate`: one image of a reference's subject following a prompt, at one preservation value.
 
-Also the options and model loading that `flexip sweep` and `flexip demo` share.
+Also the options that `flexip sweep` and `flexip demo` share, and their translation into the typed settings
+of `flexip.pipeline.settings` (nothing below `flexip.cli` sees argparse).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 EXAMPLES = """\
@@ -17,9 +16,7 @@ examples:
       --base stable-diffusion-v1-5/stable-diffusion-v1-5 --adapter path/to/flexip --scheduler dpm++ --steps 25
 
 preservation: 1 keeps the subject's identity and fine detail, 0 lets the prompt restyle it freely.
-Without --adapter the embedded default model is used."""
-
-SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+Without --adapter the embedded default model is used. For several values, use `flexip sweep`."""
 
 
 def register(subparsers) -> None:
@@ -78,33 +75,51 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import FlexIPError
     from ..pipeline.checks import check_preservation
     from ..pipeline.images import load_reference_image
+    from ..pipeline.output import save_image
+    from ..pipeline.settings import generate, load_pipeline, record
 
-    (preservation,) = check_preservation(args.preservation.split(","), name="--preservation")
-    settings = check_settings(args)
+    values = check_preservation(args.preservation.split(","), name="--preservation")
+    if len(values) != 1:
+        raise FlexIPError(
+            f"--preservation {args.preservation}: generate makes one image at one value; for several values "
+            f"use `flexip sweep --preservation {args.preservation} --out DIR`"
+        )
+    models, sampling = model_settings(args), sampling_settings(args)
     out = check_output(args.out)
     reference = load_reference_image(args.reference)
-    loaded = load_pipeline(args)
-    image = generate(loaded.pipe, args, reference, [preservation], settings)[0]
-    save_image(image, out, {**describe(args, settings, loaded), "preservation": preservation})
+    loaded = load_pipeline(models)
+    image = generate(loaded, args.prompt, reference, values, sampling)[0]
+    save_image(image, out, {**record(args.prompt, str(args.reference), models, sampling, loaded), "preservation": values[0]})
     print(f"wrote {out}")
     return 0
 
 
-def check_settings(args: argparse.Namespace) -> dict:
-    """Validated sampling settings, named by their flags in any error."""
-    from ..pipeline.checks import check_guidance, check_scale, check_steps
+def model_settings(args: argparse.Namespace):
+    """The model options as `ModelSettings`, checked (the device too) before anything loads."""
+    from ..pipeline.settings import ModelSettings, resolve_device
 
-    return {
-        "scale": check_scale(args.scale, name="--scale"),
-        "guidance": check_guidance(args.guidance, name="--guidance"),
-        "steps": check_steps(args.steps, name="--steps"),
-    }
+    resolve_device(args.device, name="--device")
+    return ModelSettings(adapter=args.adapter, base=args.base, device=args.device, dtype=args.dtype,
+                         scheduler=args.scheduler)  # fmt: skip
+
+
+def sampling_settings(args: argparse.Namespace):
+    """The sampling options as `SamplingSettings`, each value checked under its flag's name."""
+    from ..pipeline.checks import check_guidance, check_scale, check_steps
+    from ..pipeline.settings import SamplingSettings
+
+    return SamplingSettings(
+        steps=check_steps(args.steps, name="--steps"), guidance=check_guidance(args.guidance, name="--guidance"),
+        scale=check_scale(args.scale, name="--scale"), seed=args.seed, negative_prompt=args.negative_prompt,
+    )  # fmt: skip
 
 
 def check_output(path: str) -> Path:
     from ..errors import FlexIPError
+    from ..pipeline.output import SAVE_FORMATS
 
     out = Path(path)
     if out.suffix.lower() not in SAVE_FORMATS:
@@ -114,101 +129,3 @@ def check_output(path: str) -> Path:
     if out.is_dir():
         raise FlexIPError(f"--out {path} is a directory; give a file name such as {out / 'image.png'}")
     return out
-
-
-@dataclass
-class LoadedModel:
-    pipe: object  # FlexIPPipeline, on the chosen device
-    embedded: object | None  # the EmbeddedModel when --adapter was not given
-    record: dict  # base, adapter, device and dtype as resolved, for the files written
-
-
-def load_pipeline(args: argparse.Namespace) -> LoadedModel:
-    """The pipeline the model options name (the embedded default without --adapter)."""
-    import torch
-
-    from ..errors import FlexIPError
-    from ..pipeline import FlexIPPipeline
-    from ..pipeline.embedded import embedded_model
-    from ..schedulers import make_scheduler
-
-    if args.device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as e:
-            raise FlexIPError(
-                f"--device {args.device!r} is not a torch device ({e}); use cpu, cuda or cuda:N"
-            ) from e
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise FlexIPError(
-                f"--device {args.device}: CUDA is not available on this machine; use --device cpu"
-            )
-    dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
-
-    embedded = None
-    if args.adapter is None:
-        embedded = embedded_model()
-        adapter, base = embedded.models.adapter, args.base or embedded.models.base
-    else:
-        adapter, base = args.adapter, args.base
-    pipe = FlexIPPipeline.from_pretrained(base=base, adapter=adapter, torch_dtype=getattr(torch, dtype_name))
-    pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler)
-    pipe.to(device)
-    record = {
-        "base": pipe.config._name_or_path,
-        "adapter": str(adapter),
-        "device": str(device),
-        "dtype": dtype_name,
-    }
-    return LoadedModel(pipe, embedded, record)
-
-
-def generate(pipe, args: argparse.Namespace, reference, values: list[float], settings: dict) -> list:
-    """One image per preservation value, in one batch from the same starting noise."""
-    import torch
-
-    generator = torch.Generator("cpu").manual_seed(
-        args.seed
-    )  # CPU noise: the same seed gives the same image anywhere
-    return pipe(
-        args.prompt, reference=reference, preservation=values, scale=settings["scale"],
-        num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
-        negative_prompt=args.negative_prompt, generator=generator,
-    ).images  # fmt: skip
-
-
-def describe(args: argparse.Namespace, settings: dict, loaded: LoadedModel) -> dict:
-    """Everything needed to reproduce an image, recorded beside it."""
-    from .. import __version__
-
-    return {
-        "flexip_version": __version__,
-        "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt,
-        "reference": str(args.reference),
-        "seed": args.seed,
-        "scheduler": args.scheduler,
-        **settings,
-        **loaded.record,
-    }
-
-
-def save_image(image, path: Path, settings: dict) -> None:
-    """Write atomically; a PNG carries `settings` as JSON in its `flexip` text chunk."""
-    import io
-
-    from PIL.PngImagePlugin import PngInfo
-
-    from ..atomic import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    image_format = SAVE_FORMATS[path.suffix.lower()]
-    if image_format == "PNG":
-        info = PngInfo()
-        info.add_text("flexip", json.dumps(settings, sort_keys=True))
-        image.save(buffer, format="PNG", pnginfo=info)
-    else:
-        image.save(buffer, format=image_format, quality=95)
-    atomic_write_bytes(path, buffer.getvalue())

@@ -44,14 +44,15 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.checks import check_preservation
     from ..pipeline.images import load_reference_image
-    from .generate import check_settings, load_pipeline
+    from ..pipeline.settings import load_pipeline
+    from .generate import model_settings, sampling_settings
 
     values = check_preservation(args.preservation.split(","), name="--preservation")
-    settings = check_settings(args)
+    models, sampling = model_settings(args), sampling_settings(args)
     out = check_output_directory(args.out)
     reference = load_reference_image(args.reference)
-    loaded = load_pipeline(args)
-    sheet = sweep(args, loaded, reference, values, settings, out)
+    loaded = load_pipeline(models)
+    sheet = sweep(loaded, args.prompt, reference, str(args.reference), values, models, sampling, out)
     print(f"wrote {len(values)} images and the contact sheet {sheet}")
     return 0
 
@@ -65,23 +66,20 @@ def check_output_directory(path: str) -> Path:
     return out
 
 
-def sweep(
-    args: argparse.Namespace, loaded, reference, values: list[float], settings: dict, out: Path
-) -> Path:
+def sweep(loaded, prompt: str, reference, reference_name: str, values: list[float], models, sampling, out: Path) -> Path:
     """Generate, then write the images, the contact sheet and the settings; returns the contact sheet's path."""
     from ..atomic import atomic_write_bytes
     from ..contact_sheet import contact_sheet
-    from .generate import describe, generate, save_image
+    from ..pipeline.output import save_image
+    from ..pipeline.settings import generate, record
 
-    images = generate(loaded.pipe, args, reference, values, settings)
-    record = {**describe(args, settings, loaded), "preservation": values}
+    images = generate(loaded, prompt, reference, values, sampling)
+    settings = {**record(prompt, reference_name, models, sampling, loaded), "preservation": values}
     out.mkdir(parents=True, exist_ok=True)
     for index, (value, image) in enumerate(zip(values, images)):
-        save_image(
-            image, out / f"{index:02d}_preservation-{value:.2f}.png", {**record, "preservation": value}
-        )
+        save_image(image, out / f"{index:02d}_preservation-{value:.2f}.png", {**settings, "preservation": value})
     labels = ["reference"] + [f"preservation {value:g}" for value in values]
-    sheet = contact_sheet([[reference, *images]], labels, title=f'"{args.prompt}"  (seed {args.seed})')
-    save_image(sheet, out / SHEET_NAME, record)
-    atomic_write_bytes(out / SETTINGS_NAME, (json.dumps(record, indent=2) + "\n").encode())
+    sheet = contact_sheet([[reference, *images]], labels, title=f'"{prompt}"  (seed {sampling.seed})')
+    save_image(sheet, out / SHEET_NAME, settings)
+    atomic_write_bytes(out / SETTINGS_NAME, (json.dumps(settings, indent=2) + "\n").encode())
     return out / SHEET_NAME

@@ -8,10 +8,11 @@ import argparse
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "tiny-models",
-        help="write a tiny random model set (base, encoders, adapter) for tests and plumbing checks",
+        help="write a tiny random model set (base, encoders, adapter, a small data set) for tests and plumbing checks",
         description="Write a complete tiny model set with random weights in the real diffusers/transformers "
         "formats: DIR/base (Stable Diffusion pipeline), DIR/image_encoder (CLIP vision), DIR/dinov2, DIR/adapter "
-        "(FlexIP). Its pictures are noise; it exists so everything can be run without downloading weights.",
+        "(FlexIP), DIR/data (a small training set: manifest.jsonl and its pictures). Its pictures are noise; it "
+        "exists so everything, training included, can be run without downloading weights.",
     )
     parser.add_argument("directory", help="where to write the model set (created; existing files are replaced)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
@@ -22,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
     from ..tiny import save_tiny_model_set
 
     models = save_tiny_model_set(args.directory, seed=args.seed)
-    print(f"wrote the tiny model set to {models.root}: base/, image_encoder/, dinov2/, adapter/")
+    print(f"wrote the tiny model set to {models.root}: base/, image_encoder/, dinov2/, adapter/, data/")
     return 0

@@ -57,7 +57,9 @@ class FlexIPCondition:
     personalization_weight: torch.Tensor  # s * (1 - g): (batch,)
     preservation_rows: torch.Tensor | None
     personalization_rows: torch.Tensor | None
-    kv_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] | None = field(default=None)
+    # Branch keys/values by the branch's key projection (one per layer and branch): the module itself, not its
+    # id, so a processor built later for another layer can never find this one's values.
+    kv_cache: dict[nn.Linear, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None)
 
     @classmethod
     def create(
@@ -165,12 +167,12 @@ class FlexIPAttnProcessor:
         if condition is not None:
             projections = self.projections
             hidden_states = self._add_branch(
-                attn, hidden_states, query, condition, "preservation",
+                attn, hidden_states, query, condition,
                 condition.preservation_tokens, condition.preservation_weight, condition.preservation_rows,
                 projections.to_k_preservation, projections.to_v_preservation,
             )  # fmt: skip
             hidden_states = self._add_branch(
-                attn, hidden_states, query, condition, "personalization",
+                attn, hidden_states, query, condition,
                 condition.personalization_tokens, condition.personalization_weight,
                 condition.personalization_rows,
                 projections.to_k_personalization, projections.to_v_personalization,
@@ -190,7 +192,6 @@ class FlexIPAttnProcessor:
         hidden_states: torch.Tensor,
         query: torch.Tensor,
         condition: FlexIPCondition,
-        branch: str,
         tokens: torch.Tensor,
         weight: torch.Tensor,
         rows: torch.Tensor | None,
@@ -200,8 +201,7 @@ class FlexIPAttnProcessor:
         """hidden_states + weight * Attn(query, to_k(tokens), to_v(tokens)), over the rows with weight != 0."""
         if rows is not None and rows.numel() == 0:
             return hidden_states
-        cache_key = (id(self), branch)
-        cached = condition.kv_cache.get(cache_key) if condition.kv_cache is not None else None
+        cached = condition.kv_cache.get(to_k) if condition.kv_cache is not None else None
         if cached is None:
             if rows is not None:
                 tokens = tokens[rows]
@@ -212,7 +212,7 @@ class FlexIPAttnProcessor:
             if attn.norm_k is not None:
                 key = attn.norm_k(key)
             if condition.kv_cache is not None:
-                condition.kv_cache[cache_key] = (key, value)
+                condition.kv_cache[to_k] = (key, value)
         else:
             key, value = cached
 

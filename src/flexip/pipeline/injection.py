@@ -1,10 +1,11 @@
 """How a diffusers pipeline's UNet gets P, S and g without the pipeline knowing (method.md §2.3, §4).
 
 Stable Diffusion pipelines call `unet(latents, t, encoder_hidden_states=prompt_embeds, ...)` with plain text
-embeddings. `FlexIPInjection` attaches the adapter to the UNet and registers a forward pre-hook that, while a
-call made inside `generating(...)` is running, turns `prompt_embeds` into `(prompt_embeds, FlexIPCondition)`.
+embeddings. `FlexIPInjection` holds the adapter attached to the UNet and a forward pre-hook that, while a call
+made inside `generating(...)` is running, turns `prompt_embeds` into `(prompt_embeds, FlexIPCondition)`.
 The per-call state lives in a `contextvars.ContextVar`, so calls running at the same time in different threads
-each see their own reference and dial. Outside `generating`, the UNet runs the base model.
+each see their own reference and dial. Outside `generating`, the UNet runs the base model. `flexip_call`
+(`pipeline/call.py`) is the one caller of `generating`; its docstring follows a preservation value end to end.
 """
 
 from __future__ import annotations
@@ -49,13 +50,20 @@ _CURRENT: contextvars.ContextVar[_Generation | None] = contextvars.ContextVar(
 class FlexIPInjection:
     """A FlexIP adapter and its reference encoder, attached to one UNet. Build it with `FlexIPInjection.load`."""
 
-    def __init__(self, unet: nn.Module, adapter: FlexIPAdapter, reference_encoder: ReferenceEncoder):
+    def __init__(
+        self, unet: nn.Module, adapter: FlexIPAdapter, reference_encoder: ReferenceEncoder, follow_unet: bool = True
+    ):  # fmt: skip
+        """Hook an adapter already attached to `unet` (`adapter.attach(unet)`); `load` does both.
+
+        `follow_unet`: move the adapter and encoders to the UNet's device and dtype at each call (after
+        `pipe.to(...)`); training's validation turns it off, since its adapter stays float32 under autocast.
+        """
         self.unet = unet
         self.adapter = adapter
         self.reference_encoder = reference_encoder
+        self.follow_unet = follow_unet
         # Branch K/V computed once per generation; switched off only to measure what it saves (bench/kv_cache.py).
         self.cache_kv = True
-        adapter.attach(unet)
         self._hook = unet.register_forward_pre_hook(self._add_condition, with_kwargs=True)
 
     @classmethod
@@ -94,11 +102,16 @@ class FlexIPInjection:
                 f"{encoder.clip_embed_dim} and {encoder.dino_hidden_dim}, the adapter expects "
                 f"{config.clip_embed_dim} and {config.dino_hidden_dim}: use the encoders it was trained with"
             )
-        return cls(unet, adapter.eval().requires_grad_(False), encoder)
+        adapter.eval().requires_grad_(False).attach(unet)
+        return cls(unet, adapter, encoder)
+
+    def unhook(self) -> None:
+        """Remove the hook; the adapter stays attached (training's validation pipeline leaves it so)."""
+        self._hook.remove()
 
     def remove(self) -> None:
         """Remove the hook and restore the UNet's original attention processors."""
-        self._hook.remove()
+        self.unhook()
         FlexIPAdapter.detach(self.unet)
 
     def prepare_reference(self, reference: ReferenceInput) -> EncodedReference | Image.Image:
@@ -143,6 +156,8 @@ class FlexIPInjection:
 
     def _follow_unet(self) -> None:
         """Keep the adapter and encoders on the UNet's device and dtype after `pipe.to(...)`."""
+        if not self.follow_unet:
+            return
         parameter = next(self.unet.parameters())
         for module in (self.adapter, self.reference_encoder):
             own = next(module.parameters())
@@ -182,8 +197,9 @@ class FlexIPInjection:
         if text.shape[0] == 2 * n:
             # Guidance: diffusers puts the unconditional half first. It gets the null reference (method.md §4);
             # its S comes from the negative prompt's embeddings, which are that half of `text`.
-            clip_embeds = torch.cat([torch.zeros_like(clip_embeds), clip_embeds])
-            dino_tokens = torch.cat([torch.zeros_like(dino_tokens), dino_tokens])
+            null = reference.null()
+            clip_embeds = torch.cat([null.clip_embeds.expand(n, -1), clip_embeds])
+            dino_tokens = torch.cat([null.dino_tokens.expand(n, -1, -1), dino_tokens])
             preservation = preservation.repeat(2)
         state.text = text
         state.condition = self.adapter(

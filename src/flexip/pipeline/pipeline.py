@@ -6,11 +6,10 @@ import os
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
-from .checks import check_guidance, check_images_per_prompt, check_preservation, check_scale, check_steps
+from .call import flexip_call
 from .injection import FlexIPInjection, ReferenceInput
 
 
@@ -70,18 +69,6 @@ class FlexIPPipeline(StableDiffusionPipeline):
         reference: ReferenceInput | None = None,
         preservation: float | list[float] = 0.5,
         scale: float = 1.0,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
-        negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
         **kwargs,
     ):
         """Generate images of the reference's subject following the prompt.
@@ -89,68 +76,17 @@ class FlexIPPipeline(StableDiffusionPipeline):
         `reference`: a PIL image, an image path, or an `EncodedReference` (`pipe.flexip.encode_reference(image)`).
         `preservation`: g in [0, 1]: 1 keeps the subject's identity, 0 follows the prompt's edits; or a list of
         values, generated in one batch from the same starting noise. `scale`: the adapters' strength s (0 is the
-        base model). Guidance's unconditional half uses the null reference and the negative prompt.
+        base model). Guidance's unconditional half uses the null reference and the negative prompt. Every other
+        argument is `StableDiffusionPipeline.__call__`'s, with its meaning.
 
         Output order: for each prompt, for each of its `num_images_per_prompt` images, one image per
         preservation value in the order given; images that differ only in preservation share their starting
         noise. A list of generators has one generator per prompt and image (not per preservation value).
-        Other keyword arguments go to `StableDiffusionPipeline.__call__`.
+        This is the same call as a stock pipeline's after `load_flexip` (`pipeline/call.py`), except that here
+        the reference is required.
         """
-        # 1. Validate everything before any model runs.
-        values = check_preservation(preservation)
-        scale = check_scale(scale)
-        check_steps(num_inference_steps)
-        guidance_scale = check_guidance(guidance_scale)
-        check_images_per_prompt(num_images_per_prompt)
         if reference is None:
             raise FlexIPError("reference is missing: give the subject's image (a PIL image or a path)")
-        reference = self.flexip.prepare_reference(reference)
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
-        self.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds)
-
-        # 2. Encode the prompts and the reference once, for all preservation values.
-        device = self._execution_device
-        guided = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
-        cross_attention_kwargs = kwargs.get("cross_attention_kwargs") or {}
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, guided, negative_prompt,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            lora_scale=cross_attention_kwargs.get("scale"), clip_skip=kwargs.get("clip_skip"),
-        )  # fmt: skip
-        reference = self.flexip.encode_reference(reference)
-
-        # 3. One starting noise per (prompt, image), shared by that image's preservation values.
-        samples = prompt_embeds.shape[0]  # prompts x images per prompt
-        if latents is None:
-            shape = (
-                samples,
-                self.unet.config.in_channels,
-                height // self.vae_scale_factor,
-                width // self.vae_scale_factor,
-            )
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
-        elif latents.shape[0] != samples:
-            raise FlexIPError(
-                f"latents hold {latents.shape[0]} samples; give one per prompt and image ({samples})"
-            )
-        if isinstance(generator, list):
-            if len(generator) != samples:
-                raise FlexIPError(
-                    f"{len(generator)} generators given; give one per prompt and image ({samples})"
-                )
-            generator = [g for g in generator for _ in values]
-
-        def per_value(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            # (samples, ...) -> (samples * len(values), ...), the preservation values innermost
-            return None if tensor is None else tensor.repeat_interleave(len(values), dim=0)
-
-        # 4. Diffusers' own loop; the hook gives the UNet P, S and g.
-        preservation_per_sample = torch.tensor(values).repeat(samples)
-        with self.flexip.generating(reference, preservation_per_sample, scale, samples * len(values)):
-            return super().__call__(
-                prompt_embeds=per_value(prompt_embeds), negative_prompt_embeds=per_value(negative_prompt_embeds),
-                latents=per_value(latents), num_images_per_prompt=1, height=height, width=width,
-                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
-                output_type=output_type, return_dict=return_dict, **kwargs,
-            )  # fmt: skip
+        return flexip_call(
+            self, StableDiffusionPipeline.__call__, (), {"prompt": prompt, **kwargs}, reference, preservation, scale
+        )

@@ -1,21 +1,23 @@
 """The dial on a stock diffusers pipeline: `load_flexip(pipe, adapter)` and `unload_flexip(pipe)`.
 
-After `load_flexip`, the pipeline's call also takes `reference=`, `preservation=` and `scale=`; everything else
+After `load_flexip`, the pipeline's call also takes `reference=`, `preservation=` and `scale=`, with the same
+meaning as `FlexIPPipeline`'s (lists included): both run `flexip_call` (`pipeline/call.py`). Everything else
 (img2img, inpainting, ControlNet, LoRA, schedulers, callbacks) is the stock pipeline's own code. Without a
-`reference` the call is the base model's. The pipeline's class is swapped for a subclass of the same name whose
-only addition is that call; `unload_flexip` swaps it back and restores the UNet.
+`reference` the call is the base model's.
+
+Python looks `__call__` up on the type, so a pipeline object can only take new call arguments through its
+class: `load_flexip` gives it a subclass of its own class, with the same name (diffusers writes
+`type(pipe).__name__` into `model_index.json`), whose only addition is that call. The stock class is kept on
+the injection, and `unload_flexip` puts it back.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-
-import torch
 
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
-from .checks import check_preservation, check_scale
+from .call import flexip_call
 from .injection import FlexIPInjection, ReferenceInput
 
 _SUBCLASSES: dict[type, type] = {}
@@ -35,10 +37,11 @@ def load_flexip(
     if getattr(pipe, "flexip", None) is not None:
         raise FlexIPError("FlexIP is already loaded on this pipeline; call flexip.unload_flexip(pipe) first")
     unet = getattr(pipe, "unet", None)
-    if unet is None or not callable(pipe):
+    if unet is None or not callable(pipe) or not hasattr(pipe, "encode_prompt"):
         raise FlexIPError(f"{type(pipe).__name__} has no UNet: load_flexip needs a Stable Diffusion pipeline")
     parameter = next(unet.parameters())
     injection = FlexIPInjection.load(unet, adapter, image_encoder, dino_encoder, torch_dtype=parameter.dtype)
+    injection.stock_class = type(pipe)
     pipe.flexip = injection
     pipe.__class__ = _with_reference(type(pipe))
     return pipe
@@ -51,36 +54,31 @@ def unload_flexip(pipe) -> None:
         raise FlexIPError("FlexIP is not loaded on this pipeline; nothing to unload")
     injection.remove()
     del pipe.flexip
-    pipe.__class__ = pipe.__class__.__bases__[0]
+    pipe.__class__ = injection.stock_class
 
 
 def _with_reference(stock_class: type) -> type:
     """The subclass of `stock_class` whose call accepts `reference`, `preservation` and `scale`."""
     if stock_class not in _SUBCLASSES:
         stock_call = stock_class.__call__
-        signature = inspect.signature(stock_call)
 
         def __call__(
-            self, *args, reference: ReferenceInput | None = None, preservation: float | None = None,
+            self, *args, reference: ReferenceInput | None = None, preservation: float | list[float] | None = None,
             scale: float = 1.0, **kwargs,
         ):  # fmt: skip
             if reference is None:
                 if preservation is not None:
                     raise FlexIPError("preservation was given without a reference image: pass reference=...")
                 return stock_call(self, *args, **kwargs)
-            (g,) = check_preservation(0.5 if preservation is None else preservation)
-            scale = check_scale(scale)
-            encoded = self.flexip.encode_reference(reference)
-            num_samples = _num_conditional_samples(signature, self, args, kwargs)
-            preservation_per_sample = torch.full((num_samples,), g)
-            with self.flexip.generating(encoded, preservation_per_sample, scale, num_samples):
-                return stock_call(self, *args, **kwargs)
+            preservation = 0.5 if preservation is None else preservation
+            return flexip_call(self, stock_call, args, kwargs, reference, preservation, scale)
 
         __call__.__doc__ = (
             f"{stock_class.__name__}'s call with FlexIP (method.md §2.3): `reference` (a PIL image, an image path "
-            "or an EncodedReference), `preservation` g in [0, 1] (default 0.5; 1 keeps the subject's identity, "
-            "0 follows the prompt's edits), `scale` s >= 0 (default 1; 0 is the base model). Without a "
-            "reference it is the stock call.\n\n" + (stock_call.__doc__ or "")
+            "or an EncodedReference), `preservation` g in [0, 1] or a list of values made in one batch from one "
+            "starting noise (default 0.5; 1 keeps the subject's identity, 0 follows the prompt's edits), `scale` "
+            "s >= 0 (default 1; 0 is the base model). Without a reference it is the stock call.\n\n"
+            + (stock_call.__doc__ or "")
         )
         # Same name, so diffusers' save_pretrained and logs still see the stock pipeline.
         _SUBCLASSES[stock_class] = type(
@@ -93,20 +91,3 @@ def _with_reference(stock_class: type) -> type:
             },
         )
     return _SUBCLASSES[stock_class]
-
-
-def _num_conditional_samples(signature: inspect.Signature, pipe, args: tuple, kwargs: dict) -> int:
-    """batch_size * num_images_per_prompt, as every Stable Diffusion pipeline computes it."""
-    bound = signature.bind(pipe, *args, **kwargs)
-    bound.apply_defaults()
-    arguments = bound.arguments
-    prompt = arguments.get("prompt")
-    if isinstance(prompt, str):
-        batch = 1
-    elif isinstance(prompt, list):
-        batch = len(prompt)
-    elif arguments.get("prompt_embeds") is not None:
-        batch = arguments["prompt_embeds"].shape[0]
-    else:
-        raise FlexIPError("give a prompt or prompt_embeds")
-    return batch * (arguments.get("num_images_per_prompt") or 1)

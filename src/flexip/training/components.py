@@ -29,13 +29,13 @@ class FrozenModels:
 
 def prepare_tiny_models(config: ModelConfig) -> None:
     """Write the tiny model set where the config says, unless it is already there."""
-    root = Path(config.tiny_models)
-    if (root / "base" / "model_index.json").is_file():
-        return
-    from ..tiny import save_tiny_model_set
+    from ..tiny import ModelSet, save_tiny_model_set
 
-    logger.info("writing the tiny model set to %s (first run only)", root)
-    save_tiny_model_set(root)
+    models = ModelSet(Path(config.tiny_models))
+    if (models.base / "model_index.json").is_file() and models.manifest.is_file():  # a kit without data is older
+        return
+    logger.info("writing the tiny model set to %s (first run only)", models.root)
+    save_tiny_model_set(models.root)
 
 
 def _check_local(kind: str, reference: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..demo.manifest import ManifestConfig
+from ..defaults import BASE_MODEL, DINO_ENCODER, IMAGE_ENCODER
 from ..errors import FlexIPError
 from ..models.adapter import GateConfig, PersonalizationConfig, PreservationConfig
 from ..models.gate import MODALITIES
@@ -26,10 +26,10 @@ from ..models.gate import MODALITIES
 @dataclass
 class ModelConfig:
     # Stable Diffusion pipeline directory or hub id (unet/, vae/, text_encoder/, tokenizer/, scheduler/).
-    base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    base: str = BASE_MODEL
     # CLIP vision model: a directory, a hub id, or "owner/repo/sub/folder" for a model in a repository folder.
-    image_encoder: str = "h94/IP-Adapter/models/image_encoder"
-    dino_encoder: str = "facebook/dinov2-large"  # DINOv2 model, same conventions
+    image_encoder: str = IMAGE_ENCODER
+    dino_encoder: str = DINO_ENCODER  # DINOv2 model, same conventions
     # Where `flexip tiny-models` output is written when absent, so tiny.yaml runs from a fresh clone; empty
     # for real models. base/image_encoder/dino_encoder still name the directories to load.
     tiny_models: str = ""
@@ -48,9 +48,6 @@ class DataConfig:
     # Share of image pairs captioned with another image pair's caption, so that only the reference shows the
     # target's scene: it teaches the dial's preservation end to outrank the prompt (docs/demo-model.md, Part 2).
     swap_captions: float = 0.0
-    # When set and the manifest is absent, render this many demo-world pairs into the manifest's folder
-    # (tiny.yaml uses it so it needs no download).
-    demo_world: ManifestConfig | None = None
 
 
 @dataclass

@@ -61,18 +61,17 @@ def encode_batch(
     captions = ["" if drop else caption for caption, drop in zip(batch["captions"], drop_text.tolist())]
     text_embeds = encode_text(models, captions, device)
 
-    reference = models.encoder(batch["references"])
-    # Image dropout = the null reference (all-zero features) through both adapters, as in guidance (method.md §4).
-    keep = (~drop_image).to(reference.clip_embeds.dtype)
-    clip_embeds = reference.clip_embeds * keep[:, None]
-    dino_tokens = reference.dino_tokens * keep[:, None, None]
+    # Image dropout = the null reference through both adapters, as in guidance (method.md §4).
+    reference = models.encoder(batch["references"]).dropped(drop_image.to(device))
 
     pixels = batch["pixel_values"].to(device, models.vae.dtype)
     latents = models.vae.encode(pixels).latent_dist.sample(generator) * models.vae.config.scaling_factor
     subject = None
     if "target_masks" in batch:
         subject = F.adaptive_avg_pool2d(batch["target_masks"].to(device, latents.dtype), latents.shape[-2:])
-    return EncodedBatch(latents, text_embeds, clip_embeds, dino_tokens, batch["modality"].to(device), subject)
+    return EncodedBatch(
+        latents, text_embeds, reference.clip_embeds, reference.dino_tokens, batch["modality"].to(device), subject
+    )
 
 
 class FlexIPTrainingModel(nn.Module):

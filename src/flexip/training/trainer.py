@@ -1,8 +1,10 @@
 """`train(config)`: the FlexIP training run (method.md §3) on one process or many, through accelerate.
 
-Phases, top to bottom: set up the run, build models and data, restore a checkpoint, loop. The loop is
-accelerate's canonical one (accumulate, backward, step); around it, one all-reduce per optimizer step makes
-every process agree on the loss it logs, the skipped samples and whether a signal asked to stop.
+Named phases, top to bottom (dinov2's habit): `start` the run (accelerator, generated inputs, the checkpoint to
+resume), `build` the models and data, `build_optimizer`, `restore` a checkpoint, then `loop`, which checkpoints
+and exports the adapter (`checkpoint_and_export`) as it goes. The loop is accelerate's canonical one (accumulate,
+backward, step); around it, one all-reduce per optimizer step makes every process agree on the loss it logs,
+the skipped samples and whether a signal asked to stop.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes
-from ..demo.manifest import write_manifest
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from ..models.gate import MODALITIES
@@ -37,7 +38,8 @@ from .validation import png_bytes, sweep, sweep_sheet, validation_references
 logger = get_logger(__name__)
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+# Tracker -> (its module, what to install for it): TensorBoard comes with the `train` extra.
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "'flexip[train]'"), "wandb": ("wandb", "wandb")}
 
 
 @dataclass
@@ -100,15 +102,9 @@ def _flat(data: dict, prefix: str = "") -> dict:
 
 
 def _prepare_inputs(config: TrainConfig) -> None:
-    """Write what a tiny config asks to be generated (model set, demo-world data) if absent."""
+    """Write what a tiny config asks to be generated (the tiny model set and its small data set) if absent."""
     if config.model.tiny_models:
         prepare_tiny_models(config.model)
-    manifest = Path(config.data.manifest)
-    if config.data.demo_world is not None and not manifest.is_file():
-        logger.info(f"rendering demo-world training pairs into {manifest.parent} (first run only)")
-        written = write_manifest(manifest.parent, config.data.demo_world)
-        if written != manifest:
-            written.rename(manifest)
 
 
 def _build_adapter(config: TrainConfig, unet, encoder) -> FlexIPAdapter:
@@ -130,14 +126,49 @@ def build_optimizer(adapter: FlexIPAdapter, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
+@dataclass
+class Run:
+    """What every phase of one training run shares."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    run_dir: Path
+    resume_from: Path | None  # the checkpoint to continue from, if any
+
+
+@dataclass
+class Built:
+    """The models and data of a run, before accelerate wraps them."""
+
+    models: FrozenModels
+    adapter: FlexIPAdapter  # trainable, attached to models.unet
+    model: FlexIPTrainingModel  # the one module accelerate prepares
+    pairs: list
+    stream: MixedStream
+
+
 def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     """Train (or resume) the run in `config.output_dir`; returns its final state."""
-    # --- the run ---------------------------------------------------------------------------------------------
+    run = start(config, resume)
+    built = build(run)
+    model, optimizer = run.accelerator.prepare(built.model, build_optimizer(built.adapter, config))
+    register_hooks(run.accelerator, built.adapter)
+    state = restore(run, resume)
+    interrupted = loop(run, built, model, optimizer, state)
+    if state.skipped:
+        logger.warning(
+            f"{state.skipped} unreadable training pairs were skipped (each is logged above with its path)"
+        )
+    run.accelerator.end_training()
+    return TrainResult(run.run_dir, state, interrupted, built.adapter.eval(), built.models)
+
+
+def start(config: TrainConfig, resume: str | None) -> Run:
+    """The accelerator, the inputs a tiny config asks for, and the checkpoint `resume` names."""
     for tracker in config.log_with:
-        if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
-            raise FlexIPError(
-                f"config log_with: {tracker} is not installed; `pip install {tracker}` or remove it"
-            )
+        module, install = TRACKER_PACKAGES[tracker]
+        if importlib.util.find_spec(module) is None:
+            raise FlexIPError(f"config log_with: {tracker} is not installed; `pip install {install}` or remove it")
     run_dir = Path(config.output_dir)
     accelerator = Accelerator(
         # Without an accelerator device, accelerate runs torchrun's processes as one unless told it is on CPUs
@@ -148,17 +179,19 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         log_with=config.log_with or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     with accelerator.main_process_first():
         _prepare_inputs(config)
-    resume_from = resolve_resume(resume, run_dir) if resume else None
+    return Run(config, accelerator, run_dir, resolve_resume(resume, run_dir) if resume else None)
 
-    # --- models and data ----------------------------------------------------------------------------------
+
+def build(run: Run) -> Built:
+    """The frozen models on the device, a fresh adapter attached to the UNet, and the data stream."""
+    config = run.config
     pairs = read_manifest(config.data.manifest)
     stream = MixedStream([p.modality for p in pairs], config.data.video_fraction, config.seed)
     models = load_frozen_models(config.model, DTYPES[config.mixed_precision])
     for module in (models.text_encoder, models.vae, models.unet, models.encoder):
-        module.to(device)
+        module.to(run.accelerator.device)
     set_seed(config.seed)  # the adapter starts from the same weights on every process and every run
     adapter = _build_adapter(config, models.unet, models.encoder)
     if config.gradient_checkpointing:
@@ -166,48 +199,68 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     model = FlexIPTrainingModel(
         models.unet, adapter, models.noise_scheduler, config.min_snr_gamma, config.subject_loss_weight
     )
-    optimizer = build_optimizer(adapter, config)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    register_hooks(accelerator, adapter)
+    return Built(models, adapter, model, pairs, stream)
 
-    state = TrainingState()
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
-        logger.info(f"resumed from {resume_from} at step {state.step}")
-    elif resume:
-        logger.info(f"no checkpoint in {run_dir / 'checkpoints'} yet: starting at step 0")
 
-    sampler = MixedBatchSampler(stream, config.batch_size, state.samples, rank, world)
-    dataset = PairDataset(
-        pairs, config.data.resolution, config.seed, config.data.swap_captions,
-        target_masks=config.subject_loss_weight > 0,
+def restore(run: Run, resume: str | None) -> TrainingState:
+    """The state of the checkpoint to resume (optimizer, RNG, stream position), or a fresh one."""
+    if run.resume_from is not None:
+        state = load_checkpoint(run.accelerator, run.resume_from)
+        logger.info(f"resumed from {run.resume_from} at step {state.step}")
+        return state
+    if resume:
+        logger.info(f"no checkpoint in {run.run_dir / 'checkpoints'} yet: starting at step 0")
+    return TrainingState()
+
+
+def data_loader(run: Run, built: Built, state: TrainingState) -> torch.utils.data.DataLoader:
+    """Batches from the stream position `state` reached, this process's share of them."""
+    config, accelerator = run.config, run.accelerator
+    sampler = MixedBatchSampler(
+        built.stream, config.batch_size, state.samples, accelerator.process_index, accelerator.num_processes
     )
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate,
-        num_workers=config.data.num_workers, worker_init_fn=_ignore_stop_signals, pin_memory=device.type == "cuda",
+    dataset = PairDataset(
+        built.pairs, config.data.resolution, config.seed, config.data.swap_captions,
+        target_masks=config.subject_loss_weight > 0,
     )  # fmt: skip
-    references = validation_references(pairs)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.num_workers,
+        worker_init_fn=_ignore_stop_signals, pin_memory=accelerator.device.type == "cuda",
+    )  # fmt: skip
 
+
+def checkpoint_and_export(run: Run, adapter: FlexIPAdapter, state: TrainingState) -> None:
+    """A full checkpoint (all processes), then the adapter directory `flexip generate --adapter` loads."""
+    path = save_checkpoint(run.accelerator, adapter, state, run.run_dir, run.config.keep_checkpoints)
+    if run.accelerator.is_main_process:
+        adapter.save_pretrained(run.run_dir / "adapter")
+    logger.info(f"step {state.step}: saved {path} and {run.run_dir / 'adapter'}")
+
+
+def validate(run: Run, built: Built, references: list, step: int) -> None:
+    """The dial's contact sheet at this step (main process), written to samples/step-N.png."""
+    accelerator, adapter = run.accelerator, built.adapter
     if accelerator.is_main_process:
-        atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(config).encode())
+        adapter.eval()
+        with accelerator.autocast():
+            rows = sweep(
+                built.models, adapter, references, run.config.validation, run.config.data.resolution, accelerator.device
+            )  # fmt: skip
+        sheet = sweep_sheet(references, run.config.validation.prompts, run.config.validation.preservation, rows)
+        atomic_write_bytes(run.run_dir / "samples" / f"step-{step:08d}.png", png_bytes(sheet))
+        adapter.train()
+    accelerator.wait_for_everyone()
+
+
+def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool:
+    """Optimizer steps until `max_steps` or a stop signal; returns whether a signal stopped it."""
+    config, accelerator, adapter = run.config, run.accelerator, built.adapter
+    device, world = accelerator.device, accelerator.num_processes
+    loader = data_loader(run, built, state)
+    references = validation_references(built.pairs)
+    if accelerator.is_main_process:
+        atomic_write_bytes(run.run_dir / "config.yaml", config_to_yaml(config).encode())
     accelerator.init_trackers("flexip", config=_flat(dataclasses.asdict(config)))
-
-    # --- the loop -----------------------------------------------------------------------------------------
-    def export_and_checkpoint() -> None:
-        path = save_checkpoint(accelerator, adapter, state, run_dir, config.keep_checkpoints)
-        if accelerator.is_main_process:
-            adapter.save_pretrained(run_dir / "adapter")
-        logger.info(f"step {state.step}: saved {path} and {run_dir / 'adapter'}")
-
-    def validate() -> None:
-        if accelerator.is_main_process:
-            adapter.eval()
-            with accelerator.autocast():
-                rows = sweep(models, adapter, references, config.validation, config.data.resolution, device)
-            sheet = sweep_sheet(references, config.validation.prompts, config.validation.preservation, rows)
-            atomic_write_bytes(run_dir / "samples" / f"step-{state.step:08d}.png", png_bytes(sheet))
-            adapter.train()
-        accelerator.wait_for_everyone()
 
     generator = torch.Generator(device)
     model.train()  # the frozen UNet too: it has no dropout, and diffusers checkpoints activations only in train mode
@@ -225,7 +278,7 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
             skipped += len(batch["skipped"])
             generator.manual_seed(_batch_seed(config.seed, batch["positions"][0]))
             with accelerator.accumulate(model):
-                encoded = encode_batch(models, batch, config.dropout, generator)
+                encoded = encode_batch(built.models, batch, config.dropout, generator)
                 loss = model(encoded, generator)
                 accelerator.backward(loss)
                 optimizer.step()
@@ -262,21 +315,16 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
                 }  # fmt: skip
                 accelerator.log(metrics, step=state.step)
                 if accelerator.is_main_process:
-                    with open(run_dir / "metrics.jsonl", "a") as f:
+                    with open(run.run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps({"step": state.step, **metrics}) + "\n")
                 window_start, window_samples, window_losses = time.perf_counter(), 0, []
             if state.step % config.validation.every == 0 or last:
-                validate()
+                validate(run, built, references, state.step)
             if stopping:
                 interrupted = True
-                export_and_checkpoint()
+                checkpoint_and_export(run, adapter, state)
                 break
             if state.step % config.checkpoint_every == 0 or last:
-                export_and_checkpoint()
+                checkpoint_and_export(run, adapter, state)
     progress.close()
-    if state.skipped:
-        logger.warning(
-            f"{state.skipped} unreadable training pairs were skipped (each is logged above with its path)"
-        )
-    accelerator.end_training()
-    return TrainResult(run_dir, state, interrupted, adapter.eval(), models)
+    return interrupted

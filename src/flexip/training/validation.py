@@ -1,8 +1,9 @@
 """The validation sweep: fixed references and prompts generated at several g, saved as one contact sheet.
 
 Rows are (reference, prompt), columns the reference and one image per g; every image of a row starts from the
-same noise, so a row shows what the dial alone changes. It runs on the training UNet and adapter directly
-with DDIM and classifier-free guidance (method.md §4), so training needs nothing from the pipeline package.
+same noise, so a row shows what the dial alone changes. It samples through `FlexIPPipeline` (DDIM and
+classifier-free guidance, method.md §4) built on the training UNet and adapter, so a validation image is
+what a user of the exported adapter gets.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from PIL import Image
 
 from ..contact_sheet import contact_sheet
 from ..models.adapter import FlexIPAdapter
+from ..pipeline import FlexIPInjection, FlexIPPipeline
 from .components import FrozenModels
 from .config import ValidationConfig
 from .data import Pair, load_rgb
-from .objective import encode_text
 
 MIN_CELL = 128  # px: tiny models' 32 px images are upscaled so the sheet stays readable
 
@@ -29,43 +30,26 @@ def sweep(
     resolution: int, device: torch.device,
 ) -> list[list[Image.Image]]:  # fmt: skip
     """One row of generated images per (reference, prompt), one column per `config.preservation` value."""
-    unet, vae = models.unet, models.vae
     scheduler = DDIMScheduler.from_config(models.noise_scheduler.config)
-    g = torch.tensor(config.preservation, device=device)
-    n = len(config.preservation)
-    null_text = encode_text(models, [""], device)
-    latent_size = resolution // 2 ** (len(vae.config.block_out_channels) - 1)
-    rows = []
-    for reference in references:
-        encoded = models.encoder([reference])
-        null = encoded.null()
-        for prompt in config.prompts:
-            text = encode_text(models, [prompt], device)
-            # Unconditional half (empty prompt, null reference) first, then the conditional half; n samples each.
-            text_embeds = torch.cat([null_text.expand(n, -1, -1), text.expand(n, -1, -1)])
-            clip_embeds = torch.cat([null.clip_embeds.expand(n, -1), encoded.clip_embeds.expand(n, -1)])
-            dino_tokens = torch.cat(
-                [null.dino_tokens.expand(n, -1, -1), encoded.dino_tokens.expand(n, -1, -1)]
-            )
-            condition = adapter(clip_embeds, dino_tokens, text_embeds, preservation=g.repeat(2), cache=True)
-
-            generator = torch.Generator(device).manual_seed(config.seed)
-            shape = (1, unet.config.in_channels, latent_size, latent_size)
-            latents = torch.randn(shape, generator=generator, device=device, dtype=unet.dtype).expand(
-                n, -1, -1, -1
-            )
-            scheduler.set_timesteps(config.steps, device=device)
-            latents = latents * scheduler.init_noise_sigma
-            for t in scheduler.timesteps:
-                model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-                noise = unet(model_input, t, encoder_hidden_states=(text_embeds, condition)).sample
-                unconditional, conditional = noise.chunk(2)
-                noise = unconditional + config.guidance_scale * (conditional - unconditional)
-                latents = scheduler.step(noise, t, latents).prev_sample
-            images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-            pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-            rows.append([Image.fromarray(p) for p in pixels.cpu().numpy()])
-    return rows
+    pipe = FlexIPPipeline(
+        vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    # The adapter is attached to the training UNet already and stays float32 there (mixed precision).
+    pipe.flexip = FlexIPInjection(models.unet, adapter, models.encoder, follow_unet=False)
+    try:
+        return [
+            pipe(
+                prompt, reference=reference, preservation=config.preservation, height=resolution, width=resolution,
+                num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+                generator=torch.Generator(device).manual_seed(config.seed),
+            ).images
+            for reference in references
+            for prompt in config.prompts
+        ]  # fmt: skip
+    finally:
+        pipe.flexip.unhook()
 
 
 def sweep_sheet(

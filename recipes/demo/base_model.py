@@ -25,9 +25,10 @@ from transformers import (
     Dinov2Model,
 )
 
-from flexip.demo.text import build_text_encoder, build_tokenizer, write_vocab_files
+from recipes.demo import SHIPPED_DIR
+from recipes.demo.text import build_text_encoder, build_tokenizer, write_vocab_files
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
+DEFAULT_MODEL_DIR = SHIPPED_DIR
 # CLIP's normalisation; the random encoders do not care, but part 2's preprocessing stays the usual one.
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
@@ -195,7 +196,7 @@ def load_pipeline(directory: str | Path = DEFAULT_MODEL_DIR, dtype=torch.float32
     base = Path(directory) / "base"
     if not (base / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"no base model at {base}; train one with `python -m flexip.demo.train_base --out {directory}`"
+            f"no base model at {base}; train one with `python -m recipes.demo.train_base --out {directory}`"
         )
     # Cast after loading: the dtype argument's name differs between diffusers versions.
     return StableDiffusionPipeline.from_pretrained(base, local_files_only=True).to(dtype=dtype)

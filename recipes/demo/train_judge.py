@@ -1,6 +1,6 @@
 """Train the demo judge's CNN on blurred, noisy renders and report its accuracy on held-out seeds.
 
-    python -m flexip.demo.train_judge --out src/flexip/assets/demo/judge.safetensors
+    python -m recipes.demo.train_judge --out recipes/demo/judge/judge.safetensors
 
 Training seeds count up from 0; held-out seeds start at HELD_OUT_SEED, far beyond any training run.
 """
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from flexip.demo.judge import HEADS, Judge, JudgeConfig, JudgeNet, to_tensor
-from flexip.demo.world import render_seeded
+from recipes.demo.judge import HEADS, Judge, JudgeConfig, JudgeNet, to_tensor
+from recipes.demo.world import render_seeded
 
 HELD_OUT_SEED = 1_000_000_000
 # Attributes whose accuracy the table reports, in the order it reports them.
@@ -132,7 +132,7 @@ def accuracy_table(clean: dict[str, float], degraded: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     defaults = JudgeTrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m flexip.demo.train_judge", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.demo.train_judge", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="path of the judge's .safetensors file")
     parser.add_argument("--samples", type=int, default=defaults.samples, help="distinct training renders")
     parser.add_argument("--steps", type=int, default=defaults.steps)

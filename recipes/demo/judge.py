@@ -4,7 +4,7 @@ identity), each in 0..1.
 
 Background and position are measured analytically from pixels (background = the border's median colour, the
 subject = pixels far from it, its position = the centre of their bounding box); class, size, style and the
-identity attributes come from a small CNN trained on blurred, noisy renders (`flexip.demo.train_judge`). Size
+identity attributes come from a small CNN trained on blurred, noisy renders (`recipes.demo.train_judge`). Size
 was analytic at first, but a bounding box misreads rotated squares, outlines and patterns whose colour is close
 to the background (89% held-out accuracy); the CNN reads it from the whole shape. Accuracy: docs/demo-model.md.
 """
@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from flexip.demo.world import (
+from recipes.demo.world import (
     BACKGROUNDS,
     CLASSES,
     IDENTITY_ATTRIBUTES,
@@ -36,7 +36,8 @@ from flexip.demo.world import (
 )
 
 JUDGE_SIZE = 32
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "demo" / "judge.safetensors"
+# The judge is the recipe's own measuring tool, not part of the shipped model: it stays with the recipe.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "judge" / "judge.safetensors"
 # What the CNN classifies; background and position are measured instead.
 HEADS = {"subject": CLASSES, "size": tuple(SIZES), "style": STYLES, **IDENTITY_ATTRIBUTES}
 # A pixel belongs to the subject when it is this far (RGB, 0..1) from the background; backgrounds are
@@ -137,7 +138,7 @@ class Judge:
     def load(cls, path: str | Path = DEFAULT_WEIGHTS) -> Judge:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"judge weights {path} not found; train them with `python -m flexip.demo.train_judge`")
+            raise FileNotFoundError(f"judge weights {path} not found; train them with `python -m recipes.demo.train_judge`")
         with open(path, "rb") as f:  # the config travels in the safetensors header's metadata
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         config = JudgeConfig(**json.loads(header["__metadata__"]["config"]))

@@ -7,8 +7,8 @@ and prompt match (does it show the prompt's scene). The dial works when identity
 match falls, which the Spearman correlation of the mean scores with g and the differences between the ends
 measure.
 
-    python -m flexip.demo.dial --out runs/dial            # the shipped demo model
-    python -m flexip.demo.dial --adapter runs/demo/adapter --out runs/dial-run
+    python -m recipes.demo.dial --out runs/dial            # the shipped demo model
+    python -m recipes.demo.dial --adapter runs/demo/adapter --out runs/dial-run
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from flexip.demo.world import (
+from recipes.demo.world import (
     BACKGROUNDS,
     POSITIONS,
     SIZES,
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from flexip.pipeline.embedded import DEMO_MODEL_DIR
 
     parser = argparse.ArgumentParser(
-        prog="python -m flexip.demo.dial", description=__doc__.split("\n\n")[0].replace("\n", " "),
+        prog="python -m recipes.demo.dial", description=__doc__.split("\n\n")[0].replace("\n", " "),
         epilog="writes into --out: dial.json (the summary and every pair's scores), dial.md (the tables), "
         "dial.png (the curves) and examples.png (the first pairs at seed 0).",
     )  # fmt: skip
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from flexip.atomic import atomic_write_bytes
-    from flexip.demo.judge import Judge
+    from recipes.demo.judge import Judge
     from flexip.errors import FlexIPError
     from flexip.pipeline import FlexIPPipeline
     from flexip.training.validation import png_bytes

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..manifest import read_manifest_records
-from .world import caption, render, sample_identity, sample_scene
+from flexip.manifest import read_manifest_records
+from recipes.demo.world import caption, render, sample_identity, sample_scene
 
 
 @dataclass
@@ -86,7 +86,7 @@ def validate_manifest(path: str | Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     defaults = ManifestConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m flexip.demo.manifest", description="Render a demo-world training manifest."
+        prog="python -m recipes.demo.manifest", description="Render a demo-world training manifest."
     )
     parser.add_argument("--out", required=True, help="folder to write PNGs and manifest.jsonl into")
     parser.add_argument("--images", type=int, default=defaults.num_images, help="invariant (image) pairs")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from flexip.demo.world import vocabulary
+from recipes.demo.world import vocabulary
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 

@@ -1,7 +1,7 @@
 """Measure how well the demo base model follows prompts: generate samples for random captions, let the judge
 read them, report prompt match per attribute, and save a contact sheet.
 
-    python -m flexip.demo.evaluate_base --model src/flexip/assets/demo --sheet docs/images/demo-base-samples.png
+    python -m recipes.demo.evaluate_base --model src/flexip/assets/demo --sheet docs/images/demo-base-samples.png
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from flexip.demo.base_model import DEFAULT_MODEL_DIR, load_pipeline
-from flexip.demo.judge import DEFAULT_WEIGHTS, Judge
-from flexip.demo.world import SCENE_ATTRIBUTES, caption, sample_scene
+from recipes.demo.base_model import DEFAULT_MODEL_DIR, load_pipeline
+from recipes.demo.judge import DEFAULT_WEIGHTS, Judge
+from recipes.demo.world import SCENE_ATTRIBUTES, caption, sample_scene
 
 
 def random_captions(count: int, seed: int) -> list[str]:
@@ -48,7 +48,7 @@ def contact_sheet(images: list[Image.Image], columns: int = 10, scale: int = 3) 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m flexip.demo.evaluate_base", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.demo.evaluate_base", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model set folder (with base/)")
     parser.add_argument("--judge", default=str(DEFAULT_WEIGHTS), help="judge weights (.safetensors)")
     parser.add_argument("--samples", type=int, default=100)

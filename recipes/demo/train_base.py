@@ -1,6 +1,6 @@
 """Train the demo base model on renders of the demo world, in phases: render, VAE, encode, UNet, save.
 
-    python -m flexip.demo.train_base --out src/flexip/assets/demo
+    python -m recipes.demo.train_base --out src/flexip/assets/demo
 
 Progress is checkpointed under --work-dir (the VAE once trained, the UNet every --checkpoint-every steps), so
 re-running the same command resumes where it stopped (--unet-steps may change, to train longer or stop
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from flexip.demo.base_model import DEFAULT_MODEL_DIR, BaseModelConfig, build_components, save_model_set
-from flexip.demo.judge import to_tensor
-from flexip.demo.world import caption, render, sample_identity, sample_scene
+from recipes.demo.base_model import DEFAULT_MODEL_DIR, BaseModelConfig, build_components, save_model_set
+from recipes.demo.judge import to_tensor
+from recipes.demo.world import caption, render, sample_identity, sample_scene
 
 
 @dataclass
@@ -236,7 +236,7 @@ def run(config: TrainBaseConfig, out: Path, work: Path, progress: bool = True) -
 
 def main(argv: list[str] | None = None) -> dict:
     defaults = TrainBaseConfig()
-    parser = argparse.ArgumentParser(prog="python -m flexip.demo.train_base", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.demo.train_base", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(DEFAULT_MODEL_DIR),
                         help="folder for the model set (base/, image_encoder/, dinov2/); default: %(default)s")
     parser.add_argument("--work-dir", default="runs/demo-base", help="checkpoints and the resolved config")

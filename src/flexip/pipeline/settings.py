@@ -1,0 +1,113 @@
+"""What a front end sets for a generation, as typed values any front end builds (the command line, a web page).
+
+`ModelSettings` says which models to load and how (`load_pipeline`); `SamplingSettings` what one generation
+does with them (`generate`). `record` is everything needed to reproduce an image, written beside it. Nothing
+here knows argparse: `flexip.cli` builds these values from its flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import __version__
+from ..errors import FlexIPError
+from ..schedulers import SCHEDULERS, make_scheduler
+from .checks import check_guidance, check_scale, check_steps
+from .embedded import EmbeddedModel, embedded_model
+from .pipeline import FlexIPPipeline
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    adapter: str | None = None  # FlexIP adapter directory; None: the embedded default model
+    base: str | None = None  # base model, hub id or directory; None: the one the adapter records
+    device: str | None = None  # torch device; None: cuda when available, else cpu
+    dtype: str | None = None  # float32 | float16 | bfloat16; None: float16 on CUDA, float32 otherwise
+    scheduler: str = "ddim"  # a name of flexip.schedulers.SCHEDULERS
+
+    def __post_init__(self):
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise FlexIPError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.scheduler not in SCHEDULERS:
+            raise FlexIPError(f"scheduler={self.scheduler!r} is not one of {', '.join(sorted(SCHEDULERS))}")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    steps: int = 50  # denoising steps
+    guidance: float = 7.5  # classifier-free guidance scale; <= 1 turns it off
+    scale: float = 1.0  # the adapters' strength s; 0 is the base model
+    seed: int = 0  # drives a CPU generator: the same seed gives the same image on any device
+    negative_prompt: str | None = None
+
+    def __post_init__(self):
+        check_steps(self.steps, name="steps")
+        check_guidance(self.guidance, name="guidance")
+        check_scale(self.scale, name="scale")
+
+
+@dataclass
+class LoadedModel:
+    pipe: FlexIPPipeline  # on the chosen device, with the chosen scheduler
+    embedded: EmbeddedModel | None  # the embedded default, when no adapter was named
+    record: dict  # base, adapter, device and dtype as resolved, for the files written
+
+
+def resolve_device(device: str | None, name: str = "device") -> torch.device:
+    """A torch device that exists on this machine; `name` is how the caller's user calls the setting."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as e:
+        raise FlexIPError(f"{name} {device!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FlexIPError(f"{name} {device}: CUDA is not available on this machine; use cpu")
+    return resolved
+
+
+def load_pipeline(settings: ModelSettings) -> LoadedModel:
+    """The pipeline `settings` name (the embedded default model without an adapter)."""
+    device = resolve_device(settings.device)
+    dtype_name = settings.dtype or ("float16" if device.type == "cuda" else "float32")
+    embedded = None
+    if settings.adapter is None:
+        embedded = embedded_model()
+        adapter, base = embedded.models.adapter, settings.base or embedded.models.base
+    else:
+        adapter, base = settings.adapter, settings.base
+    pipe = FlexIPPipeline.from_pretrained(base=base, adapter=adapter, torch_dtype=getattr(torch, dtype_name))
+    pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler)
+    pipe.to(device)
+    record = {"base": pipe.config._name_or_path, "adapter": str(adapter), "device": str(device), "dtype": dtype_name}
+    return LoadedModel(pipe, embedded, record)
+
+
+def generate(loaded: LoadedModel, prompt: str, reference, values: list[float], sampling: SamplingSettings) -> list:
+    """One image per preservation value, in one batch from the same starting noise."""
+    generator = torch.Generator("cpu").manual_seed(sampling.seed)  # CPU noise: the same image on any device
+    return loaded.pipe(
+        prompt, reference=reference, preservation=values, scale=sampling.scale,
+        num_inference_steps=sampling.steps, guidance_scale=sampling.guidance,
+        negative_prompt=sampling.negative_prompt, generator=generator,
+    ).images  # fmt: skip
+
+
+def record(prompt: str, reference: str, models: ModelSettings, sampling: SamplingSettings, loaded: LoadedModel) -> dict:
+    """Everything needed to reproduce an image, recorded beside it (docs/formats.md)."""
+    return {
+        "flexip_version": __version__,
+        "prompt": prompt,
+        "negative_prompt": sampling.negative_prompt,
+        "reference": reference,
+        "seed": sampling.seed,
+        "scheduler": models.scheduler,
+        "scale": sampling.scale,
+        "guidance": sampling.guidance,
+        "steps": sampling.steps,
+        **loaded.record,
+    }

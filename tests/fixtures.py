@@ -1,0 +1,70 @@
+"""Models only the tests need, built offline from the tiny kit's parts (`flexip.tiny`): an IP-Adapter for the
+tiny base, and the evaluation metrics' backbones. Kept here, not in the library: no user runs them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
+
+from flexip.evaluation.aesthetic import AestheticHead
+from flexip.tiny import IMAGE_SIZE, WIDTH, build_tiny_base, build_tiny_image_encoders, byte_level_tokenizer
+
+
+def save_tiny_ip_adapter(directory: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny IP-Adapter for the tiny base, laid out like `h94/IP-Adapter` so that diffusers' own
+    `pipe.load_ip_adapter(directory, subfolder="models", weight_name="ip-adapter_sd15.safetensors")` loads it
+    offline: `models/ip-adapter_sd15.safetensors` (`image_proj.*`, `ip_adapter.*`) and `models/image_encoder/`."""
+    models = Path(directory) / "models"
+    unet = build_tiny_base(seed).unet
+    clip, clip_processor, _, _ = build_tiny_image_encoders(seed + 1)
+    clip.save_pretrained(models / "image_encoder")
+    clip_processor.save_pretrained(models / "image_encoder")
+
+    torch.manual_seed(seed + 3)
+    tokens = 4  # the plain IP-Adapter projects the image embedding to 4 tokens
+    tensors = {
+        "image_proj.proj.weight": torch.randn(tokens * WIDTH, clip.config.projection_dim) * 0.1,
+        "image_proj.proj.bias": torch.zeros(tokens * WIDTH),
+        "image_proj.norm.weight": torch.ones(WIDTH),
+        "image_proj.norm.bias": torch.zeros(WIDTH),
+    }
+    # diffusers numbers the attention processors in order and gives the cross-attention ones the odd ids.
+    cross_attention = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    for index, name in enumerate(cross_attention):
+        attention = unet.get_submodule(name.removesuffix(".processor"))
+        # IP-Adapter initialises its image K/V from the layer's own text K/V.
+        tensors[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"] = attention.to_k.weight.detach().clone()
+        tensors[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"] = attention.to_v.weight.detach().clone()
+    save_file(tensors, models / "ip-adapter_sd15.safetensors")
+    return Path(directory)
+
+
+def save_tiny_eval_models(root: str | os.PathLike, seed: int = 0) -> Path:
+    """Tiny metric backbones for evaluation tests: `clip/` (transformers CLIPModel + CLIPProcessor), `dino/`
+    (a DINO-style ViTModel without pooler) and `aesthetic.safetensors` (an aesthetic head on the tiny CLIP)."""
+    root = Path(root)
+    torch.manual_seed(seed)
+    tokenizer = byte_level_tokenizer()
+    text_config = {
+        "vocab_size": len(tokenizer), "hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+    }  # fmt: skip
+    vision_config = {"hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "image_size": IMAGE_SIZE, "patch_size": 8}  # fmt: skip
+    clip = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=WIDTH))
+    size = {"shortest_edge": IMAGE_SIZE}
+    crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    clip.save_pretrained(root / "clip")
+    CLIPProcessor(image_processor=CLIPImageProcessor(size=size, crop_size=crop), tokenizer=tokenizer).save_pretrained(
+        root / "clip"
+    )
+    dino = ViTModel(ViTConfig(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                              image_size=IMAGE_SIZE, patch_size=8), add_pooling_layer=False)  # fmt: skip
+    dino.save_pretrained(root / "dino")
+    save_file(AestheticHead(embed_dim=WIDTH).state_dict(), root / "aesthetic.safetensors")
+    return root
