@@ -194,3 +194,18 @@ def test_resume_from_a_folder_that_is_not_a_checkpoint_fails_at_once(capsys, tmp
     ]
     err = _cli_error(capsys, argv)
     assert f"--resume {tmp_path}: not a checkpoint" in err
+
+
+def test_an_older_tiny_kit_gets_its_data_set_and_keeps_its_models(tmp_path, tiny_models):
+    import shutil
+
+    from flexip.training.components import prepare_tiny_models
+    from flexip.training.config import ModelConfig
+
+    kit = tmp_path / "kit"
+    shutil.copytree(tiny_models.root, kit, ignore=shutil.ignore_patterns("data"))
+    # A rewrite of the kit would replace adapter/ whole (it is saved atomically), taking this file with it.
+    (kit / "adapter" / "notes.txt").write_text("mine")
+    prepare_tiny_models(ModelConfig(tiny_models=str(kit)))
+    assert (kit / "data" / "manifest.jsonl").is_file()
+    assert (kit / "adapter" / "notes.txt").read_text() == "mine"

@@ -28,14 +28,19 @@ class FrozenModels:
 
 
 def prepare_tiny_models(config: ModelConfig) -> None:
-    """Write the tiny model set where the config says, unless it is already there."""
-    from ..tiny import ModelSet, save_tiny_model_set
+    """Write the tiny model set where the config says, unless it is already there.
+
+    A kit written before the kit had a data set gets only its `data/`: its models are left as they are.
+    """
+    from ..tiny import ModelSet, save_tiny_data_set, save_tiny_model_set
 
     models = ModelSet(Path(config.tiny_models))
-    if (models.base / "model_index.json").is_file() and models.manifest.is_file():  # a kit without data is older
-        return
-    logger.info("writing the tiny model set to %s (first run only)", models.root)
-    save_tiny_model_set(models.root)
+    if not (models.base / "model_index.json").is_file():
+        logger.info("writing the tiny model set to %s (first run only)", models.root)
+        save_tiny_model_set(models.root)
+    elif not models.manifest.is_file():
+        logger.info("writing the tiny data set to %s (the kit there predates it)", models.data)
+        save_tiny_data_set(models.data)
 
 
 def _check_local(kind: str, reference: str) -> None:
