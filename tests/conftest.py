@@ -45,7 +45,7 @@ def tiny_models(tmp_path_factory) -> ModelSet:
 def load_test_adapter(tiny_models):
     """A function giving a fresh copy of the tiny adapter whose Personalization residuals are random.
 
-    The kit's Personalization adapter starts as the identity on text (zero-initialised residuals, as every
+    The kit's Personalization adapter starts with S equal to the text (zero-initialised residuals, as every
     new adapter does); random residuals make S depend on the reference, as a trained one does, so that tests
     can tell the S branch from the text branch.
     """

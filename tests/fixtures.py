@@ -1,5 +1,6 @@
 """Models only the tests need, built offline from the tiny kit's parts (`flexip.tiny`): an IP-Adapter for the
-tiny base, and the evaluation metrics' backbones. Kept here, not in the library: no user runs them."""
+tiny base, and the evaluation metrics' backbones; and a short `flexip train` on the kit. Kept here, not in the
+library: no user runs them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,24 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
 
+from flexip.cli import main
 from flexip.evaluation.aesthetic import AestheticHead
 from flexip.tiny import IMAGE_SIZE, WIDTH, build_tiny_base, build_tiny_image_encoders, byte_level_tokenizer
+
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
+
+
+def train_on_the_kit(tiny_models, run: Path, *extra: str) -> int:
+    """`flexip train` in-process on the tiny kit's models and data into `run`, a checkpoint every step, batch 2;
+    `extra` adds command-line arguments (later `--set`s win)."""
+    settings = [
+        "model.tiny_models=''", f"model.base={tiny_models.base}", f"model.image_encoder={tiny_models.image_encoder}",
+        f"model.dino_encoder={tiny_models.dinov2}", f"data.manifest={tiny_models.manifest}", "log_with=[]",
+        "log_every=1", "checkpoint_every=1", "validation.every=1000", "validation.steps=1", "batch_size=2",
+    ]  # fmt: skip
+    return main(["train", "--config", str(TINY_CONFIG), "--output-dir", str(run),
+                 *[a for s in settings for a in ("--set", s)], *extra])  # fmt: skip
 
 
 def save_tiny_ip_adapter(directory: str | os.PathLike, seed: int = 0) -> Path:

@@ -1,4 +1,4 @@
-"""Adapter directories, encoded references, the gate, and the tiny-model kit's command."""
+"""Adapter directories, encoded references, and the tiny-model kit's command."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 from flexip import EncodedReference, FlexIPAdapter, FlexIPError, ReferenceEncoder
 from flexip.cli import main
 from flexip.models.adapter import CONFIG_NAME, WEIGHTS_NAME
-from flexip.models.gate import DynamicWeightGate
 
 
 @pytest.fixture
@@ -40,6 +39,9 @@ def test_adapter_weights_are_safetensors_with_gate_logits(tiny_models):
     state = load_file(tiny_models.adapter / WEIGHTS_NAME)
     assert torch.allclose(torch.sigmoid(state["gate.logits"]), torch.tensor([0.8, 0.2]))
     assert any(name.startswith("layers.") and name.endswith("to_k_preservation.weight") for name in state)
+    # The kit stands in for a trained adapter: its branch values are not a fresh adapter's zeros.
+    values = [tensor for name, tensor in state.items() if ".to_v_" in name]
+    assert values and all(tensor.any() for tensor in values)
 
 
 @pytest.mark.parametrize(
@@ -105,19 +107,6 @@ def test_encoded_reference_round_trip_and_null(tmp_path):
     save_file({"clip_embeds": torch.zeros(2, 3)}, tmp_path / "bad.safetensors")
     with pytest.raises(FlexIPError, match="missing.*dino_tokens"):
         EncodedReference.load(tmp_path / "bad.safetensors")
-
-
-def test_gate_starts_at_the_decided_values_and_covers_the_dial_in_training():
-    gate = DynamicWeightGate(image_init=0.8, video_init=0.2, noise_std=1.5)
-    modality = torch.tensor([0] * 2000 + [1] * 2000)
-    gate.eval()
-    assert torch.allclose(gate(modality[:1]), torch.tensor([0.8]))
-    assert gate.learned_values() == pytest.approx({"image": 0.8, "video": 0.2})
-    gate.train()
-    g = gate(modality, generator=torch.Generator().manual_seed(0)).detach()
-    image, video = g[:2000], g[2000:]
-    assert image.mean() > 0.6 and video.mean() < 0.4
-    assert g.min() < 0.05 and g.max() > 0.95  # the ends of the dial are visited in training
 
 
 def test_tiny_models_command_writes_a_loadable_model_set(tmp_path, capsys):

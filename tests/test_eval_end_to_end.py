@@ -146,6 +146,11 @@ def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, 
     mranks = [float(row["mRank"]) for row in ranked]
     assert mranks == sorted(mranks) and 1 <= mranks[0] and mranks[-1] <= len(ranked)
     assert "| method | mRank |" in capsys.readouterr().out
+    # A second rank into the same folder would replace the first one's table: refused, unless asked for.
+    before = (report / "mrank.csv").read_bytes()
+    assert main(["eval", "rank", *inputs, "--out", str(report)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (report / "mrank.csv").read_bytes() == before
+    assert main(["eval", "rank", *inputs, "--out", str(report), "--overwrite"]) == 0
 
     assert main(["eval", "curve", str(flexip), str(ip_adapter), str(sd), "--out", str(report)]) == 0
     for name in ("tradeoff.png", "smoothness.png"):
@@ -157,9 +162,10 @@ def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, 
 
     # Identity against all real images is another protocol: recorded, and never ranked against the first.
     shutil.copytree(sd, tmp_path / "sd-all")
-    assert main(score(kit, tmp_path / "sd-all", identity="all")) == 0
+    assert main(score(kit, tmp_path / "sd-all", identity="all")) == 2  # the copy holds sd's scores
+    assert main([*score(kit, tmp_path / "sd-all", identity="all"), "--overwrite"]) == 0
     assert summary(tmp_path / "sd-all")[0]["CLIP-I"] != summary(sd)[0]["CLIP-I"]
-    assert main(["eval", "rank", str(sd), str(tmp_path / "sd-all"), "--out", str(report)]) == 2
+    assert main(["eval", "rank", str(sd), str(tmp_path / "sd-all"), "--out", str(report), "--overwrite"]) == 2
     assert "scored differently" in capsys.readouterr().err
 
 

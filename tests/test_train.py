@@ -15,6 +15,7 @@ import torch
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from flexip.cli import main
 from flexip.contact_sheet import MARGIN
@@ -93,7 +94,15 @@ def test_tiny_config_from_a_fresh_directory_overfits_the_kits_pairs_and_touches_
     assert {"lr", "g_image", "g_video", "samples_per_second", "skipped_samples"} <= set(
         json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     )
-    assert list((run / "logs").rglob("events.out.tfevents.*"))
+    # The gate's coverage per tenth of the dial, each modality's shares summing to one (docs/design.md, "The gate").
+    for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
+        for modality in ("image", "video"):
+            shares = record[f"gate_coverage_{modality}"]
+            assert len(shares) == 10 and sum(shares) == pytest.approx(1.0, abs=1e-3), record
+    events = list((run / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert {"loss", "g_video", "gate_coverage_video/0.0-0.1", "gate_coverage_image/0.9-1.0"} <= set(tags)
     with Image.open(run / "samples" / "step-00000040.png") as sheet:
         # 4 columns (reference + 3 values of g) of 128 px tiles; 2 references x 2 prompts rows.
         assert sheet.width == MARGIN + 4 * (128 + MARGIN)

@@ -122,7 +122,7 @@ def test_missing_base_model_fails_at_once(capsys, tmp_path):
     manifest = tmp_path / "train.jsonl"
     manifest.write_text('{"reference": "a.png", "target": "a.png", "caption": "", "modality": "image"}\n')
     overrides = [f"data.manifest={manifest}", "model.tiny_models=''", "model.base=./no/such/base",
-                 "data.video_fraction=0", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+                 "data.video_fraction=0", "batch_size=1", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
     err = _cli_error(
         capsys,
         ["train", "--config", str(CONFIGS / "tiny.yaml"), *[a for o in overrides for a in ("--set", o)]],

@@ -6,3 +6,7 @@ BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 IMAGE_ENCODER = "h94/IP-Adapter/models/image_encoder"
 # DINOv2-L: the low-level features the Preservation adapter re-samples.
 DINO_ENCODER = "facebook/dinov2-large"
+# Qwen2-VL: the vision-language model the paper captions its video frames with (`flexip prep caption`).
+CAPTION_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
+# SAM ViT-B: subject masks for invariant pairs (`flexip prep images --mask-model`), as SA-1B's are SAM's.
+MASK_MODEL = "facebook/sam-vit-base"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +133,12 @@ class ReferenceEncoder(nn.Module):
         """Load both encoders and their image processors from local directories or hub ids (`owner/repo/subfolder`)."""
         clip = _load(CLIPVisionModelWithProjection, clip_model, dtype=torch_dtype)
         dino = _load(Dinov2Model, dino_model, dtype=torch_dtype)
+        states = dino.config.num_hidden_layers + 1  # the embeddings, then one per block
+        if isinstance(dino_layer, bool) or not isinstance(dino_layer, int) or not -states <= dino_layer < states:
+            raise FlexIPError(
+                f"dino_layer={dino_layer!r} does not exist in {dino_model}, which has {states} hidden states: "
+                f"give an integer from {-states} to {states - 1} (-2 is the penultimate block)"
+            )
         clip_processor = _load_processor(clip_model, default=CLIPImageProcessor)
         dino_processor = _load_processor(dino_model, default=None)
         return cls(clip.eval().requires_grad_(False), clip_processor, dino.eval().requires_grad_(False),
@@ -155,3 +164,51 @@ class ReferenceEncoder(nn.Module):
             pixel_values=dino_pixels.to(dino_param.device, dino_param.dtype), output_hidden_states=True
         ).hidden_states
         return EncodedReference(clip_embeds, hidden_states[self.dino_layer].to(clip_embeds.dtype))
+
+
+class ReferenceCache:
+    """The features of the last few reference images one encoder saw, so a repeated subject is encoded once.
+
+    Keyed by a hash of the image's pixels (mode, size and bytes: two files of one picture share an entry) and
+    the encoder's device and dtype (features made in float32 are not reused after `pipe.to(float16)`). One
+    cache belongs to one encoder, which is the rest of the key. Bounded: the least recently used entry goes
+    first. Thread-safe; two threads missing on one image at once may both encode it, which costs time, not
+    correctness. The features returned are shared between callers: treat them as read-only.
+    """
+
+    def __init__(self, encoder: ReferenceEncoder, capacity: int = 8):
+        self.encoder = encoder
+        self.capacity = capacity  # ~1 MB per entry for SD 1.5's DINOv2-L features in float32
+        self._entries: OrderedDict[tuple, EncodedReference] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _key(self, image: Image.Image) -> tuple:
+        parameter = next(self.encoder.parameters())
+        digest = hashlib.sha256(f"{image.mode} {image.size}".encode())
+        digest.update(image.tobytes())
+        return digest.hexdigest(), str(parameter.device), str(parameter.dtype)
+
+    def _lookup(self, key: tuple) -> EncodedReference | None:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        return None
+
+    def get(self, image: Image.Image) -> EncodedReference | None:
+        """The cached features of `image` (an RGB image), or None when it must be encoded."""
+        return self._lookup(self._key(image))
+
+    def encode(self, image: Image.Image) -> EncodedReference:
+        """The features of `image` (an RGB image), from the cache or from the encoder (then cached)."""
+        key = self._key(image)
+        cached = self._lookup(key)
+        if cached is not None:
+            return cached
+        encoded = self.encoder([image])
+        with self._lock:
+            self._entries[key] = encoded
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return encoded

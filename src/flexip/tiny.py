@@ -36,6 +36,7 @@ from transformers import (
     Dinov2Model,
 )
 
+from .atomic import atomic_directory
 from .models.adapter import FlexIPAdapter
 
 IMAGE_SIZE = 32  # pixels; the UNet works on 16x16 latents
@@ -230,18 +231,15 @@ def save_tiny_data_set(root: str | os.PathLike, seed: int = 0) -> Path:
     return manifest
 
 
-def save_tiny_model_set(root: str | os.PathLike, seed: int = 0) -> ModelSet:
-    """Build the whole tiny model set with random weights and save it under `root`; returns its paths."""
-    models = ModelSet(Path(root))
-    save_tiny_data_set(models.data, seed)  # first: a written base/ (what training checks for) implies the data
-    base = build_tiny_base(seed)
-    base.save_pretrained(models.base)
-    clip, clip_processor, dino, dino_processor = build_tiny_image_encoders(seed + 1)
-    clip.save_pretrained(models.image_encoder)
-    clip_processor.save_pretrained(models.image_encoder)
-    dino.save_pretrained(models.dinov2)
-    dino_processor.save_pretrained(models.dinov2)
+def save_tiny_model_set(root: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> ModelSet:
+    """Build the whole tiny model set with random weights and save it under `root`; returns its paths.
 
+    Each part (base/, image_encoder/, dinov2/, adapter/, data/) is written atomically, so a part that exists is
+    complete: it is kept as it is (a trained adapter put there survives) unless `overwrite` replaces it.
+    """
+    models = ModelSet(Path(root))
+    base = build_tiny_base(seed)
+    clip, clip_processor, dino, dino_processor = build_tiny_image_encoders(seed + 1)
     torch.manual_seed(seed + 2)
     adapter = FlexIPAdapter.for_unet(
         base.unet,
@@ -253,5 +251,28 @@ def save_tiny_model_set(root: str | os.PathLike, seed: int = 0) -> ModelSet:
         preservation={"num_queries": 4, "num_clip_tokens": 2, "width": WIDTH, "depth": 1, "heads": 2, "head_dim": 16},
         personalization={"num_clip_tokens": 2, "depth": 1, "heads": 2, "head_dim": 16},
     )
-    adapter.save_pretrained(models.adapter)
+    # A fresh adapter adds nothing (its branch values start at zero). The kit stands in for a trained adapter,
+    # so its branch values are seeded random: the dial moves the kit's outputs, which tests rely on.
+    with torch.no_grad():
+        for layer in adapter.layers.values():
+            for to_v in (layer.to_v_preservation, layer.to_v_personalization):
+                to_v.weight.normal_(std=to_v.in_features**-0.5)
+    writers = {  # data first: a written base/ (what training checks for) implies the data
+        models.data: lambda tmp: save_tiny_data_set(tmp, seed),
+        models.base: base.save_pretrained,
+        models.image_encoder: lambda tmp: (clip.save_pretrained(tmp), clip_processor.save_pretrained(tmp)),
+        models.dinov2: lambda tmp: (dino.save_pretrained(tmp), dino_processor.save_pretrained(tmp)),
+        models.adapter: adapter.save_pretrained,
+    }
+    for part, write in writers.items():
+        if overwrite or not part.exists():
+            with atomic_directory(part) as tmp:
+                write(tmp)
     return models
+
+
+def existing_parts(root: str | os.PathLike) -> list[str]:
+    """The parts of a model set already under `root`, which `save_tiny_model_set` keeps unless told otherwise."""
+    models = ModelSet(Path(root))
+    parts = (models.data, models.base, models.image_encoder, models.dinov2, models.adapter)
+    return [f"{part.name}/" for part in parts if part.exists()]

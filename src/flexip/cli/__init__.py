@@ -14,7 +14,7 @@ import sys
 from ..errors import FlexIPError
 
 # Modules of flexip.cli, in the order `flexip --help` lists their commands.
-COMMAND_MODULES = ["demo", "generate", "sweep", "tiny_models", "eval", "train"]
+COMMAND_MODULES = ["demo", "generate", "sweep", "serve", "tiny_models", "eval", "train", "prep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

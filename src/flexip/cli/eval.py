@@ -17,6 +17,24 @@ def _names(text: str) -> list[str]:
     return [name for name in text.split(",") if name]
 
 
+def _add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace {what} of an earlier run (without it they are refused)"
+    )
+
+
+def _refuse_earlier_outputs(folder: Path, names: list[str], overwrite: bool, command: str) -> None:
+    """Refuse, before any work, to replace files an earlier run wrote, unless --overwrite says so."""
+    from ..errors import FlexIPError
+
+    found = [name for name in names if (folder / name).exists()]
+    if found and not overwrite:
+        raise FlexIPError(
+            f"{folder} already holds {', '.join(found)} from an earlier `flexip eval {command}`; pass --overwrite "
+            "to replace them, or choose another --out"
+        )
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
@@ -190,6 +208,7 @@ def _register_score(commands) -> None:
         default=defaults.identity,
         help="compare identity with the reference used (default), or average over all real images",
     )
+    _add_overwrite(p, "scores.jsonl and summary.csv/.md")
     p.set_defaults(run=run_score)
 
 
@@ -199,8 +218,12 @@ def run_score(args: argparse.Namespace) -> int:
     from ..evaluation.score import Scorer, check_results, score_results
     from ..evaluation.score_config import ScoreConfig
 
+    from ..evaluation.results import SCORES_FILE, SUMMARY_FILE
+
     for directory in args.results:
         check_results(directory)
+        outputs = [SCORES_FILE, f"{SUMMARY_FILE}.csv", f"{SUMMARY_FILE}.md"]
+        _refuse_earlier_outputs(Path(directory), outputs, args.overwrite, "score")
     config = ScoreConfig(
         aesthetic_head=args.aesthetic_head,
         clip_model=args.clip_model,
@@ -228,6 +251,7 @@ def _register_rank(commands) -> None:
         "inputs", nargs="+", help="scored results directories and/or CSV files of published numbers"
     )
     p.add_argument("--out", help="directory for mrank.csv and mrank.md (default: beside the first input)")
+    _add_overwrite(p, "mrank.csv and mrank.md")
     p.set_defaults(run=run_rank)
 
 
@@ -246,6 +270,7 @@ def run_rank(args: argparse.Namespace) -> int:
     from ..evaluation.report import rank_table
 
     out = Path(args.out) if args.out else Path(args.inputs[0]).resolve().parent
+    _refuse_earlier_outputs(out, ["mrank.csv", "mrank.md"], args.overwrite, "rank")
     print(rank_table(args.inputs, out))
     return 0
 
@@ -260,6 +285,7 @@ def _register_curve(commands) -> None:
     )
     p.add_argument("results", nargs="+", help="scored results directories")
     p.add_argument("--out", help="directory for the figures (default: beside the first results directory)")
+    _add_overwrite(p, "the figures and tradeoff.csv")
     p.set_defaults(run=run_curve)
 
 
@@ -268,5 +294,7 @@ def run_curve(args: argparse.Namespace) -> int:
     from ..evaluation.report import curve_figures
 
     out = Path(args.out) if args.out else Path(args.results[0]).resolve().parent
+    figures = [f"{name}.{kind}" for name in ("tradeoff", "smoothness") for kind in ("png", "svg")]
+    _refuse_earlier_outputs(out, [*figures, "tradeoff.csv"], args.overwrite, "curve")
     print(curve_figures(args.results, out))
     return 0

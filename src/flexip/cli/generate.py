@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     add_subject_options(parser)
     parser.add_argument("--preservation", default="0.5", help="the dial g in [0, 1] (default: 0.5)")
     parser.add_argument("--out", required=True, help="image file to write (.png, .jpg or .webp)")
+    add_overwrite_option(parser, "an existing --out file")
     add_model_options(parser)
     parser.set_defaults(run=run)
 
@@ -38,6 +39,12 @@ def register(subparsers) -> None:
 def add_subject_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", required=True, help="image of the subject (PNG, JPEG, WebP, ...)")
     parser.add_argument("--prompt", required=True, help='what to generate, e.g. "a dog on the beach"')
+
+
+def add_overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace {what} (without it, existing files are refused)"
+    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +65,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="sampler (default: ddim)"
     )
+    add_loading_options(parser)
+
+
+def add_loading_options(parser: argparse.ArgumentParser) -> None:
+    """Which model to load and where: what `flexip serve` takes too (its page sets the rest per request)."""
     parser.add_argument(
         "--base", default=None,
         help="Stable Diffusion base: hub id or directory (default: the base the adapter records)",
@@ -79,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline.checks import check_preservation
     from ..pipeline.images import load_reference_image
     from ..pipeline.output import save_image
-    from ..pipeline.settings import generate, load_pipeline, record
+    from ..pipeline.settings import generate, record
 
     values = check_preservation(args.preservation.split(","), name="--preservation")
     if len(values) != 1:
@@ -88,9 +100,9 @@ def run(args: argparse.Namespace) -> int:
             f"use `flexip sweep --preservation {args.preservation} --out DIR`"
         )
     models, sampling = model_settings(args), sampling_settings(args)
-    out = check_output(args.out)
+    out = check_output(args.out, args.reference, args.overwrite)
     reference = load_reference_image(args.reference)
-    loaded = load_pipeline(models)
+    loaded = load_models(models, sampling)
     image = generate(loaded, args.prompt, reference, values, sampling)[0]
     save_image(image, out, {**record(args.prompt, str(args.reference), models, sampling, loaded), "preservation": values[0]})
     print(f"wrote {out}")
@@ -106,18 +118,31 @@ def model_settings(args: argparse.Namespace):
                          scheduler=args.scheduler)  # fmt: skip
 
 
+def load_models(models, sampling):
+    """The pipeline the model options name, once `--steps` is known to fit its scheduler."""
+    from ..pipeline.checks import check_steps
+    from ..pipeline.settings import load_pipeline
+
+    loaded = load_pipeline(models)
+    check_steps(sampling.steps, name="--steps", most=loaded.pipe.scheduler.config.num_train_timesteps)
+    return loaded
+
+
 def sampling_settings(args: argparse.Namespace):
     """The sampling options as `SamplingSettings`, each value checked under its flag's name."""
-    from ..pipeline.checks import check_guidance, check_scale, check_steps
+    from ..pipeline.checks import check_guidance, check_scale, check_seed, check_steps
     from ..pipeline.settings import SamplingSettings
 
     return SamplingSettings(
         steps=check_steps(args.steps, name="--steps"), guidance=check_guidance(args.guidance, name="--guidance"),
-        scale=check_scale(args.scale, name="--scale"), seed=args.seed, negative_prompt=args.negative_prompt,
+        scale=check_scale(args.scale, name="--scale"), seed=check_seed(args.seed, name="--seed"),
+        negative_prompt=args.negative_prompt,
     )  # fmt: skip
 
 
-def check_output(path: str) -> Path:
+def check_output(path: str, reference: str, overwrite: bool) -> Path:
+    """`--out` as a path that can be written, checked before any model loads."""
+    from ..atomic import check_writable
     from ..errors import FlexIPError
     from ..pipeline.output import SAVE_FORMATS
 
@@ -128,4 +153,20 @@ def check_output(path: str) -> Path:
         )
     if out.is_dir():
         raise FlexIPError(f"--out {path} is a directory; give a file name such as {out / 'image.png'}")
-    return out
+    check_not_reference(out, reference)
+    if out.exists() and not overwrite:
+        raise FlexIPError(f"--out {path} already exists; pass --overwrite to replace it, or choose another name")
+    return check_writable(out, "--out")
+
+
+def check_not_reference(out: Path, reference: str) -> None:
+    """Refuse to write over the reference image, whatever path (a link, another spelling) names it."""
+    import os
+
+    from ..errors import FlexIPError
+
+    same = out.resolve() == Path(reference).resolve() or (
+        out.exists() and Path(reference).exists() and os.path.samefile(out, reference)
+    )
+    if same:
+        raise FlexIPError(f"--out {out} is the --reference image {reference}; write the result to another file")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .generate import add_model_options, add_subject_options
+from .generate import add_model_options, add_overwrite_option, add_subject_options
 
 DEFAULT_VALUES = "0,0.25,0.5,0.75,1"
 SHEET_NAME = "contact_sheet.png"
@@ -37,6 +37,7 @@ def register(subparsers) -> None:
         help=f"comma-separated dial values in [0, 1] (default: {DEFAULT_VALUES})",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="directory to write into (created if missing)")
+    add_overwrite_option(parser, "images, contact sheet and settings of an earlier sweep in --out")
     add_model_options(parser)
     parser.set_defaults(run=run)
 
@@ -44,25 +45,46 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.checks import check_preservation
     from ..pipeline.images import load_reference_image
-    from ..pipeline.settings import load_pipeline
-    from .generate import model_settings, sampling_settings
+    from .generate import load_models, model_settings, sampling_settings
 
     values = check_preservation(args.preservation.split(","), name="--preservation")
     models, sampling = model_settings(args), sampling_settings(args)
-    out = check_output_directory(args.out)
+    out = check_output_directory(args.out, output_names(values), args.overwrite, args.reference)
     reference = load_reference_image(args.reference)
-    loaded = load_pipeline(models)
+    loaded = load_models(models, sampling)
     sheet = sweep(loaded, args.prompt, reference, str(args.reference), values, models, sampling, out)
     print(f"wrote {len(values)} images and the contact sheet {sheet}")
     return 0
 
 
-def check_output_directory(path: str) -> Path:
+def image_name(index: int, value: float) -> str:
+    return f"{index:02d}_preservation-{value:.2f}.png"
+
+
+def output_names(values: list[float]) -> list[str]:
+    """The files a sweep of `values` writes into its folder."""
+    return [image_name(index, value) for index, value in enumerate(values)] + [SHEET_NAME, SETTINGS_NAME]
+
+
+def check_output_directory(path: str, names: list[str], overwrite: bool, reference: str | None = None) -> Path:
+    """`--out` as a folder the files `names` can be written into, checked before any model loads."""
+    from ..atomic import check_writable
     from ..errors import FlexIPError
+    from .generate import check_not_reference
 
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise FlexIPError(f"--out {path} is a file; give a directory to write the sweep into")
+    check_writable(out, "--out")
+    if reference is not None:
+        for name in names:
+            check_not_reference(out / name, reference)
+    taken = [name for name in names if (out / name).exists()]
+    if taken and not overwrite:
+        raise FlexIPError(
+            f"--out {path} already holds {taken[0]} ({len(taken)} of the files this command writes); pass "
+            "--overwrite to replace them, or choose another --out"
+        )
     return out
 
 
@@ -77,7 +99,7 @@ def sweep(loaded, prompt: str, reference, reference_name: str, values: list[floa
     settings = {**record(prompt, reference_name, models, sampling, loaded), "preservation": values}
     out.mkdir(parents=True, exist_ok=True)
     for index, (value, image) in enumerate(zip(values, images)):
-        save_image(image, out / f"{index:02d}_preservation-{value:.2f}.png", {**settings, "preservation": value})
+        save_image(image, out / image_name(index, value), {**settings, "preservation": value})
     labels = ["reference"] + [f"preservation {value:g}" for value in values]
     sheet = contact_sheet([[reference, *images]], labels, title=f'"{prompt}"  (seed {sampling.seed})')
     save_image(sheet, out / SHEET_NAME, settings)

@@ -14,14 +14,24 @@ def register(subparsers) -> None:
         "(FlexIP), DIR/data (a small training set: manifest.jsonl and its pictures). Its pictures are noise; it "
         "exists so everything, training included, can be run without downloading weights.",
     )
-    parser.add_argument("directory", help="where to write the model set (created; existing files are replaced)")
+    parser.add_argument(
+        "directory", help="where to write the model set (created; parts already there are kept as they are)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the parts that already exist: deletes everything in them, a trained adapter in DIR/adapter too",
+    )  # fmt: skip
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tiny import save_tiny_model_set
+    from ..atomic import check_writable
+    from ..tiny import existing_parts, save_tiny_model_set
 
-    models = save_tiny_model_set(args.directory, seed=args.seed)
+    kept = [] if args.overwrite else existing_parts(check_writable(args.directory, "DIR"))
+    models = save_tiny_model_set(args.directory, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote the tiny model set to {models.root}: base/, image_encoder/, dinov2/, adapter/, data/")
+    if kept:
+        print(f"kept what was already there: {', '.join(kept)} (pass --overwrite to replace them)")
     return 0

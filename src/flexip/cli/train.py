@@ -20,7 +20,14 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--resume",
         metavar="latest|PATH",
-        help="continue from the run's newest checkpoint (`latest`; starts fresh if there is none) or a checkpoint folder",
+        help="continue from the run's newest whole checkpoint (`latest`; starts fresh if there is none; damaged "
+        "ones are moved aside, never deleted) or a checkpoint folder",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a run folder that holds an earlier run: DELETES its config.yaml, metrics.jsonl, logs/, "
+        "samples/, checkpoints/ and adapter/ (without it such a folder is refused)",
     )
     parser.add_argument(
         "--set",
@@ -47,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"max_steps={args.max_steps}")
     config = load_config(args.config, overrides)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     if result.interrupted:
         print(f"interrupted at step {result.state.step}: saved; continue with --resume latest")
         return 130

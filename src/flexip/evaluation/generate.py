@@ -23,7 +23,7 @@ from ..atomic import atomic_write_bytes
 from ..errors import FlexIPError
 from .benchmarks import Benchmark, Case
 from .methods import Method, Unit
-from .results import GENERATION_FILE, PlannedImage, read_generation, write_json, write_manifest
+from .results import GENERATION_FILE, PlannedImage, read_generation, readable_image, write_json, write_manifest
 
 
 def _variant(method: Method, dial: float | None) -> str:
@@ -89,7 +89,8 @@ def generate(method: Method, benchmark: Benchmark, out: str | os.PathLike) -> in
     }
     units = plan(method, benchmark)
     _check_resume(out, settings)
-    todo = [unit for unit in units if not all((out / image.image).is_file() for image in unit.images)]
+    # A damaged image (a killed copy, a full disk) counts as not made, so that it is made again.
+    todo = [unit for unit in units if not all(readable_image(out / image.image) for image in unit.images)]
     # Loaded in every process, even one the split below leaves idle, so that a model that does not load fails
     # them all before the first wait.
     make = method.load(state.device) if todo else None
@@ -103,7 +104,7 @@ def generate(method: Method, benchmark: Benchmark, out: str | os.PathLike) -> in
             mine, desc=f"generating {out.name}", unit="prompt", disable=not state.is_local_main_process
         ):
             for image, picture in zip(unit.images, make(unit)):
-                if not (out / image.image).is_file():  # images already there are kept as they are
+                if not readable_image(out / image.image):  # whole images already there are kept as they are
                     _save(picture, out / image.image)
                     made += 1
     state.wait_for_everyone()

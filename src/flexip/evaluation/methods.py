@@ -27,7 +27,7 @@ from ..defaults import BASE_MODEL
 from ..errors import FlexIPError
 from .benchmarks import IMAGE_SUFFIXES, Case
 from .generate_config import Sampling
-from .results import PlannedImage
+from .results import PlannedImage, readable_image
 
 if TYPE_CHECKING:
     import torch
@@ -299,7 +299,13 @@ class FolderMethod(Method):
         return found
 
     def load(self, device: torch.device) -> Callable[[Unit], list[bytes]]:
-        return lambda unit: [(self._directory(unit.case) / unit.file).read_bytes()]
+        def copy(unit: Unit) -> list[bytes]:
+            path = self._directory(unit.case) / unit.file
+            if not readable_image(path):
+                raise FlexIPError(f"{path} is not a whole image file; replace it and run again (the others are kept)")
+            return [path.read_bytes()]
+
+        return copy
 
 
 METHODS: dict[str, type[Method]] = {

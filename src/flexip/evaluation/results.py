@@ -16,6 +16,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from ..atomic import atomic_write_bytes
 from ..errors import FlexIPError
 
@@ -38,6 +40,16 @@ class PlannedImage:
     real_images: tuple[str, ...]  # all the subject's real images (for --identity all)
     sample: str  # the seed, or the file name of an imported image
     dial: float | None  # the preservation value or adapter scale; None for a method without a dial
+
+
+def readable_image(path: Path) -> bool:
+    """Whether `path` is a whole image file (a truncated or garbled one is not): what counts as made."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError):  # PIL's errors for missing, truncated and garbled files
+        return False
+    return True
 
 
 def write_json(path: Path, data: dict) -> None:

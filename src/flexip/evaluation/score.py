@@ -16,7 +16,7 @@ from ..errors import FlexIPError
 from . import metrics
 from .aesthetic import AestheticHead
 from .extractors import ClipFeatures, DinoFeatures
-from .results import SCORES_FILE, SUMMARY_FILE, PlannedImage, read_generation, write_jsonl
+from .results import SCORES_FILE, SUMMARY_FILE, PlannedImage, read_generation, readable_image, write_jsonl
 from .score_config import ScoreConfig
 from .tables import markdown_table, write_csv
 
@@ -101,11 +101,11 @@ class Scorer:
 def check_results(directory: str | os.PathLike) -> tuple[dict, list[PlannedImage]]:
     """The settings and images of a complete results directory (checked before any model is loaded)."""
     settings, planned = read_generation(directory)
-    missing = [item.image for item in planned if not (Path(directory) / item.image).is_file()]
+    missing = [item.image for item in planned if not readable_image(Path(directory) / item.image)]
     if missing:
         raise FlexIPError(
-            f"{directory}: {len(missing)} of {len(planned)} images are missing (first: {missing[0]}); "
-            "run the same `flexip eval generate` again to finish them"
+            f"{directory}: {len(missing)} of {len(planned)} images are missing or damaged (first: {missing[0]}); "
+            "run the same `flexip eval generate` again: it makes them again and keeps the others"
         )
     return settings, planned
 

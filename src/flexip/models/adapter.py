@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, atomic_write_bytes, recover_directory
 from ..errors import FlexIPError
 from .attention import (
     BranchProjections,
@@ -56,6 +58,7 @@ class GateConfig:
     image_init: float = 0.8  # g for image (invariant) samples at the start of training
     video_init: float = 0.2  # g for video (variant) samples
     noise_std: float = 1.5  # logit noise during training, so every g in [0, 1] is visited
+    uniform_share: float = 0.2  # share of training samples whose g is uniform on [0, 1], whatever the drift
 
 
 @dataclass
@@ -90,8 +93,17 @@ class FlexIPConfig:
         nested = {"preservation": PreservationConfig, "personalization": PersonalizationConfig, "gate": GateConfig}
         for key, sub_cls in nested.items():
             if key in data:
+                if not isinstance(data[key], dict):
+                    raise FlexIPError(f"{source}: {key} must be a mapping of keys, got {data[key]!r}")
                 data[key] = _build(sub_cls, data[key], f"{source}: {key}")
-        return _build(cls, data, source)
+        config = _build(cls, data, source)
+        check_values(config, source)
+        layers = config.layers
+        if not isinstance(layers, dict) or not all(
+            isinstance(name, str) and _is_sizes(widths, 2) for name, widths in layers.items()
+        ):
+            raise FlexIPError(f"{source}: layers must map layer names to [K/V input width, K/V output width]")
+        return config
 
 
 def _build(cls, data: dict, source: str):
@@ -103,6 +115,56 @@ def _build(cls, data: dict, source: str):
         return cls(**data)
     except TypeError as e:
         raise FlexIPError(f"{source}: {e}") from e
+
+
+# Bounds on every size a config gives, so that a typo (width: 76800000) is named before anything is built; far
+# above any real adapter's (SD1.5's are at most 2048 wide and 8 deep).
+MAX_SIZE = 65536
+
+
+def _is_sizes(value, count: int) -> bool:
+    return (
+        isinstance(value, list) and len(value) == count
+        and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in value)
+    )  # fmt: skip
+
+
+def check_values(part, source: str, prefix: str = "") -> None:
+    """Refuse a config value of the wrong type or range, naming its key: sizes are integers in [1, MAX_SIZE],
+    the gate's initial g strictly inside (0, 1) (its logit is infinite at 0 and 1), every float finite."""
+    hints = typing.get_type_hints(type(part))
+    for item in dataclasses.fields(part):
+        value, kind, key = getattr(part, item.name), hints[item.name], f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            check_values(value, source, f"{key}.")
+            continue
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise FlexIPError(f"{source}: {key} must be an integer, got {value!r}")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise FlexIPError(f"{source}: {key} must be a finite number, got {value!r}")
+        if kind is str and not isinstance(value, str):
+            raise FlexIPError(f"{source}: {key} must be a string, got {value!r}")
+        sized = isinstance(part, (PreservationConfig, PersonalizationConfig)) or item.name.endswith("_dim")
+        if kind is int and sized and not 1 <= value <= MAX_SIZE:
+            raise FlexIPError(f"{source}: {key}={value} must be between 1 and {MAX_SIZE}")
+        if isinstance(part, GateConfig) and item.name.endswith("_init") and not 0.0 < value < 1.0:
+            raise FlexIPError(f"{source}: {key}={value} must be strictly between 0 and 1, e.g. 0.8 or 0.2")
+        if isinstance(part, GateConfig) and value < 0:
+            raise FlexIPError(f"{source}: {key}={value} must not be negative")
+        if isinstance(part, GateConfig) and item.name == "uniform_share" and value > 1:
+            raise FlexIPError(f"{source}: {key}={value} is a share of the samples: give a value from 0 to 1")
+
+
+def _check_fits(config: FlexIPConfig, source: str) -> None:
+    """Count the parameters on the meta device (nothing allocated) and refuse more than this machine's memory."""
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in FlexIPAdapter(config).parameters())
+    needed, memory = parameters * 4, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise FlexIPError(
+            f"{source}: the adapter these sizes describe has {parameters:,} parameters ({needed / 2**30:.1f} GiB in "
+            f"float32), more than this machine's {memory / 2**30:.1f} GiB of memory; check the sizes"
+        )
 
 
 def _module_key(layer_name: str) -> str:
@@ -129,7 +191,9 @@ class FlexIPAdapter(nn.Module):
             config.clip_embed_dim, config.cross_attention_dim,
             pers.num_clip_tokens, pers.depth, pers.heads, pers.head_dim, pers.ff_mult,
         )  # fmt: skip
-        self.gate = DynamicWeightGate(config.gate.image_init, config.gate.video_init, config.gate.noise_std)
+        self.gate = DynamicWeightGate(
+            config.gate.image_init, config.gate.video_init, config.gate.noise_std, config.gate.uniform_share
+        )
         self.layers = nn.ModuleDict(
             {_module_key(name): BranchProjections(in_dim, out_dim) for name, (in_dim, out_dim) in config.layers.items()}
         )
@@ -145,7 +209,7 @@ class FlexIPAdapter(nn.Module):
         dino_encoder: str = "",
         **overrides,
     ) -> FlexIPAdapter:
-        """A fresh adapter sized from `unet`, its branch K/V copied from each layer's text K/V."""
+        """A fresh adapter sized from `unet`: exactly the base model until trained (`BranchProjections.start_from`)."""
         layers = cross_attention_layers(unet)
         if not layers:
             raise FlexIPError("the UNet has no cross-attention layers: FlexIP needs a text-conditioned UNet")
@@ -169,9 +233,10 @@ class FlexIPAdapter(nn.Module):
             },
             source="FlexIPAdapter.for_unet",
         )
+        _check_fits(config, "FlexIPAdapter.for_unet")
         adapter = cls(config)
         for name, attn in layers.items():
-            adapter.layers[_module_key(name)].copy_from(attn)
+            adapter.layers[_module_key(name)].start_from(attn)
         return adapter
 
     def forward(
@@ -234,16 +299,32 @@ class FlexIPAdapter(nn.Module):
             )
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `flexip_config.json` and `flexip_adapter.safetensors` (float32 unless the weights are not)."""
+        """Write `flexip_config.json` and `flexip_adapter.safetensors` (float32 unless the weights are not).
+
+        Every other file in `directory` is left alone. A new directory appears whole; in an existing one each
+        file is replaced atomically, the weights first: a crash between the two leaves new weights under the
+        old config, which is the same config while training, and otherwise a mismatch loading names.
+        """
+        directory = recover_directory(directory)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        files = {
+            WEIGHTS_NAME: save(state, metadata={"format": "pt", "flexip_format_version": str(FORMAT_VERSION)}),
+            CONFIG_NAME: (json.dumps(self.config.to_dict(), indent=2) + "\n").encode(),
+        }
+        if directory.exists() and not directory.is_dir():
+            raise FlexIPError(f"{directory} is a file; save the adapter into a folder")
+        if directory.is_dir():
+            for name, data in files.items():
+                atomic_write_bytes(directory / name, data)
+            return
         with atomic_directory(directory) as tmp:
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-            state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
-            save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt", "flexip_format_version": str(FORMAT_VERSION)})
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> FlexIPAdapter:
         """Load an adapter directory written by `save_pretrained`; every tensor's name and shape is checked."""
-        directory = Path(directory)
+        directory = recover_directory(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
@@ -255,7 +336,10 @@ class FlexIPAdapter(nn.Module):
             config_data = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise FlexIPError(f"{config_path} is not valid JSON ({e}); re-export the adapter") from e
+        if not isinstance(config_data, dict):
+            raise FlexIPError(f"{config_path}: expected a JSON object of settings; re-export the adapter")
         config = FlexIPConfig.from_dict(config_data, source=str(config_path))
+        _check_fits(config, str(config_path))
         adapter = cls(config)
         try:
             state = load_file(weights_path)
@@ -273,6 +357,12 @@ class FlexIPAdapter(nn.Module):
         unexpected = sorted(set(state) - set(expected))
         if unexpected:
             raise FlexIPError(f"{weights_path}: unexpected tensor {unexpected[0]} ({len(unexpected)} in all)")
+        broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+        if broken:
+            raise FlexIPError(
+                f"{weights_path}: tensor {broken[0]} holds NaN or infinite values ({len(broken)} tensors in all), "
+                "which would give blank images; use an earlier checkpoint of the training run"
+            )
         adapter.load_state_dict(state)
         adapter.source_directory = directory
         if torch_dtype is not None:

@@ -28,12 +28,18 @@ class BranchProjections(nn.Module):
         self.to_v_personalization = nn.Linear(in_dim, inner_dim, bias=False)
 
     @torch.no_grad()
-    def copy_from(self, attn: Attention) -> None:
-        """Start every branch from the layer's own text key/value projections."""
+    def start_from(self, attn: Attention) -> None:
+        """The fresh adapter's starting point: keys from the layer's text keys, values zero.
+
+        Zero values make both branches add exactly nothing, so a fresh adapter is the base model at every g
+        and s, as ControlNet's zero-initialised layers are; the text keys give each branch the text's
+        attention pattern to start from. The value gradient is not zero (it is the attention-weighted output
+        gradient), so the first step moves the values and the keys and tokens learn from then on.
+        """
         for to_k in (self.to_k_preservation, self.to_k_personalization):
             to_k.weight.copy_(attn.to_k.weight)
         for to_v in (self.to_v_preservation, self.to_v_personalization):
-            to_v.weight.copy_(attn.to_v.weight)
+            to_v.weight.zero_()
 
 
 def _active_rows(weight: torch.Tensor) -> torch.Tensor | None:
@@ -42,13 +48,20 @@ def _active_rows(weight: torch.Tensor) -> torch.Tensor | None:
     return None if rows.numel() == weight.numel() else rows
 
 
+def _factor(weight: torch.Tensor, rows: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """A branch's weight over its active rows, shaped to scale an attention output (rows, heads, tokens, dim)."""
+    return (weight if rows is None else weight[rows]).to(dtype)[:, None, None, None]
+
+
 @dataclass(eq=False)
 class FlexIPCondition:
     """What one UNet call needs to add the two branches: tokens P and S, and the per-sample branch weights.
 
     Build it with `FlexIPCondition.create`. With `cache=True` each layer keeps its branch keys/values after
     the first call, so a generation computes them once rather than once per denoising step; a condition
-    with a cache must therefore only be reused with the same tokens (the pipeline makes one per call).
+    with a cache must therefore only be reused with the same tokens (the pipeline makes one per call). The
+    weights never enter the cache: they scale each branch's attention output, so they may change between
+    calls that share the keys/values.
     """
 
     preservation_tokens: torch.Tensor  # P: (batch, n_p, cross_attention_dim)
@@ -57,6 +70,10 @@ class FlexIPCondition:
     personalization_weight: torch.Tensor  # s * (1 - g): (batch,)
     preservation_rows: torch.Tensor | None
     personalization_rows: torch.Tensor | None
+    # The weights of the active rows as (rows, 1, 1, 1) in the tokens' dtype: shaped once per UNet call here
+    # rather than in each of its cross-attention layers.
+    preservation_factor: torch.Tensor
+    personalization_factor: torch.Tensor
     # Branch keys/values by the branch's key projection (one per layer and branch): the module itself, not its
     # id, so a processor built later for another layer can never find this one's values.
     kv_cache: dict[nn.Linear, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None)
@@ -70,14 +87,20 @@ class FlexIPCondition:
         personalization_weight: torch.Tensor,
         cache: bool = False,
     ) -> FlexIPCondition:
+        # Computed once per condition: one host sync per UNet call, not one per layer.
+        preservation_rows = _active_rows(preservation_weight)
+        personalization_rows = _active_rows(personalization_weight)
         return cls(
             preservation_tokens=preservation_tokens,
             personalization_tokens=personalization_tokens,
             preservation_weight=preservation_weight,
             personalization_weight=personalization_weight,
-            # Computed once per condition: one host sync per UNet call, not one per layer.
-            preservation_rows=_active_rows(preservation_weight),
-            personalization_rows=_active_rows(personalization_weight),
+            preservation_rows=preservation_rows,
+            personalization_rows=personalization_rows,
+            preservation_factor=_factor(preservation_weight, preservation_rows, preservation_tokens.dtype),
+            personalization_factor=_factor(
+                personalization_weight, personalization_rows, personalization_tokens.dtype
+            ),
             kv_cache={} if cache else None,
         )
 
@@ -94,9 +117,20 @@ def branch_weights(
 class FlexIPAttnProcessor:
     """Replaces one `attn2` processor; the text path is diffusers' `AttnProcessor2_0`, step for step.
 
-    A branch is computed only for the samples whose weight is non-zero, so g = 1 never touches the
-    Personalization weights (not even as 0 * inf), g = 0 never touches the Preservation weights, and s = 0
-    is the base model exactly.
+    The shape of the computation (B samples, N latent positions, h heads of width d, r a branch's active rows):
+
+        query (B, h, N, d) ── SDPA with the text K/V ──────────────────────────────> Z (B, h, N, d)
+        for P, then S:  Z[rows] += factor (r, 1, 1, 1) * SDPA(query[rows], K, V)   # K, V: (r, h, n, d)
+        Z -> (B, N, h·d) -> to_out
+
+    Both branches reuse the text path's query and are added in the attention's own (B, h, N, d) layout, so
+    the text path's one transpose/reshape and `to_out` serve all three; `to_out` is linear, so the output
+    stays exactly linear in g. With K/V cached a branch costs two ops, its SDPA and one fused multiply-add
+    (`addcmul`) that applies s·g (or s·(1−g)): the weight scales the output, never the cached values, so it
+    may change per step. A branch is computed only for its active rows (weight != 0): g = 1 never touches
+    the Personalization weights (not even as 0 * inf), g = 0 never touches the Preservation weights, s = 0
+    is the base model exactly, and the rows are gathered and put back (`index_put`) only when some are
+    skipped.
     """
 
     def __init__(self, projections: BranchProjections, original: object):
@@ -161,22 +195,20 @@ class FlexIPAttnProcessor:
         hidden_states = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
         )
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-
         if condition is not None:
             projections = self.projections
             hidden_states = self._add_branch(
-                attn, hidden_states, query, condition,
-                condition.preservation_tokens, condition.preservation_weight, condition.preservation_rows,
+                attn, hidden_states, query, condition, condition.preservation_tokens,
+                condition.preservation_rows, condition.preservation_factor,
                 projections.to_k_preservation, projections.to_v_preservation,
             )  # fmt: skip
             hidden_states = self._add_branch(
-                attn, hidden_states, query, condition,
-                condition.personalization_tokens, condition.personalization_weight,
-                condition.personalization_rows,
+                attn, hidden_states, query, condition, condition.personalization_tokens,
+                condition.personalization_rows, condition.personalization_factor,
                 projections.to_k_personalization, projections.to_v_personalization,
             )  # fmt: skip
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
 
         hidden_states = attn.to_out[0](hidden_states)  # linear projection
         hidden_states = attn.to_out[1](hidden_states)  # dropout
@@ -186,19 +218,19 @@ class FlexIPAttnProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
+    @staticmethod
     def _add_branch(
-        self,
         attn: Attention,
         hidden_states: torch.Tensor,
         query: torch.Tensor,
         condition: FlexIPCondition,
         tokens: torch.Tensor,
-        weight: torch.Tensor,
         rows: torch.Tensor | None,
+        factor: torch.Tensor,
         to_k: nn.Linear,
         to_v: nn.Linear,
     ) -> torch.Tensor:
-        """hidden_states + weight * Attn(query, to_k(tokens), to_v(tokens)), over the rows with weight != 0."""
+        """hidden_states + factor * Attn(query, to_k(tokens), to_v(tokens)) over the active rows, in (B, h, N, d)."""
         if rows is not None and rows.numel() == 0:
             return hidden_states
         cached = condition.kv_cache.get(to_k) if condition.kv_cache is not None else None
@@ -207,6 +239,7 @@ class FlexIPAttnProcessor:
                 tokens = tokens[rows]
             batch = tokens.shape[0]
             head_dim = to_k.out_features // attn.heads
+            # (rows, n, heads * head_dim) -> (rows, heads, n, head_dim)
             key = to_k(tokens).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
             value = to_v(tokens).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
             if attn.norm_k is not None:
@@ -216,14 +249,14 @@ class FlexIPAttnProcessor:
         else:
             key, value = cached
 
-        if rows is not None:
-            query, weight = query[rows], weight[rows]
-        out = F.scaled_dot_product_attention(query, key, value)
-        out = out.transpose(1, 2).reshape(out.shape[0], -1, out.shape[1] * out.shape[3]).to(query.dtype)
-        out = out * weight.to(out.dtype)[:, None, None]
+        # Cast only under autocast, where the attention runs below the tokens' dtype; otherwise a no-op.
+        factor = factor.to(hidden_states.dtype)
         if rows is None:
-            return hidden_states + out
-        return hidden_states.index_add(0, rows, out)
+            return torch.addcmul(hidden_states, F.scaled_dot_product_attention(query, key, value), factor)
+        out = F.scaled_dot_product_attention(query[rows], key, value)
+        # `index_put` keeps the attention's memory layout, so the reshape after it stays a view (`index_add`
+        # would return a contiguous tensor, and the reshape would copy it).
+        return hidden_states.index_put((rows,), out * factor, accumulate=True)
 
 
 def cross_attention_layers(unet: nn.Module) -> dict[str, Attention]:

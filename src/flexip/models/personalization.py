@@ -11,8 +11,9 @@ from .resampler import PerceiverLayer
 class PersonalizationAdapter(nn.Module):
     """Each text token re-reads the CLIP [CLS] tokens (⊕ the text itself); one output token per text token.
 
-    The residual branches start at zero, so before training S equals the prompt's own text embedding: the
-    personalization end of the dial begins as "follow the text" and learns to add the subject to it.
+    The residual branches start at zero, so before training S equals the prompt's own text embedding, and
+    training adds the subject to it. (The branch values start at zero too, so a fresh adapter adds nothing:
+    `BranchProjections.start_from`.)
     """
 
     def __init__(

@@ -19,12 +19,15 @@ Why this shape: diffusers' loops (every scheduler, guidance, callbacks, ControlN
 because the only thing FlexIP changes is what the UNet receives, and it changes it where diffusers' own
 IP-Adapter does (`encoder_hidden_states` reaches only the cross-attention layers). A hook rather than a
 rewritten loop lets one mechanism serve every pipeline class; a context variable rather than an attribute
-keeps two threads' calls on one UNet apart. docs/design.md records the alternatives.
+keeps two threads' calls on one UNet apart, and `per_call` gives each call its own copy of diffusers' per-call
+state. docs/design.md records the alternatives.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -59,13 +62,14 @@ def flexip_call(
     def setting(name: str):
         return arguments[name] if name in arguments else signature.parameters[name].default
 
-    check_steps(setting("num_inference_steps"))
+    check_steps(setting("num_inference_steps"), most=pipe.scheduler.config.num_train_timesteps)
     guidance_scale = check_guidance(setting("guidance_scale"))
     images_per_prompt = setting("num_images_per_prompt")
     images_per_prompt = 1 if images_per_prompt is None else check_images_per_prompt(images_per_prompt)
     if arguments.get("prompt") is None and arguments.get("prompt_embeds") is None:
         raise FlexIPError("give a prompt (or prompt_embeds)")
     prepared = pipe.flexip.prepare_reference(reference)
+    pipe = per_call(pipe)  # from here on, this call's own copy (threads)
 
     # 2. Encode the prompt and the reference once, for all preservation values.
     guided = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
@@ -100,6 +104,31 @@ def flexip_call(
     g = torch.tensor(values).repeat(samples)
     with pipe.flexip.generating(encoded, g, scale, samples * repeats):
         return stock_call(pipe, **arguments)
+
+
+# A tokenizer is not thread-safe: transformers sets its backend's padding for each call, so a thread asking
+# for "longest" can cut another's "max_length" short. Encoding prompts takes milliseconds: one at a time.
+_ENCODING = threading.Lock()
+
+
+def per_call(pipe):
+    """The pipeline for one call: a shallow copy with its own scheduler, sharing every model (no memory cost).
+
+    diffusers keeps a call's state on the pipeline object (`_guidance_scale`, `_num_timesteps`, ...) and in its
+    scheduler (timesteps, step index, a multistep solver's history): on one shared object, concurrent calls
+    with other settings would read each other's. On a copy, with prompts encoded one at a time, concurrent
+    calls are each exactly a call alone.
+    """
+    own = copy.copy(pipe)
+    own.scheduler = copy.deepcopy(pipe.scheduler)
+    encode = pipe.encode_prompt
+
+    def encode_prompt(*args, **kwargs):
+        with _ENCODING:
+            return encode(*args, **kwargs)
+
+    own.encode_prompt = encode_prompt  # the stock call's `self.encode_prompt` finds this one first
+    return own
 
 
 def _named_arguments(signature: inspect.Signature, pipe, args: tuple, kwargs: dict) -> dict:

@@ -34,22 +34,40 @@ def check_preservation(preservation: float | Sequence[float], name: str = "prese
     return checked
 
 
+# A generous bound on the adapters' strength (1 is the trained strength, IP-Adapter users go up to about 2):
+# far beyond it the branches swamp the text and, at 1e30, overflow to a blank image.
+MAX_SCALE = 10.0
+
+
 def check_scale(scale: float, name: str = "scale") -> float:
     number = _number(scale, name)
-    if not (math.isfinite(number) and number >= 0):
+    if not 0 <= number <= MAX_SCALE:  # also NaN
         raise FlexIPError(
-            f"{name}={scale!r} must be a finite number >= 0 (1 is the trained strength, 0 the base model)"
+            f"{name}={scale!r} must be a number from 0 to {MAX_SCALE:g} (1 is the trained strength, 0 the base model)"
         )
     return number
 
 
-def check_steps(num_inference_steps: int, name: str = "num_inference_steps") -> int:
+def check_seed(seed: int, name: str = "seed") -> int:
+    """A seed torch's generators take: an integer from 0 to 2**64 - 1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise FlexIPError(f"{name}={seed!r} must be an integer from 0 to 2**64 - 1")
+    return seed
+
+
+def check_steps(num_inference_steps: int, name: str = "num_inference_steps", most: int | None = None) -> int:
+    """Denoising steps: at least 1, and at most `most` (the scheduler's training timesteps) when given."""
     if (
         isinstance(num_inference_steps, bool)
         or not isinstance(num_inference_steps, int)
         or num_inference_steps < 1
     ):
         raise FlexIPError(f"{name}={num_inference_steps!r} must be an integer >= 1 (50 is usual)")
+    if most is not None and num_inference_steps > most:
+        raise FlexIPError(
+            f"{name}={num_inference_steps} is more than the {most} timesteps the base model's scheduler has; "
+            "give at most that (50 is usual)"
+        )
     return num_inference_steps
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from ..models.attention import FlexIPAttnProcessor, FlexIPCondition
-from ..reference import EncodedReference, ReferenceEncoder
+from ..reference import EncodedReference, ReferenceCache, ReferenceEncoder
 from .images import load_reference_image
 
 ReferenceInput = Image.Image | str | os.PathLike | EncodedReference
@@ -62,8 +62,10 @@ class FlexIPInjection:
         self.adapter = adapter
         self.reference_encoder = reference_encoder
         self.follow_unet = follow_unet
-        # Branch K/V computed once per generation; switched off only to measure what it saves (bench/kv_cache.py).
+        # Branch K/V computed once per generation; switched off only to measure what it saves (bench/reuse.py).
         self.cache_kv = True
+        # A repeated reference image (a web page moving only the dial) is encoded once.
+        self.reference_cache = ReferenceCache(reference_encoder)
         self._hook = unet.register_forward_pre_hook(self._add_condition, with_kwargs=True)
 
     @classmethod
@@ -134,12 +136,13 @@ class FlexIPInjection:
         return load_reference_image(reference)
 
     def encode_reference(self, reference: ReferenceInput) -> EncodedReference:
-        """Encoder features of one reference (kept as is if already encoded); reuse them across calls."""
+        """Encoder features of one reference (kept as is if already encoded; an image seen lately is not
+        encoded again: `reference_cache`)."""
         prepared = self.prepare_reference(reference)
         if isinstance(prepared, EncodedReference):
             return prepared
         self._follow_unet()
-        return self.reference_encoder([prepared])
+        return self.reference_cache.encode(prepared)
 
     @contextlib.contextmanager
     def generating(
@@ -155,14 +158,14 @@ class FlexIPInjection:
             _CURRENT.reset(token)
 
     def _follow_unet(self) -> None:
-        """Keep the adapter and encoders on the UNet's device and dtype after `pipe.to(...)`."""
+        """Keep the adapter and encoders on the device the UNet runs on, in its dtype, after `pipe.to(...)`."""
         if not self.follow_unet:
             return
-        parameter = next(self.unet.parameters())
+        device, dtype = _execution_device(self.unet), next(self.unet.parameters()).dtype
         for module in (self.adapter, self.reference_encoder):
             own = next(module.parameters())
-            if (own.device, own.dtype) != (parameter.device, parameter.dtype):
-                module.to(parameter.device, parameter.dtype)
+            if (own.device, own.dtype) != (device, dtype):
+                module.to(device, dtype)
 
     def _add_condition(self, unet: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         state = _CURRENT.get()
@@ -206,3 +209,14 @@ class FlexIPInjection:
             clip_embeds, dino_tokens, text, preservation, scale=state.scale, cache=self.cache_kv
         )
         return state.condition
+
+
+def _execution_device(unet: nn.Module) -> torch.device:
+    """Where the UNet runs: with model or sequential CPU offload (accelerate's hooks, as diffusers'
+    `_execution_device` finds them) its weights wait on the CPU or the meta device between calls, and move to
+    the hook's execution device only inside its forward; otherwise where its weights are."""
+    for module in unet.modules():
+        hook = getattr(module, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
+    return next(unet.parameters()).device

@@ -7,6 +7,7 @@ here knows argparse: `flexip.cli` builds these values from its flags.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from .. import __version__
 from ..errors import FlexIPError
 from ..schedulers import SCHEDULERS, make_scheduler
-from .checks import check_guidance, check_scale, check_steps
+from .checks import check_guidance, check_scale, check_seed, check_steps
 from .embedded import EmbeddedModel, embedded_model
 from .pipeline import FlexIPPipeline
 
@@ -48,6 +49,7 @@ class SamplingSettings:
         check_steps(self.steps, name="steps")
         check_guidance(self.guidance, name="guidance")
         check_scale(self.scale, name="scale")
+        check_seed(self.seed, name="seed")
 
 
 @dataclass
@@ -65,8 +67,14 @@ def resolve_device(device: str | None, name: str = "device") -> torch.device:
         resolved = torch.device(device)
     except RuntimeError as e:
         raise FlexIPError(f"{name} {device!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FlexIPError(f"{name} {device}: CUDA is not available on this machine; use cpu")
+    if resolved.type == "cpu":
+        return resolved
+    backend = getattr(torch, resolved.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise FlexIPError(f"{name} {device}: {resolved.type} is not available on this machine; use cpu")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if resolved.index is not None and resolved.index >= count:
+        raise FlexIPError(f"{name} {device}: this machine has {count} {resolved.type} device(s), numbered from 0")
     return resolved
 
 
@@ -87,13 +95,26 @@ def load_pipeline(settings: ModelSettings) -> LoadedModel:
     return LoadedModel(pipe, embedded, record)
 
 
-def generate(loaded: LoadedModel, prompt: str, reference, values: list[float], sampling: SamplingSettings) -> list:
-    """One image per preservation value, in one batch from the same starting noise."""
+def generate(
+    loaded: LoadedModel, prompt: str, reference, values: list[float], sampling: SamplingSettings,
+    on_step: Callable[[int], None] | None = None,
+) -> list:  # fmt: skip
+    """One image per preservation value, in one batch from the same starting noise.
+
+    `on_step(done)` runs after each denoising step (a web page's progress bar); an exception it raises stops
+    the generation there (its cancel button).
+    """
+
+    def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+        on_step(step + 1)
+        return tensors
+
     generator = torch.Generator("cpu").manual_seed(sampling.seed)  # CPU noise: the same image on any device
     return loaded.pipe(
         prompt, reference=reference, preservation=values, scale=sampling.scale,
         num_inference_steps=sampling.steps, guidance_scale=sampling.guidance,
         negative_prompt=sampling.negative_prompt, generator=generator,
+        callback_on_step_end=None if on_step is None else step_end,
     ).images  # fmt: skip
 
 

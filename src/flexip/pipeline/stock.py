@@ -17,7 +17,7 @@ import os
 
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
-from .call import flexip_call
+from .call import flexip_call, per_call
 from .injection import FlexIPInjection, ReferenceInput
 
 _SUBCLASSES: dict[type, type] = {}
@@ -69,7 +69,7 @@ def _with_reference(stock_class: type) -> type:
             if reference is None:
                 if preservation is not None:
                     raise FlexIPError("preservation was given without a reference image: pass reference=...")
-                return stock_call(self, *args, **kwargs)
+                return stock_call(per_call(self), *args, **kwargs)
             preservation = 0.5 if preservation is None else preservation
             return flexip_call(self, stock_call, args, kwargs, reference, preservation, scale)
 

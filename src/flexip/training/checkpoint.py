@@ -6,8 +6,11 @@
         training_state.json     step, stream position, skipped samples, each process's parameter hash
 
 Every process writes into `.tmp-checkpoint-N`, and the main process renames it only when all are done: a
-crash leaves at most a `.tmp-*` folder, which `--resume latest` never picks. The frozen models are not saved:
-a checkpoint is the adapter plus the optimizer, not a copy of Stable Diffusion.
+crash leaves at most a `.tmp-*` folder, which `--resume latest` never picks. `training_state.json` lists every
+file's size, so a checkpoint damaged later (a full disk, a truncating copy, a file deleted) is recognised:
+`--resume latest` moves it aside as `damaged-checkpoint-N` (never deleted, never rotated) and continues from the
+newest whole one. The frozen models are not saved: a checkpoint is the adapter plus the optimizer, not a copy
+of Stable Diffusion.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..models.adapter import WEIGHTS_NAME, FlexIPAdapter
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_NAME = "training_state.json"
+OPTIMIZER_NAME = "optimizer.bin"  # accelerate's name for the first optimizer's state
 ADAPTER_DIR = "adapter"
 
 logger = get_logger(__name__)
@@ -91,18 +95,57 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Path | None:
-    """`latest` -> the newest checkpoint of the run (None if there is none yet); otherwise a checkpoint path."""
+def damage(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be resumed from, or None when it is whole."""
+    try:
+        record = json.loads((path / STATE_NAME).read_text())
+        TrainingState(step=record["step"], samples=record["samples"], skipped=record["skipped"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{STATE_NAME} is missing or unreadable ({e})"
+    # Checkpoints older than the size record are checked for the two files a resume cannot do without.
+    files = record.get("files") or {f"{ADAPTER_DIR}/{WEIGHTS_NAME}": None, OPTIMIZER_NAME: None}
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if size is not None and file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes of the {size} written"
+    return None
+
+
+def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The checkpoint `resume` names and the damaged ones skipped for it, each with its reason.
+
+    `latest` is the newest whole checkpoint of the run (None if there is none yet); a path must be whole.
+    """
     if resume == "latest":
-        checkpoints = list_checkpoints(run_dir)
-        return checkpoints[-1] if checkpoints else None
+        damaged = []
+        for path in reversed(list_checkpoints(run_dir)):
+            reason = damage(path)
+            if reason is None:
+                return path, damaged
+            damaged.append((path, reason))
+        return None, damaged
     path = Path(resume)
-    if not (path / STATE_NAME).is_file() or not (path / ADAPTER_DIR / WEIGHTS_NAME).is_file():
+    if not (path / STATE_NAME).is_file():
         raise FlexIPError(
             f"--resume {resume}: not a checkpoint (needs {STATE_NAME} and {ADAPTER_DIR}/); give a "
             "<run>/checkpoints/checkpoint-N folder or `latest`"
         )
-    return path
+    reason = damage(path)
+    if reason is not None:
+        raise FlexIPError(f"--resume {resume}: the checkpoint is damaged ({reason}); resume from an older one")
+    return path, []
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint out of rotation (`damaged-checkpoint-N`, numbered if taken); returns it."""
+    target, number = path.with_name(f"damaged-{path.name}"), 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"damaged-{path.name}-{number}")
+    os.replace(path, target)
+    return target
 
 
 def save_checkpoint(
@@ -125,7 +168,10 @@ def save_checkpoint(
             logger.warning(
                 f"the processes' adapter weights differ at step {state.step} (hashes {hashes}): DDP is out of sync"
             )
-        record = {**asdict(state), "num_processes": accelerator.num_processes, "parameter_hashes": hashes}
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        record = {
+            **asdict(state), "num_processes": accelerator.num_processes, "parameter_hashes": hashes, "files": files
+        }  # fmt: skip
         atomic_write_bytes(tmp / STATE_NAME, (json.dumps(record, indent=2) + "\n").encode())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -147,5 +193,13 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainingState:
         raise FlexIPError(
             f"checkpoint {path}: {STATE_NAME} is unreadable ({e}); resume from another checkpoint"
         ) from e
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except FlexIPError:
+        raise
+    except Exception as e:  # torch and accelerate raise many types for a corrupt file of the right size
+        raise FlexIPError(
+            f"checkpoint {path} cannot be loaded ({str(e).strip().splitlines()[0]}); move it aside and resume "
+            "from an older one with --resume <run>/checkpoints/checkpoint-N"
+        ) from e
     return state

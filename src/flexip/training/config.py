@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -19,7 +20,7 @@ import yaml
 
 from ..defaults import BASE_MODEL, DINO_ENCODER, IMAGE_ENCODER
 from ..errors import FlexIPError
-from ..models.adapter import GateConfig, PersonalizationConfig, PreservationConfig
+from ..models.adapter import GateConfig, PersonalizationConfig, PreservationConfig, check_values
 from ..models.gate import MODALITIES
 
 
@@ -127,14 +128,26 @@ class TrainConfig:
             if not 0.0 <= value <= 1.0:
                 raise FlexIPError(f"config data.{key}: {value} must be in [0, 1]")
         for key in ("min_snr_gamma", "subject_loss_weight"):
-            if getattr(self, key) < 0:
-                raise FlexIPError(f"config {key}: {getattr(self, key)} must be 0 (off) or positive")
+            if not 0 <= getattr(self, key) < math.inf:  # also NaN
+                raise FlexIPError(f"config {key}: {getattr(self, key)} must be 0 (off) or positive, and finite")
+        if not 0 < self.learning_rate < math.inf:
+            raise FlexIPError(f"config learning_rate: {self.learning_rate} must be a finite number above 0, e.g. 1e-4")
+        if not 0 <= self.weight_decay < math.inf:
+            raise FlexIPError(f"config weight_decay: {self.weight_decay} must be 0 (off) or positive, and finite")
+        if not math.isfinite(self.validation.guidance_scale):
+            raise FlexIPError(f"config validation.guidance_scale: {self.validation.guidance_scale} must be finite")
+        # numpy's global seed (which accelerate's set_seed also sets) takes 32 bits.
+        for key, seed in (("seed", self.seed), ("validation.seed", self.validation.seed)):
+            if not 0 <= seed < 2**32:
+                raise FlexIPError(f"config {key}: {seed} must be between 0 and 2**32 - 1")
+        for part in ("preservation", "personalization", "gate"):
+            check_values(getattr(self.model, part), "config", f"model.{part}.")
         if self.data.num_workers < 0:
             raise FlexIPError(f"config data.num_workers: {self.data.num_workers} must be 0 or more")
         drop = self.dropout
         for modality in MODALITIES:
             rates = (drop.text_rate(modality), drop.image, drop.both)
-            if min(rates) < 0 or sum(rates) > 1:
+            if not (min(rates) >= 0 and sum(rates) <= 1):  # also NaN
                 raise FlexIPError(
                     f"config dropout: {drop} must be non-negative probabilities summing to at most 1 for "
                     f"{modality} pairs"

@@ -75,7 +75,7 @@ def encode_batch(
 
 
 class FlexIPTrainingModel(nn.Module):
-    """The frozen UNet with the adapter attached; `forward` returns the batch's loss.
+    """The frozen UNet with the adapter attached; `forward` returns the batch's loss and each sample's g.
 
     Only the adapter's parameters require gradients: DDP (through `accelerator.prepare`) syncs just those.
     """
@@ -92,7 +92,7 @@ class FlexIPTrainingModel(nn.Module):
         self.subject_loss_weight = subject_loss_weight
         adapter.attach(unet)
 
-    def forward(self, batch: EncodedBatch, generator: torch.Generator) -> torch.Tensor:
+    def forward(self, batch: EncodedBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         latents = batch.latents
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         steps = self.noise_scheduler.config.num_train_timesteps
@@ -107,7 +107,7 @@ class FlexIPTrainingModel(nn.Module):
         per_sample = per_sample_mse(prediction, noise, batch.subject, self.subject_loss_weight)
         if self.min_snr_gamma:
             per_sample = per_sample * min_snr_weight(self.noise_scheduler, timesteps, self.min_snr_gamma)
-        return per_sample.mean()
+        return per_sample.mean(), g.detach()
 
 
 def per_sample_mse(

@@ -9,11 +9,16 @@ the skipped samples and whether a signal asked to stop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
+import os
+import shutil
 import signal
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +29,19 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, check_writable
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
-from ..models.gate import MODALITIES
-from .checkpoint import TrainingState, load_checkpoint, register_hooks, resolve_resume, save_checkpoint
+from ..models.gate import COVERAGE_BINS, MODALITIES, coverage_counts, coverage_shares
+from .checkpoint import (
+    TrainingState,
+    list_checkpoints,
+    load_checkpoint,
+    move_aside,
+    register_hooks,
+    resolve_resume,
+    save_checkpoint,
+)
 from .components import FrozenModels, load_frozen_models, prepare_tiny_models
 from .config import TrainConfig, config_to_yaml
 from .data import MixedBatchSampler, MixedStream, PairDataset, collate, read_manifest
@@ -54,20 +67,39 @@ class TrainResult:
 class StopSignals:
     """SIGINT/SIGTERM set `requested` instead of killing the process, so the loop can save first.
 
-    A second signal gets the default behaviour back (a second Ctrl-C kills at once).
+    A second signal stops at once (KeyboardInterrupt, which the loop reports with what it loses), except while a
+    checkpoint is written (`saving`): then it waits until that checkpoint is whole, so nothing is lost.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self) -> StopSignals:  # noqa: PYI034 (Self needs Python 3.11)
-        self.requested = 0
+        self.requested = self.held = 0
+        self.writing = False
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.requested = signum
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+        if not self.requested:
+            self.requested = signum
+            print("flexip train: stopping after this step, with a checkpoint; a second Ctrl-C stops at once and "
+                  "loses the steps since the last checkpoint", file=sys.stderr)  # fmt: skip
+        elif self.writing:
+            self.held = signum
+            print("flexip train: finishing the checkpoint being written, then stopping", file=sys.stderr)
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """A checkpoint is being written: a second signal waits until it is whole, then stops."""
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+        if self.held:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
@@ -118,6 +150,38 @@ def _build_adapter(config: TrainConfig, unet, encoder) -> FlexIPAdapter:
     )  # fmt: skip
 
 
+def _free_memory(device: torch.device) -> int:
+    """Bytes free for a new allocation on `device` (for the CPU, the kernel's MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _check_memory(config: TrainConfig, unet, device: torch.device) -> None:
+    """Refuse a batch whose UNet activations alone cannot fit, before the first step (else the kernel kills it).
+
+    A rough estimate: for the backward pass, each UNet level keeps about 26 tensors of its width and size per
+    layer (resnet and transformer inputs, norms, attention, feed-forward), layers_per_block of them on the way
+    down and one more on the way up. On the tiny kit it gives the 24 GB a batch of 100000 was killed at.
+    """
+    latent = config.data.resolution // 8
+    per_sample = sum(
+        width * (latent // 2**level) ** 2 for level, width in enumerate(unet.config.block_out_channels)
+    ) * 26 * (2 * unet.config.layers_per_block + 1)
+    needed = config.batch_size * per_sample * (4 if config.mixed_precision == "no" else 2)
+    free = _free_memory(device)
+    if needed > free:
+        raise FlexIPError(
+            f"config batch_size: {config.batch_size} needs about {needed / 2**30:.1f} GiB for the UNet's "
+            f"activations, more than the {free / 2**30:.1f} GiB free on {device}; lower batch_size (and raise "
+            "gradient_accumulation_steps), or set gradient_checkpointing=true"
+        )
+
+
 def build_optimizer(adapter: FlexIPAdapter, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the adapter; the gate logits get no weight decay (it would pull every g towards 0.5)."""
     gate = [adapter.gate.logits]
@@ -147,14 +211,31 @@ class Built:
     stream: MixedStream
 
 
-def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
-    """Train (or resume) the run in `config.output_dir`; returns its final state."""
-    run = start(config, resume)
+# What a run writes into its folder; a fresh run refuses a folder holding any of them unless told to delete them.
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "logs", "samples", "checkpoints", "adapter")
+
+
+def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> TrainResult:
+    """Train (or resume) the run in `config.output_dir`; returns its final state.
+
+    A fresh run (no `resume`) into a folder that holds a run's outputs is refused, unless `overwrite` deletes
+    them first (only those: other files in the folder stay).
+    """
+    run = start(config, resume, overwrite)
     built = build(run)
     model, optimizer = run.accelerator.prepare(built.model, build_optimizer(built.adapter, config))
     register_hooks(run.accelerator, built.adapter)
     state = restore(run, resume)
-    interrupted = loop(run, built, model, optimizer, state)
+    try:
+        interrupted = loop(run, built, model, optimizer, state)
+    except KeyboardInterrupt:
+        saved = list_checkpoints(run.run_dir)
+        saved_step = int(saved[-1].name.removeprefix("checkpoint-")) if saved else 0
+        lost = "nothing is lost" if saved_step == state.step else (
+            f"steps {saved_step + 1}-{state.step} are lost; --resume latest continues from step {saved_step}"
+        )  # fmt: skip
+        logger.warning(f"stopped at once at step {state.step}: {lost}")
+        raise
     if state.skipped:
         logger.warning(
             f"{state.skipped} unreadable training pairs were skipped (each is logged above with its path)"
@@ -163,13 +244,36 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     return TrainResult(run.run_dir, state, interrupted, built.adapter.eval(), built.models)
 
 
-def start(config: TrainConfig, resume: str | None) -> Run:
+def _check_run_folder(run_dir: Path, resume: str | None, overwrite: bool) -> list[Path]:
+    """The outputs of an earlier run to delete (with `overwrite`); refuses to mix two runs in one folder."""
+    found = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if resume and overwrite:
+        raise FlexIPError("--resume continues the run and --overwrite deletes it: give one of them")
+    continuing = resume == "latest" or (
+        resume is not None and Path(resume).resolve().parent == (run_dir / "checkpoints").resolve()
+    )
+    if found and not continuing and not overwrite:
+        names = ", ".join(p.name for p in found)
+        what = f"--resume {resume} would continue another run in it" if resume else "a fresh run would mix with it"
+        raise FlexIPError(
+            f"output_dir {run_dir} already holds a training run ({names}) and {what}: continue that run with "
+            "--resume latest, start over with --overwrite (deletes those), or choose another --output-dir"
+        )
+    return found if overwrite else []
+
+
+def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> Run:
     """The accelerator, the inputs a tiny config asks for, and the checkpoint `resume` names."""
     for tracker in config.log_with:
         module, install = TRACKER_PACKAGES[tracker]
         if importlib.util.find_spec(module) is None:
             raise FlexIPError(f"config log_with: {tracker} is not installed; `pip install {install}` or remove it")
-    run_dir = Path(config.output_dir)
+    if config.mixed_precision == "fp16" and not torch.accelerator.is_available():
+        raise FlexIPError(
+            "config mixed_precision: fp16 needs a GPU (its grad scaler does not run on CPUs); use bf16 or no"
+        )
+    run_dir = check_writable(Path(config.output_dir), "output_dir")
+    previous = _check_run_folder(run_dir, resume, overwrite)
     accelerator = Accelerator(
         # Without an accelerator device, accelerate runs torchrun's processes as one unless told it is on CPUs
         # (then it uses its multi-CPU gloo mode).
@@ -180,8 +284,28 @@ def start(config: TrainConfig, resume: str | None) -> Run:
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     with accelerator.main_process_first():
+        if accelerator.is_main_process:
+            for path in previous:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            if previous:
+                logger.info(f"--overwrite: deleted the earlier run's {', '.join(p.name for p in previous)} in {run_dir}")
         _prepare_inputs(config)
-    return Run(config, accelerator, run_dir, resolve_resume(resume, run_dir) if resume else None)
+        resume_from = _resume_from(run_dir, resume, accelerator.is_main_process) if resume else None
+    return Run(config, accelerator, run_dir, resume_from)
+
+
+def _resume_from(run_dir: Path, resume: str, main: bool) -> Path | None:
+    """The checkpoint to continue from; the main process moves damaged newer ones aside and says why."""
+    path, damaged = resolve_resume(resume, run_dir)
+    for bad, reason in damaged:
+        if main:
+            logger.warning(f"skipped damaged checkpoint {bad} ({reason}); kept as {move_aside(bad)}")
+    if path is None and damaged:
+        raise FlexIPError(
+            f"--resume latest: no whole checkpoint in {run_dir / 'checkpoints'} (the damaged ones are kept beside "
+            "it as damaged-checkpoint-*); start over with --overwrite, or --resume one of them after repairing it"
+        )
+    return path
 
 
 def build(run: Run) -> Built:
@@ -189,9 +313,18 @@ def build(run: Run) -> Built:
     config = run.config
     pairs = read_manifest(config.data.manifest)
     stream = MixedStream([p.modality for p in pairs], config.data.video_fraction, config.seed)
+    batch = config.batch_size * run.accelerator.num_processes
+    if batch > len(pairs):
+        raise FlexIPError(
+            f"config batch_size: {config.batch_size} per process x {run.accelerator.num_processes} processes "
+            f"= {batch} pairs a step, more than the manifest's {len(pairs)} ({config.data.manifest}); use at most "
+            f"{max(len(pairs) // run.accelerator.num_processes, 1)}, or add pairs"
+        )
     models = load_frozen_models(config.model, DTYPES[config.mixed_precision])
     for module in (models.text_encoder, models.vae, models.unet, models.encoder):
         module.to(run.accelerator.device)
+    if not config.gradient_checkpointing:
+        _check_memory(config, models.unet, run.accelerator.device)
     set_seed(config.seed)  # the adapter starts from the same weights on every process and every run
     adapter = _build_adapter(config, models.unet, models.encoder)
     if config.gradient_checkpointing:
@@ -237,6 +370,15 @@ def checkpoint_and_export(run: Run, adapter: FlexIPAdapter, state: TrainingState
     logger.info(f"step {state.step}: saved {path} and {run.run_dir / 'adapter'}")
 
 
+def _tenths(coverage: dict[str, list[float]]) -> dict[str, float]:
+    """Trackers take scalars: one per tenth of the dial, grouped under the list's name (TensorBoard's sections)."""
+    return {
+        f"{name}/{tenth / COVERAGE_BINS:.1f}-{(tenth + 1) / COVERAGE_BINS:.1f}": share
+        for name, shares in coverage.items()
+        for tenth, share in enumerate(shares)
+    }
+
+
 def validate(run: Run, built: Built, references: list, step: int) -> None:
     """The dial's contact sheet at this step (main process), written to samples/step-N.png."""
     accelerator, adapter = run.accelerator, built.adapter
@@ -268,6 +410,9 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
                     disable=not accelerator.is_local_main_process)  # fmt: skip
     window_start, window_samples, window_losses = time.perf_counter(), 0, []
     loss_sum, micro_steps, skipped = torch.zeros((), device=device), 0, 0
+    # Samples per modality and tenth of the dial: this step's on this process, and the window's over all.
+    step_coverage = torch.zeros(len(MODALITIES), COVERAGE_BINS, device=device, dtype=torch.long)
+    window_coverage = torch.zeros_like(step_coverage)
     interrupted = False
     batches = iter(loader)
     with StopSignals() as stop:
@@ -279,21 +424,26 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
             generator.manual_seed(_batch_seed(config.seed, batch["positions"][0]))
             with accelerator.accumulate(model):
                 encoded = encode_batch(built.models, batch, config.dropout, generator)
-                loss = model(encoded, generator)
+                loss, g = model(encoded, generator)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             state.samples += config.batch_size * world
             window_samples += config.batch_size * world
             loss_sum += loss.detach().float()
+            step_coverage += coverage_counts(g, encoded.modality)
             micro_steps += 1
             if not accelerator.sync_gradients:
                 continue
 
             state.step += 1
-            # The step's one collective: the mean loss, the skipped samples and any stop request, over all processes.
+            # The step's one collective: the mean loss, the skipped samples, any stop request and the gate's
+            # coverage, over all processes.
             counts = torch.tensor([micro_steps, skipped, stop.requested], device=device, dtype=torch.float32)
-            totals = accelerator.reduce(torch.cat([loss_sum[None], counts]), reduction="sum")
+            totals = accelerator.reduce(
+                torch.cat([loss_sum[None], counts, step_coverage.flatten().float()]), reduction="sum"
+            )
+            window_coverage += totals[4:].view_as(window_coverage).long()
             step_loss, state.skipped, stopping = (
                 float(totals[0] / totals[1]),
                 state.skipped + int(totals[2]),
@@ -301,6 +451,7 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
             )
             window_losses.append(step_loss)
             loss_sum.zero_()
+            step_coverage.zero_()
             micro_steps = skipped = 0
             progress.update(1)
             gate = adapter.gate.learned_values()
@@ -313,18 +464,22 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
                     **{f"g_{m}": gate[m] for m in MODALITIES},
                     "samples_per_second": window_samples / elapsed, "skipped_samples": state.skipped,
                 }  # fmt: skip
-                accelerator.log(metrics, step=state.step)
+                coverage = {f"gate_coverage_{m}": shares for m, shares in coverage_shares(window_coverage).items()}
+                accelerator.log({**metrics, **_tenths(coverage)}, step=state.step)
                 if accelerator.is_main_process:
                     with open(run.run_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps({"step": state.step, **metrics}) + "\n")
+                        f.write(json.dumps({"step": state.step, **metrics, **coverage}) + "\n")
                 window_start, window_samples, window_losses = time.perf_counter(), 0, []
+                window_coverage.zero_()
             if state.step % config.validation.every == 0 or last:
                 validate(run, built, references, state.step)
             if stopping:
                 interrupted = True
-                checkpoint_and_export(run, adapter, state)
+                with stop.saving():
+                    checkpoint_and_export(run, adapter, state)
                 break
             if state.step % config.checkpoint_every == 0 or last:
-                checkpoint_and_export(run, adapter, state)
+                with stop.saving():
+                    checkpoint_and_export(run, adapter, state)
     progress.close()
     return interrupted

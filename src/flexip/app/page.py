@@ -1,0 +1,173 @@
+"""The web page of `flexip serve`: its layout, its events, and a server that is safe by default.
+
+The page only lays out controls and passes their values to `Service` (`app/service.py`), which does the
+work. Safe by default: it listens on 127.0.0.1 unless told otherwise, never makes a share link, refuses
+uploads over `MAX_UPLOAD_BYTES`, serves no file but its uploads and results (no `allowed_paths`), and writes
+only into one temporary folder, removed when the server stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio as gr
+
+from ..demo_subject import DEMO_PROMPT, DEMO_REFERENCE
+from ..errors import FlexIPError
+from ..pipeline.settings import SamplingSettings
+from ..schedulers import SCHEDULERS
+from .service import MAX_SWEEP, MAX_UPLOAD_BYTES, Cancelled, Service, read_reference
+
+CONCURRENCY = 2  # generations at once; the others wait in the queue (one model, one device)
+QUEUE_SIZE = 64  # waiting requests beyond which a new one is refused with "queue full"
+CACHE_CLEANUP = (600, 3600)  # every 10 minutes, gradio deletes its copies of results older than an hour
+ONE, SWEEP = "one image", "a sweep along the dial"
+DEFAULTS = SamplingSettings()  # the page starts where `flexip generate` does
+
+INTRO = """# flexip: the preservation dial
+Give a picture of a subject and a prompt. **Preservation** near 1 keeps the subject's identity and detail; near
+0 the prompt restyles it freely. Move the dial and generate again: the reference is encoded once."""
+
+
+def build_page(service: Service) -> gr.Blocks:
+    """The page's layout and events; `generate` is its one public API endpoint."""
+    with gr.Blocks(title="flexip", analytics_enabled=False, delete_cache=CACHE_CLEANUP) as page:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column():
+                reference = gr.Image(label="reference (the subject)", type="filepath", sources=["upload", "clipboard"],
+                                     elem_id="reference")  # fmt: skip
+                prompt = gr.Textbox(label="prompt", placeholder="a dog on the beach", elem_id="prompt")
+                gr.Examples([[str(DEMO_REFERENCE), DEMO_PROMPT]], [reference, prompt], label="built-in example",
+                            cache_examples=False)  # fmt: skip
+                preservation = gr.Slider(0, 1, value=0.5, step=0.01, label="preservation", elem_id="preservation")
+                with gr.Row():
+                    mode = gr.Radio([ONE, SWEEP], value=ONE, label="generate", elem_id="mode")
+                    count = gr.Slider(2, MAX_SWEEP, value=5, step=1, label="sweep: values from 0 to 1",
+                                      elem_id="count")  # fmt: skip
+                with gr.Accordion("Advanced", open=False):
+                    with gr.Row():
+                        seed = gr.Number(DEFAULTS.seed, label="seed", precision=0, minimum=0, elem_id="seed")
+                        randomize = gr.Checkbox(False, label="random seed", elem_id="randomize")
+                    steps = gr.Slider(1, 150, value=DEFAULTS.steps, step=1, label="steps", elem_id="steps")
+                    guidance = gr.Slider(0, 20, value=DEFAULTS.guidance, step=0.1,
+                                         label="guidance (<= 1 turns it off)", elem_id="guidance")  # fmt: skip
+                    scheduler = gr.Dropdown(sorted(SCHEDULERS), value=service.models.scheduler, label="scheduler",
+                                            elem_id="scheduler")  # fmt: skip
+                    scale = gr.Slider(0, 2, value=DEFAULTS.scale, step=0.05,
+                                      label="adapter strength s (0 is the base model)", elem_id="scale")  # fmt: skip
+                    negative = gr.Textbox("", label="negative prompt", elem_id="negative")
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="run")
+                    stop = gr.Button("Stop", elem_id="stop")
+            with gr.Column():
+                status = gr.Markdown(label="status", elem_id="status")
+                image = gr.Image(label="result (PNG with its settings)", type="filepath", format="png",
+                                 interactive=False, buttons=["download", "fullscreen"], elem_id="result")  # fmt: skip
+                gallery = gr.Gallery(label="sweep, preservation from 0 (left) to 1 (right)", columns=5,
+                                     format="png", visible=False, elem_id="gallery")  # fmt: skip
+                sheet = gr.File(label="contact sheet (PNG)", visible=False, elem_id="sheet")
+                command = gr.Textbox(label="the same as a command", interactive=False, buttons=["copy"],
+                                     elem_id="command")  # fmt: skip
+
+        inputs = [reference, prompt, preservation, mode, count, seed, randomize, steps, guidance, scheduler, scale,
+                  negative]  # fmt: skip
+        outputs = [status, image, gallery, sheet, command, seed]
+        # No preprocessing: the image arrives as its upload record (gradio still checks that it is an upload),
+        # so a broken file reaches read_reference, which says what is wrong, instead of failing inside gradio.
+        generating = run.click(_generate(service), inputs, outputs, api_name="generate", preprocess=False,
+                               show_progress_on=[image, gallery])  # fmt: skip
+        reference.upload(_check_upload, reference, status, preprocess=False, api_visibility="private")
+        mode.change(_show_mode, mode, [image, gallery, sheet], api_visibility="private", queue=False)
+        stop.click(_stop(service), None, status, cancels=[generating], queue=False, api_visibility="private")
+    return page
+
+
+def _generate(service: Service):
+    """The `generate` endpoint: the controls' values in, (status, image, sweep, contact sheet, command, seed) out."""
+
+    def generate(reference, prompt, preservation, mode, sweep_count, seed, random_seed, steps, guidance,
+                 scheduler, scale, negative_prompt, request: gr.Request, progress=gr.Progress()):  # fmt: skip
+        upload = reference or {}
+        try:
+            checked = service.request(
+                upload.get("path"), upload.get("orig_name") or "the upload", prompt, preservation,
+                sweep_count if mode == SWEEP else None, seed, random_seed, steps, guidance, scheduler, scale,
+                negative_prompt,
+            )  # fmt: skip
+            result = service.run(checked, request.session_hash,
+                                 lambda done, total: progress((done, total), desc="denoising"))  # fmt: skip
+        except FlexIPError as e:
+            return f"**Error:** {e}", None, [], None, "", seed
+        except Cancelled as e:
+            return f"Stopped {e}.", None, [], None, "", seed
+        images = [(str(path), f"preservation {value:g}") for path, value in zip(result.images, result.values)]
+        if len(images) == 1:
+            return result.report, images[0][0], [], None, result.command, checked.sampling.seed
+        return result.report, None, images, str(result.sheet), result.command, checked.sampling.seed
+
+    return generate
+
+
+def _check_upload(reference) -> str:
+    """Say at once whether an upload can serve as a reference."""
+    if not reference:
+        return ""
+    name = reference.get("orig_name") or "the upload"
+    try:
+        picture = read_reference(reference["path"], name)
+    except FlexIPError as e:
+        return f"**Error:** {e}"
+    return f"Reference {name}: {picture.width} x {picture.height} pixels."
+
+
+def _show_mode(mode: str):
+    """One image shows in the image box; a sweep in the gallery, with its contact sheet."""
+    sweep = mode == SWEEP
+    return gr.update(visible=not sweep), gr.update(visible=sweep), gr.update(visible=sweep)
+
+
+def _stop(service: Service):
+    def stop(request: gr.Request) -> str:
+        return "Stopping..." if service.cancel(request.session_hash) else ""
+
+    return stop
+
+
+@contextlib.contextmanager
+def running(service_factory, host: str = "127.0.0.1", port: int = 7860) -> Iterator[str]:
+    """Serve the page in a background thread while inside; yields its URL.
+
+    `service_factory(results_folder)` builds the `Service`. Everything the server writes (uploads, gradio's
+    cache, results) goes into one temporary folder, removed on exit.
+    """
+    with tempfile.TemporaryDirectory(prefix="flexip-serve-") as folder:
+        saved = {name: os.environ.get(name) for name in ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE")}
+        # gradio reads its folders from the environment when the page is built and when it launches, and
+        # one of them when it is imported: the server makes a folder there at launch.
+        os.environ["GRADIO_TEMP_DIR"] = str(Path(folder) / "gradio")
+        os.environ["GRADIO_EXAMPLES_CACHE"] = str(Path(folder) / "examples")
+        gr.routes.DEFAULT_TEMP_DIR = os.environ["GRADIO_TEMP_DIR"]
+        page = build_page(service_factory(Path(folder) / "results"))
+        page.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+        try:
+            page.launch(
+                server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
+                show_error=False, max_file_size=MAX_UPLOAD_BYTES, allowed_paths=[], enable_monitoring=False,
+                mcp_server=False, ssr_mode=False, pwa=False, footer_links=["api"],
+            )  # fmt: skip
+        except OSError as e:
+            raise FlexIPError(f"cannot listen on {host}:{port} ({e}); choose another --port or --host") from e
+        try:
+            yield page.local_url
+        finally:
+            page.close()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

@@ -1,0 +1,258 @@
+"""What one request of the web page does, apart from the page: check its values, generate, write the results.
+
+The page (`app/page.py`) hands `Service.run` the values of its controls; nothing here imports gradio, so a
+test drives a request without a browser. The model is loaded once (`load_pipeline`); every request runs the
+same library call as `flexip generate` (`settings.generate`), so an image from the page equals the one its
+"copy as command" line writes. Isolation between concurrent requests is the library's: each pipeline call
+runs on its own copy of diffusers' per-call state (`pipeline/call.py`), and the reference's features come
+from the injection's bounded cache (`ReferenceCache`), which is why moving only the dial encodes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import secrets
+import shlex
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ..contact_sheet import contact_sheet
+from ..demo_subject import DEMO_REFERENCE
+from ..errors import FlexIPError
+from ..pipeline.checks import check_preservation
+from ..pipeline.images import load_reference_image
+from ..pipeline.output import save_image
+from ..pipeline.settings import LoadedModel, ModelSettings, SamplingSettings, generate, record
+from ..schedulers import SCHEDULERS, make_scheduler
+
+MAX_UPLOAD_BYTES = 20 * 2**20  # the page refuses bigger files before they reach the server
+MAX_PIXELS = 25_000_000  # a 5000 x 5000 picture; decoding more costs the server memory for no better subject
+MAX_SWEEP = 9  # dial values in one sweep: one batch, so memory grows with it
+RESULTS_KEPT_SECONDS = 600  # the page's own copies (gradio's cache) outlive these; see Service.run
+SHEET_NAME = "contact_sheet.png"
+
+
+class Cancelled(Exception):
+    """Raised inside a generation whose request was cancelled; the request ends at that step."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation asked for by the page, checked."""
+
+    reference: Image.Image  # RGB, as the encoders see it
+    reference_name: str  # how the user knows the file: the command line and the settings name it
+    prompt: str
+    values: list[float]  # the dial: one value, or a sweep's values from 0 to 1
+    sampling: SamplingSettings
+    scheduler: str
+
+
+@dataclass(frozen=True)
+class Result:
+    images: list[Path]  # one PNG per dial value, in dial order, each with its settings embedded
+    values: list[float]
+    sheet: Path | None  # a sweep's contact sheet
+    command: str  # the `flexip generate` (or `sweep`) line that writes the same images
+    report: str  # Markdown: what was reused and how long each part took
+
+
+def read_reference(path: str | Path, name: str) -> Image.Image:
+    """An uploaded file -> an RGB image; a FlexIPError naming the file as the user named it otherwise."""
+    path = Path(path)
+    if path.stat().st_size > MAX_UPLOAD_BYTES:
+        raise FlexIPError(f"{name} is larger than {MAX_UPLOAD_BYTES // 2**20} MB; upload a smaller picture")
+    try:
+        with Image.open(path) as image:  # the header only: the size before any decoding
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        width = height = 0  # load_reference_image says what is wrong with it
+    if width * height > MAX_PIXELS:
+        raise FlexIPError(
+            f"{name} is {width} x {height} pixels, more than the {MAX_PIXELS / 1e6:g} megapixels this page "
+            "takes; downscale it and upload it again"
+        )
+    try:
+        return load_reference_image(path)
+    except FlexIPError as e:  # its message names the server's temporary copy; the user knows the file name
+        raise FlexIPError(str(e).replace(str(path), name)) from e
+
+
+def sweep_values(count: int) -> list[float]:
+    """`count` dial values spread evenly from 0 to 1."""
+    if isinstance(count, float) and count.is_integer():
+        count = int(count)
+    if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= MAX_SWEEP:
+        raise FlexIPError(f"sweep of {count!r} values: give a whole number from 2 to {MAX_SWEEP}")
+    return [round(index / (count - 1), 4) for index in range(count)]
+
+
+class Service:
+    """The loaded model and the folder results are written to; `run` serves one request, from any thread."""
+
+    def __init__(self, loaded: LoadedModel, models: ModelSettings, results: Path):
+        self.loaded = loaded
+        self.models = models
+        self.results = results
+        self._by_scheduler = {models.scheduler: loaded}
+        self._running: dict[str, set[threading.Event]] = {}  # session -> stop flags of its requests
+        self._lock = threading.Lock()
+
+    def request(
+        self, reference_path: str | None, reference_name: str, prompt: str, preservation: float,
+        sweep: int | None, seed: int, randomize: bool, steps: int, guidance: float, scheduler: str,
+        scale: float, negative_prompt: str,
+    ) -> Request:  # fmt: skip
+        """The page's values as a checked `Request` (a FlexIPError names the first bad one)."""
+        if not reference_path:
+            raise FlexIPError("no reference: upload a picture of the subject, or pick the built-in example")
+        if not prompt or not prompt.strip():
+            raise FlexIPError("the prompt is empty: say what to generate, e.g. 'a dog on the beach'")
+        if scheduler not in SCHEDULERS:
+            raise FlexIPError(f"scheduler {scheduler!r} is not one of {', '.join(sorted(SCHEDULERS))}")
+        values = sweep_values(sweep) if sweep else check_preservation(preservation)
+        if randomize:
+            seed = secrets.randbelow(2**32)
+        sampling = SamplingSettings(
+            steps=_whole(steps, "steps"), guidance=guidance, scale=scale, seed=_whole(seed, "seed"),
+            negative_prompt=negative_prompt or None,
+        )  # fmt: skip
+        if _same_bytes(Path(reference_path), DEMO_REFERENCE):
+            reference_name = str(DEMO_REFERENCE)  # the built-in example: the command line can name the real file
+        reference = read_reference(reference_path, reference_name)
+        return Request(reference, reference_name, prompt, values, sampling, scheduler)
+
+    def run(self, request: Request, session: str = "", on_step=None) -> Result:
+        """Generate and write the results; `cancel(session)` stops it at the next step (raises Cancelled)."""
+        stop = threading.Event()
+        with self._lock:
+            self._running.setdefault(session, set()).add(stop)
+        try:
+            return self._run(request, stop, on_step)
+        finally:
+            with self._lock:
+                self._running[session].discard(stop)
+                if not self._running[session]:
+                    del self._running[session]
+
+    def cancel(self, session: str) -> bool:
+        """Stop the session's running requests; False when it had none."""
+        with self._lock:
+            stops = list(self._running.get(session, ()))
+        for stop in stops:
+            stop.set()
+        return bool(stops)
+
+    def _run(self, request: Request, stop: threading.Event, on_step) -> Result:
+        loaded = self._loaded(request.scheduler)
+        injection = loaded.pipe.flexip
+        reused = injection.reference_cache.get(request.reference) is not None
+        start = time.perf_counter()
+        encoded = injection.encode_reference(request.reference)
+        encoded_at = last_step_at = time.perf_counter()
+
+        def step(done: int) -> None:
+            nonlocal last_step_at
+            last_step_at = time.perf_counter()
+            if stop.is_set():
+                raise Cancelled(f"after {done} of {request.sampling.steps} steps")
+            if on_step is not None:
+                on_step(done, request.sampling.steps)
+
+        images = generate(loaded, request.prompt, encoded, request.values, request.sampling, on_step=step)
+        done_at = time.perf_counter()
+        models = dataclasses.replace(self.models, scheduler=request.scheduler)
+        settings = record(request.prompt, request.reference_name, models, request.sampling, loaded)
+        folder = self._new_folder()
+        paths = []
+        for index, (value, image) in enumerate(zip(request.values, images)):
+            paths.append(folder / f"{index:02d}_preservation-{value:.2f}.png")
+            save_image(image, paths[-1], {**settings, "preservation": value})
+        sheet = None
+        if len(request.values) > 1:
+            labels = ["reference"] + [f"preservation {value:g}" for value in request.values]
+            title = f'"{request.prompt}"  (seed {request.sampling.seed})'
+            sheet = folder / SHEET_NAME
+            save_image(contact_sheet([[request.reference, *images]], labels, title=title), sheet,
+                       {**settings, "preservation": request.values})  # fmt: skip
+        timings = (encoded_at - start, last_step_at - encoded_at, done_at - last_step_at)
+        return Result(paths, request.values, sheet, self.command(request), _report(request, reused, timings))
+
+    def _loaded(self, scheduler: str) -> LoadedModel:
+        """The model with `scheduler`: one pipeline object per scheduler, all sharing the loaded models."""
+        with self._lock:
+            if scheduler not in self._by_scheduler:
+                pipe = copy.copy(self.loaded.pipe)  # shallow: the UNet, VAE, encoders and adapter are shared
+                pipe.scheduler = make_scheduler(scheduler, self.loaded.pipe.scheduler)
+                self._by_scheduler[scheduler] = dataclasses.replace(self.loaded, pipe=pipe)
+            return self._by_scheduler[scheduler]
+
+    def _new_folder(self) -> Path:
+        """A fresh folder for one request's files, removing those of requests long done.
+
+        The page serves gradio's copies of the files (its cache, cleaned on its own schedule), so these are
+        only needed until the request's answer is sent; the age keeps this folder from growing.
+        """
+        self.results.mkdir(parents=True, exist_ok=True)
+        for old in self.results.iterdir():
+            if time.time() - old.stat().st_mtime > RESULTS_KEPT_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = self.results / uuid.uuid4().hex
+        folder.mkdir()
+        return folder
+
+    def command(self, request: Request) -> str:
+        """The command line that writes the same images."""
+        sampling, models = request.sampling, self.models
+        sweep = len(request.values) > 1
+        words = ["flexip", "sweep" if sweep else "generate", "--reference", request.reference_name,
+                 "--prompt", request.prompt, "--preservation", ",".join(f"{v:g}" for v in request.values),
+                 "--seed", str(sampling.seed), "--steps", str(sampling.steps), "--guidance", f"{sampling.guidance:g}",
+                 "--scale", f"{sampling.scale:g}", "--scheduler", request.scheduler]  # fmt: skip
+        if sampling.negative_prompt:
+            words += ["--negative-prompt", sampling.negative_prompt]
+        for flag, value in [("--adapter", models.adapter), ("--base", models.base), ("--device", models.device),
+                            ("--dtype", models.dtype)]:  # fmt: skip
+            if value is not None:
+                words += [flag, value]
+        words += ["--out", "sweep/" if sweep else "flexip.png"]
+        return shlex.join(words)
+
+
+def _same_bytes(path: Path, other: Path) -> bool:
+    return path.stat().st_size == other.stat().st_size and path.read_bytes() == other.read_bytes()
+
+
+def _whole(value, name: str) -> int:
+    """A whole number from the page (its number boxes send floats such as 3.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FlexIPError(f"{name}={value!r} must be a whole number")
+    return value
+
+
+def _report(request: Request, reused: bool, timings: tuple[float, float, float]) -> str:
+    encode, denoise, decode = timings
+    count = len(request.values)
+    what = f"{count} images along the dial" if count > 1 else f"1 image at preservation {request.values[0]:g}"
+    reference = (
+        f"reference features reused, not encoded again ({_ms(encode)})"
+        if reused
+        else f"reference encoded in {_ms(encode)} (kept: moving the dial will not encode it again)"
+    )
+    return (
+        f"{what}, seed {request.sampling.seed}: {reference}; denoise {_ms(denoise)} "
+        f"({request.sampling.steps} steps); decode {_ms(decode)}"
+    )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"

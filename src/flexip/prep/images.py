@@ -1,0 +1,92 @@
+"""`flexip prep images`: a folder of photos -> invariant pairs (method.md §3, the paper's SAM/BrushData part).
+
+An invariant pair's reference is its own target, the subject taken from the same picture: the trainer cuts the
+reference out by the pair's mask (or crops it) at load time. Every file is decoded once to validate it; near
+duplicates are dropped (`dedup.py`); masks come from a folder matched by file name, or from a segmentation model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .dedup import drop_duplicates
+from .folders import (
+    check_input_folder,
+    files_dir,
+    no_files,
+    relative,
+    scan_files,
+    sidecar_caption,
+    with_caption,
+    write_png,
+)
+from .masks import SubjectSegmenter
+from .pictures import Unusable, dhash, open_mask, open_picture
+from .progress import Outcome, Summary, check_output, problem, run_items
+from .split import Part
+
+
+def prepare_images(
+    folder: Path,
+    out: Path,
+    *,
+    masks: Path | None = None,
+    segmenter: SubjectSegmenter | None = None,
+    min_size: int = 256,
+    dedup_distance: int = 4,
+    part: Part = Part(),
+    overwrite: bool = False,
+) -> Summary:
+    """Write the invariant pairs of every usable photo under `folder` to the manifest `out`."""
+    folder, out = check_input_folder(Path(folder), "photos"), Path(out)
+    check_output(out, part, overwrite)
+    written = files_dir(out)
+    items = scan_files(folder, exclude=(written, *([masks] if masks else [])))
+    if not items:
+        raise no_files(folder, "photos")
+    mask_files = _index_masks(check_input_folder(Path(masks), "masks")) if masks else {}
+
+    def one(rel: str) -> Outcome:
+        path = folder / rel
+        try:
+            picture = open_picture(path, min_size)
+        except Unusable as e:
+            return Outcome(problems=[problem(path, e.kind, str(e))])
+        target = write_png(picture.image, written / "upright" / f"{rel}.png") if picture.needs_copy else path
+        row = {"reference": relative(target, out.parent), "target": relative(target, out.parent), "modality": "image",
+               "source": rel, "kind": "photo", "dhash": f"{dhash(picture.image):016x}"}  # fmt: skip
+        problems, mask, mask_path = [], None, mask_files.get(str(Path(rel).with_suffix("")))
+        if mask_path is not None:
+            try:
+                mask, needs_copy = open_mask(mask_path)
+            except Unusable as e:
+                problems.append(problem(mask_path, e.kind, f"{e}; the pair is kept without a mask"))
+            else:
+                if mask.size != picture.image.size:
+                    problems.append(problem(mask_path, "bad-mask", f"mask is {mask.width}x{mask.height}, "
+                        f"its photo {picture.image.width}x{picture.image.height}; the pair is kept without a mask"))  # fmt: skip
+                    mask = None
+                elif not needs_copy:
+                    row["mask"] = relative(mask_path, out.parent)
+                    mask = None
+        elif segmenter is not None:
+            mask = segmenter(picture.image)
+        if mask is not None:
+            row["mask"] = relative(write_png(mask, written / "masks" / f"{rel}.png"), out.parent)
+        return Outcome(rows=[with_caption(row, sidecar_caption(path))], problems=problems)
+
+    return run_items(
+        out, items, lambda keys: [one(key) for key in keys], part=part, restart=overwrite,
+        desc=f"photos{part.label}", unit="photo", finish=lambda rows: _drop_duplicates(folder, rows, dedup_distance),
+    )  # fmt: skip
+
+
+def _index_masks(folder: Path) -> dict[str, Path]:
+    """Masks by their path without extension: `masks/a/b.png` is the mask of `photos/a/b.jpg`."""
+    return {str(Path(rel).with_suffix("")): folder / rel for rel in scan_files(folder)}
+
+
+
+def _drop_duplicates(folder: Path, rows: list[dict], distance: int) -> tuple[list[dict], list[dict]]:
+    kept, dropped = drop_duplicates(rows, distance)
+    return kept, [{**p, "file": str(folder / p["file"])} for p in dropped]  # rows name photos inside `folder`

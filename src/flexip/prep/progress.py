@@ -1,0 +1,179 @@
+"""Resumable runs over a list of work items: the progress file, the outputs, the report, the summary.
+
+Each finished item is appended to `<target>.progress.jsonl` (its rows and its problems) before the next one
+starts, so a crash loses at most the item in hand and a re-run continues after the last line. Only at the end
+are the manifest and its report `<out>.report.jsonl` written, each in one atomic rename; the progress file is
+then removed. Nothing the run did not create is replaced unless the caller says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..atomic import atomic_write_bytes, check_writable
+from ..errors import FlexIPError
+from .split import Part, part_path, wait_for_parts
+
+
+@dataclass
+class Outcome:
+    """What one work item gave: manifest rows, and problems (`file`, `kind`, `reason`) for the report."""
+
+    rows: list[dict] = field(default_factory=list)
+    problems: list[dict] = field(default_factory=list)
+
+
+def problem(file: str | os.PathLike, kind: str, reason: str) -> dict:
+    return {"file": str(file), "kind": kind, "reason": reason}
+
+
+@dataclass(frozen=True)
+class Summary:
+    out: Path  # what this process wrote: the manifest, or its part file
+    items: int  # work items in this process's part
+    resumed: int  # of those, finished by an earlier run
+    rows: int
+    problems: Counter  # kind -> count, in `out`'s report
+    complete: bool  # False for a launched part whose rank 0 merges later
+
+    @property
+    def report(self) -> Path:
+        return report_path(self.out)
+
+    def line(self, command: str, item: str, row: str) -> str:
+        """The summary line a command prints last."""
+        skipped = ", ".join(f"{count} {kind}" for kind, count in sorted(self.problems.items())) or "none"
+        resumed = f" ({self.resumed} done by an earlier run)" if self.resumed else ""
+        text = f"flexip prep {command}: {self.items} {item}{resumed} -> {self.rows} {row} in {self.out}; skipped: {skipped}"
+        if self.problems:
+            text += f" (reasons in {self.report})"
+        return text if self.complete else text + "; rank 0 merges the parts"
+
+
+def report_path(out: Path) -> Path:
+    return out.with_name(f"{out.name}.report.jsonl")
+
+
+def progress_path(target: Path) -> Path:
+    return target.with_name(f"{target.name}.progress.jsonl")
+
+
+def check_output(out: Path, part: Part, overwrite: bool) -> None:
+    """Refuse, before any work, an output that exists from an earlier finished run, or cannot be written."""
+    check_writable(out, "--out")
+    if out.is_dir():
+        raise FlexIPError(f"--out {out} is a folder; give a file name such as {out / 'manifest.jsonl'}")
+    if out.exists() and not overwrite and not progress_path(part.output(out)).exists():
+        raise FlexIPError(
+            f"--out {out} already exists (a finished run, or another file); pass --overwrite to replace it, "
+            "or choose another --out"
+        )
+
+
+def run_items(
+    out: Path,
+    items: Sequence[str],
+    work: Callable[[list[str]], list[Outcome]],
+    *,
+    part: Part,
+    restart: bool,
+    desc: str,
+    unit: str,
+    batch_size: int = 1,
+    finish: Callable[[list[dict]], tuple[list[dict], list[dict]]] | None = None,
+) -> Summary:
+    """Run `work` on this part's items in batches, resumably; write the manifest and report; merge parts.
+
+    `items` are stable string keys (paths, row numbers) of the whole input, in output order. `finish` sees all
+    rows of the whole input at once (the merged ones under a launcher) and may drop some, with their problems
+    (deduplication). `restart` discards an earlier run's progress.
+    """
+    target = part.output(out)
+    journal = progress_path(target)
+    if restart:
+        journal.unlink(missing_ok=True)
+        if part.launched:
+            target.unlink(missing_ok=True)
+    block = list(part.block(len(items)))
+    if part.launched and target.exists() and not journal.exists():
+        rows, problems = _read_jsonl(target), _read_jsonl(report_path(target))  # finished by an earlier run
+        resumed = len(block)
+    else:
+        done = _load_journal(journal)
+        resumed = sum(items[i] in done for i in block)
+        todo = [items[i] for i in block if items[i] not in done]
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        with open(journal, "a") as log, tqdm(total=len(block), initial=resumed, desc=desc, unit=unit) as bar:
+            for start in range(0, len(todo), batch_size):
+                keys = todo[start : start + batch_size]
+                for key, outcome in zip(keys, work(keys), strict=True):
+                    entry = {"key": key, "rows": outcome.rows, "problems": outcome.problems}
+                    log.write(json.dumps(entry) + "\n")
+                    done[key] = entry
+                log.flush()
+                bar.update(len(keys))
+        entries = [done[items[i]] for i in block]
+        rows = [row for entry in entries for row in entry["rows"]]
+        problems = [p for entry in entries for p in entry["problems"]]
+        if finish is not None and not part.launched:
+            rows, dropped = finish(rows)
+            problems += dropped
+        _write_outputs(target, rows, problems)
+        journal.unlink()
+    if part.launched and part.rank == 0:
+        parts = [part_path(out, rank, part.world_size) for rank in range(part.world_size)]
+        wait_for_parts(parts, progress_path)
+        rows, problems = [], []
+        for path in parts:
+            rows += _read_jsonl(path)
+            problems += _read_jsonl(report_path(path))
+        if finish is not None:
+            rows, dropped = finish(rows)
+            problems += dropped
+        _write_outputs(out, rows, problems)
+        for path in parts:
+            path.unlink()
+            report_path(path).unlink(missing_ok=True)
+        target = out
+    complete = not part.launched or part.rank == 0
+    return Summary(target, len(block), resumed, len(rows), Counter(p["kind"] for p in problems), complete)
+
+
+def _write_outputs(target: Path, rows: list[dict], problems: list[dict]) -> None:
+    # The report first: a manifest that exists is always accompanied by its report.
+    report = report_path(target)
+    if problems:
+        atomic_write_bytes(report, _jsonl(problems))
+    else:
+        report.unlink(missing_ok=True)  # a stale report of this same output from an earlier run
+    atomic_write_bytes(target, _jsonl(rows))
+
+
+def _jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(record) + "\n" for record in records).encode()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _load_journal(journal: Path) -> dict[str, dict]:
+    """Finished items by key; a last line cut short by a crash is dropped (and cut off, so appends stay whole)."""
+    if not journal.exists():
+        return {}
+    data = journal.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with open(journal, "r+b") as file:
+            file.truncate(len(whole))
+    entries = [json.loads(line) for line in whole.decode().splitlines() if line.strip()]
+    return {entry["key"]: entry for entry in entries}
