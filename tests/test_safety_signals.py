@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from flexip.training.trainer import StopSignals
+from flexip.training.signals import StopSignals
 
 
 def test_a_second_signal_waits_for_the_checkpoint_being_written(capsys):

@@ -14,11 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import os
-import shutil
-import signal
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,19 +29,13 @@ from ..atomic import atomic_write_bytes, check_writable
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from ..models.gate import COVERAGE_BINS, MODALITIES, coverage_counts, coverage_shares
-from .checkpoint import (
-    TrainingState,
-    list_checkpoints,
-    load_checkpoint,
-    move_aside,
-    register_hooks,
-    resolve_resume,
-    save_checkpoint,
-)
+from .checkpoint import TrainingState, list_checkpoints, load_checkpoint, register_hooks, save_checkpoint
 from .components import FrozenModels, load_frozen_models, prepare_tiny_models
 from .config import TrainConfig, config_to_yaml
 from .data import MixedBatchSampler, MixedStream, PairDataset, collate, read_manifest
 from .objective import FlexIPTrainingModel, encode_batch
+from .run_folder import check_run_folder, delete_outputs, resume_from_checkpoint
+from .signals import StopSignals, ignore_stop_signals
 from .validation import png_bytes, sweep, sweep_sheet, validation_references
 
 logger = get_logger(__name__)
@@ -62,54 +52,6 @@ class TrainResult:
     interrupted: bool  # a signal stopped the run after saving a checkpoint
     adapter: FlexIPAdapter  # trained, attached to models.unet
     models: FrozenModels  # what it was trained with, ready to generate from
-
-
-class StopSignals:
-    """SIGINT/SIGTERM set `requested` instead of killing the process, so the loop can save first.
-
-    A second signal stops at once (KeyboardInterrupt, which the loop reports with what it loses), except while a
-    checkpoint is written (`saving`): then it waits until that checkpoint is whole, so nothing is lost.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self) -> StopSignals:  # noqa: PYI034 (Self needs Python 3.11)
-        self.requested = self.held = 0
-        self.writing = False
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if not self.requested:
-            self.requested = signum
-            print("flexip train: stopping after this step, with a checkpoint; a second Ctrl-C stops at once and "
-                  "loses the steps since the last checkpoint", file=sys.stderr)  # fmt: skip
-        elif self.writing:
-            self.held = signum
-            print("flexip train: finishing the checkpoint being written, then stopping", file=sys.stderr)
-        else:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def saving(self) -> Iterator[None]:
-        """A checkpoint is being written: a second signal waits until it is whole, then stops."""
-        self.writing = True
-        try:
-            yield
-        finally:
-            self.writing = False
-        if self.held:
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: the workers must live on while the main process saves.
-    for s in StopSignals.SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
 
 
 def _batch_seed(seed: int, position: int) -> int:
@@ -211,10 +153,6 @@ class Built:
     stream: MixedStream
 
 
-# What a run writes into its folder; a fresh run refuses a folder holding any of them unless told to delete them.
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "logs", "samples", "checkpoints", "adapter")
-
-
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> TrainResult:
     """Train (or resume) the run in `config.output_dir`; returns its final state.
 
@@ -244,24 +182,6 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     return TrainResult(run.run_dir, state, interrupted, built.adapter.eval(), built.models)
 
 
-def _check_run_folder(run_dir: Path, resume: str | None, overwrite: bool) -> list[Path]:
-    """The outputs of an earlier run to delete (with `overwrite`); refuses to mix two runs in one folder."""
-    found = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
-    if resume and overwrite:
-        raise FlexIPError("--resume continues the run and --overwrite deletes it: give one of them")
-    continuing = resume == "latest" or (
-        resume is not None and Path(resume).resolve().parent == (run_dir / "checkpoints").resolve()
-    )
-    if found and not continuing and not overwrite:
-        names = ", ".join(p.name for p in found)
-        what = f"--resume {resume} would continue another run in it" if resume else "a fresh run would mix with it"
-        raise FlexIPError(
-            f"output_dir {run_dir} already holds a training run ({names}) and {what}: continue that run with "
-            "--resume latest, start over with --overwrite (deletes those), or choose another --output-dir"
-        )
-    return found if overwrite else []
-
-
 def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> Run:
     """The accelerator, the inputs a tiny config asks for, and the checkpoint `resume` names."""
     for tracker in config.log_with:
@@ -273,7 +193,7 @@ def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> R
             "config mixed_precision: fp16 needs a GPU (its grad scaler does not run on CPUs); use bf16 or no"
         )
     run_dir = check_writable(Path(config.output_dir), "output_dir")
-    previous = _check_run_folder(run_dir, resume, overwrite)
+    previous = check_run_folder(run_dir, resume, overwrite)
     accelerator = Accelerator(
         # Without an accelerator device, accelerate runs torchrun's processes as one unless told it is on CPUs
         # (then it uses its multi-CPU gloo mode).
@@ -284,28 +204,11 @@ def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> R
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     with accelerator.main_process_first():
-        if accelerator.is_main_process:
-            for path in previous:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            if previous:
-                logger.info(f"--overwrite: deleted the earlier run's {', '.join(p.name for p in previous)} in {run_dir}")
+        if accelerator.is_main_process and previous:
+            delete_outputs(run_dir, previous)
         _prepare_inputs(config)
-        resume_from = _resume_from(run_dir, resume, accelerator.is_main_process) if resume else None
+        resume_from = resume_from_checkpoint(run_dir, resume, accelerator.is_main_process) if resume else None
     return Run(config, accelerator, run_dir, resume_from)
-
-
-def _resume_from(run_dir: Path, resume: str, main: bool) -> Path | None:
-    """The checkpoint to continue from; the main process moves damaged newer ones aside and says why."""
-    path, damaged = resolve_resume(resume, run_dir)
-    for bad, reason in damaged:
-        if main:
-            logger.warning(f"skipped damaged checkpoint {bad} ({reason}); kept as {move_aside(bad)}")
-    if path is None and damaged:
-        raise FlexIPError(
-            f"--resume latest: no whole checkpoint in {run_dir / 'checkpoints'} (the damaged ones are kept beside "
-            "it as damaged-checkpoint-*); start over with --overwrite, or --resume one of them after repairing it"
-        )
-    return path
 
 
 def build(run: Run) -> Built:
@@ -358,7 +261,7 @@ def data_loader(run: Run, built: Built, state: TrainingState) -> torch.utils.dat
     )  # fmt: skip
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.num_workers,
-        worker_init_fn=_ignore_stop_signals, pin_memory=accelerator.device.type == "cuda",
+        worker_init_fn=ignore_stop_signals, pin_memory=accelerator.device.type == "cuda",
     )  # fmt: skip
 
 
