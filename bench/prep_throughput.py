@@ -15,13 +15,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
+import av
+import numpy as np
 
-from flexip.prep import Captioner, prepare_images, prepare_videos  # noqa: E402
-from flexip.prep.videos import sample_clip  # noqa: E402
-from prep_media import noise  # noqa: E402
-from test_prep_models import save_tiny_qwen2_vl  # noqa: E402
+from flexip.prep import Captioner, prepare_images, prepare_videos
+from flexip.prep.videos import sample_clip
+from prep_media import noise
+from test_prep_models import save_tiny_qwen2_vl
 
 PHOTOS, PHOTO_SIZE = 200, (768, 512)
 CLIPS, CLIP_SECONDS, CLIP_SIZE, FPS = 3, 10, 480, 30

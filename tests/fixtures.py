@@ -15,7 +15,6 @@ from flexip.cli import main
 from flexip.evaluation.aesthetic import AestheticHead
 from flexip.tiny import IMAGE_SIZE, WIDTH, build_tiny_base, build_tiny_image_encoders, byte_level_tokenizer
 
-
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 
 

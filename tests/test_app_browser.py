@@ -15,11 +15,11 @@ playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 
-from flexip.app.page import running  # noqa: E402
-from flexip.app.service import Service  # noqa: E402
-from flexip.demo_subject import DEMO_PROMPT, DEMO_REFERENCE  # noqa: E402
-from flexip.pipeline.output import SETTINGS_CHUNK  # noqa: E402
-from flexip.pipeline.settings import ModelSettings, load_pipeline  # noqa: E402
+from flexip.app.page import running
+from flexip.app.service import Service
+from flexip.demo_subject import DEMO_PROMPT, DEMO_REFERENCE
+from flexip.pipeline.output import SETTINGS_CHUNK
+from flexip.pipeline.settings import ModelSettings, load_pipeline
 
 MODELS = ModelSettings(device="cpu")  # the embedded demo model
 WAIT_MS = 60_000

@@ -16,10 +16,9 @@ def test_a_second_signal_waits_for_the_checkpoint_being_written(capsys):
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested == signal.SIGINT  # the first only asks the loop to stop after saving
         written = []
-        with pytest.raises(KeyboardInterrupt):
-            with stop.saving():
-                os.kill(os.getpid(), signal.SIGTERM)
-                written.append("the rest of the checkpoint")  # not cut short by the second signal
+        with pytest.raises(KeyboardInterrupt), stop.saving():
+            os.kill(os.getpid(), signal.SIGTERM)
+            written.append("the rest of the checkpoint")  # not cut short by the second signal
         assert written == ["the rest of the checkpoint"]
         with pytest.raises(KeyboardInterrupt):  # between checkpoints, a second signal stops at once
             os.kill(os.getpid(), signal.SIGINT)

@@ -4,6 +4,7 @@ multistep scheduler (DPM++) too: each thread gets exactly the image it gets alon
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -66,21 +67,11 @@ def test_mixed_settings_in_threads_give_each_call_its_own_image(tiny_models, loa
             barrier.wait()
         return tensors
 
-    results, errors = [None] * len(calls), []
-
-    def worker(index):
-        try:
-            results[index] = run(calls[index], callback_on_step_end=step_together)
-        except Exception as e:  # reported below: a thread's exception would otherwise vanish
-            errors.append(e)
-            barrier.abort()
-
-    threads = [threading.Thread(target=worker, args=(index,)) for index in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(run, settings, callback_on_step_end=step_together) for settings in calls]
+        for future in futures:  # a call that fails frees the others from the barrier at once
+            future.add_done_callback(lambda done: done.exception() is not None and barrier.abort())
+    results = [future.result() for future in futures]  # re-raises a thread's exception here
     # Concurrent threads may split torch's reductions differently (rounding-level differences); a call reading
     # the other's scheduler or guidance changes pixels by far more.
     for result, expected in zip(results, alone):

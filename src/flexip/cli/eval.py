@@ -215,10 +215,9 @@ def _register_score(commands) -> None:
 def run_score(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    from ..evaluation.results import SCORES_FILE, SUMMARY_FILE
     from ..evaluation.score import Scorer, check_results, score_results
     from ..evaluation.score_config import ScoreConfig
-
-    from ..evaluation.results import SCORES_FILE, SUMMARY_FILE
 
     for directory in args.results:
         check_results(directory)

@@ -23,7 +23,14 @@ from ..atomic import atomic_write_bytes
 from ..errors import FlexIPError
 from .benchmarks import Benchmark, Case
 from .methods import Method, Unit
-from .results import GENERATION_FILE, PlannedImage, read_generation, readable_image, write_json, write_manifest
+from .results import (
+    GENERATION_FILE,
+    PlannedImage,
+    read_generation,
+    readable_image,
+    write_json,
+    write_manifest,
+)
 
 
 def _variant(method: Method, dial: float | None) -> str:

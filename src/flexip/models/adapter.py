@@ -8,7 +8,6 @@ import math
 import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
