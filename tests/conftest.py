@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from flexip import FlexIPAdapter
+from flexip.families import SDXL
 from flexip.tiny import ModelSet, save_tiny_model_set
 
 
@@ -42,6 +43,22 @@ def tiny_models(tmp_path_factory) -> ModelSet:
 
 
 @pytest.fixture(scope="session")
+def tiny_xl_models(tmp_path_factory) -> ModelSet:
+    """The tiny model set on a tiny SDXL base (`flexip tiny-models --family sdxl`). Treat it as read-only."""
+    return save_tiny_model_set(tmp_path_factory.mktemp("tiny-xl-models"), family=SDXL)
+
+
+def with_random_personalization(adapter: FlexIPAdapter) -> FlexIPAdapter:
+    """`adapter` with random Personalization residuals in place of its zero ones (see `load_test_adapter`)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in adapter.personalization.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return adapter
+
+
+@pytest.fixture(scope="session")
 def load_test_adapter(tiny_models):
     """A function giving a fresh copy of the tiny adapter whose Personalization residuals are random.
 
@@ -51,12 +68,16 @@ def load_test_adapter(tiny_models):
     """
 
     def load() -> FlexIPAdapter:
-        adapter = FlexIPAdapter.from_pretrained(tiny_models.adapter)
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for parameter in adapter.personalization.parameters():
-                if not parameter.any():
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-        return adapter
+        return with_random_personalization(FlexIPAdapter.from_pretrained(tiny_models.adapter))
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def load_xl_test_adapter(tiny_xl_models):
+    """`load_test_adapter` for the tiny SDXL model set."""
+
+    def load() -> FlexIPAdapter:
+        return with_random_personalization(FlexIPAdapter.from_pretrained(tiny_xl_models.adapter))
 
     return load

@@ -13,6 +13,8 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 
 from flexip.cli import main
 from flexip.evaluation.aesthetic import AestheticHead
+from flexip.evaluation.methods import IP_ADAPTER_FILES
+from flexip.families import SD15, Family
 from flexip.tiny import IMAGE_SIZE, WIDTH, build_tiny_base, build_tiny_image_encoders, byte_level_tokenizer
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
@@ -30,23 +32,25 @@ def train_on_the_kit(tiny_models, run: Path, *extra: str) -> int:
                  *[a for s in settings for a in ("--set", s)], *extra])  # fmt: skip
 
 
-def save_tiny_ip_adapter(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """A tiny IP-Adapter for the tiny base, laid out like `h94/IP-Adapter` so that diffusers' own
-    `pipe.load_ip_adapter(directory, subfolder="models", weight_name="ip-adapter_sd15.safetensors")` loads it
-    offline: `models/ip-adapter_sd15.safetensors` (`image_proj.*`, `ip_adapter.*`) and `models/image_encoder/`."""
-    models = Path(directory) / "models"
-    unet = build_tiny_base(seed).unet
+def save_tiny_ip_adapter(directory: str | os.PathLike, seed: int = 0, family: Family = SD15) -> Path:
+    """A tiny IP-Adapter for the tiny base of `family`, laid out like `h94/IP-Adapter` so that diffusers' own
+    `pipe.load_ip_adapter(directory, subfolder=..., weight_name=...)` loads it offline: for SD1.5
+    `models/ip-adapter_sd15.safetensors` (`image_proj.*`, `ip_adapter.*`) and `models/image_encoder/`, for SDXL
+    the same under `sdxl_models/` as `ip-adapter_sdxl.safetensors`."""
+    subfolder, weight = IP_ADAPTER_FILES[family.name]
+    models = Path(directory) / subfolder
+    unet = build_tiny_base(seed, family).unet
     clip, clip_processor, _, _ = build_tiny_image_encoders(seed + 1)
     clip.save_pretrained(models / "image_encoder")
     clip_processor.save_pretrained(models / "image_encoder")
 
     torch.manual_seed(seed + 3)
-    tokens = 4  # the plain IP-Adapter projects the image embedding to 4 tokens
+    tokens, width = 4, unet.config.cross_attention_dim  # the plain IP-Adapter projects the embedding to 4 tokens
     tensors = {
-        "image_proj.proj.weight": torch.randn(tokens * WIDTH, clip.config.projection_dim) * 0.1,
-        "image_proj.proj.bias": torch.zeros(tokens * WIDTH),
-        "image_proj.norm.weight": torch.ones(WIDTH),
-        "image_proj.norm.bias": torch.zeros(WIDTH),
+        "image_proj.proj.weight": torch.randn(tokens * width, clip.config.projection_dim) * 0.1,
+        "image_proj.proj.bias": torch.zeros(tokens * width),
+        "image_proj.norm.weight": torch.ones(width),
+        "image_proj.norm.bias": torch.zeros(width),
     }
     # diffusers numbers the attention processors in order and gives the cross-attention ones the odd ids.
     cross_attention = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
@@ -55,7 +59,7 @@ def save_tiny_ip_adapter(directory: str | os.PathLike, seed: int = 0) -> Path:
         # IP-Adapter initialises its image K/V from the layer's own text K/V.
         tensors[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"] = attention.to_k.weight.detach().clone()
         tensors[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"] = attention.to_v.weight.detach().clone()
-    save_file(tensors, models / "ip-adapter_sd15.safetensors")
+    save_file(tensors, models / weight)
     return Path(directory)
 
 

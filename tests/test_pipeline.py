@@ -214,7 +214,7 @@ def test_bad_input_fails_before_any_model_runs(pipe, references, kwargs, message
 
 
 def test_loading_errors_name_what_is_wrong(tmp_path, tiny_models):
-    with pytest.raises(FlexIPError, match="cannot load a Stable Diffusion base"):
+    with pytest.raises(FlexIPError, match="cannot load a Stable Diffusion 1.5 base"):
         FlexIPPipeline.from_pretrained(base=tmp_path / "nothing", adapter=tiny_models.adapter)
     with pytest.raises(FlexIPError, match="not found"):
         FlexIPPipeline.from_pretrained(base=tiny_models.base, adapter=tmp_path)

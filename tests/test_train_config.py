@@ -19,7 +19,7 @@ from flexip.training.trainer import build_optimizer
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "sd15.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "sd15.yaml", "tiny-sdxl.yaml", "sdxl.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert isinstance(config, TrainConfig)
@@ -34,6 +34,15 @@ def test_sd15_config_is_the_papers_recipe():
     assert config.model.image_encoder == "h94/IP-Adapter/models/image_encoder"
     assert config.model.dino_encoder == "facebook/dinov2-large"
     assert (config.model.gate.image_init, config.model.gate.video_init) == (0.8, 0.2)
+
+
+def test_sdxl_config_is_the_sd15_recipe_at_1024_px_with_the_same_encoders():
+    xl, sd15 = load_config(CONFIGS / "sdxl.yaml"), load_config(CONFIGS / "sd15.yaml")
+    assert xl.model.base == "stabilityai/stable-diffusion-xl-base-1.0" and xl.data.resolution == 1024
+    assert (xl.model.image_encoder, xl.model.dino_encoder) == (sd15.model.image_encoder, sd15.model.dino_encoder)
+    assert (xl.dropout, xl.model.gate, xl.learning_rate) == (sd15.dropout, sd15.model.gate, sd15.learning_rate)
+    effective = xl.batch_size * xl.gradient_accumulation_steps
+    assert effective == sd15.batch_size * sd15.gradient_accumulation_steps  # pairs per process and optimizer step
 
 
 def test_overrides_reach_nested_keys_and_parse_values(tmp_path):

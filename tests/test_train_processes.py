@@ -18,7 +18,8 @@ from flexip.models.adapter import FlexIPAdapter
 from flexip.training.checkpoint import parameter_hash
 from recipes.demo.manifest import ManifestConfig, write_manifest
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+CONFIG = CONFIGS / "tiny.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # one thread each: two cores are shared
 
 
@@ -32,14 +33,15 @@ def four_pairs(tmp_path_factory) -> Path:
 
 
 def train_args(
-    models, manifest: Path, output_dir: Path, max_steps: int, *extra: str, resume: str | None = None
+    models, manifest: Path, output_dir: Path, max_steps: int, *extra: str, resume: str | None = None,
+    config: Path = CONFIG,
 ) -> list[str]:
     overrides = [
         "model.tiny_models=''", f"model.base={models.base}", f"model.image_encoder={models.image_encoder}",
         f"model.dino_encoder={models.dinov2}", f"data.manifest={manifest}", "log_with=[]", "log_every=1",
         "validation.every=1000", "learning_rate=1e-2", *extra,
     ]  # fmt: skip
-    args = ["train", "--config", str(CONFIG), "--output-dir", str(output_dir), "--max-steps", str(max_steps)]
+    args = ["train", "--config", str(config), "--output-dir", str(output_dir), "--max-steps", str(max_steps)]
     args += ["--resume", resume] if resume else []
     return args + [a for o in overrides for a in ("--set", o)]
 
@@ -49,13 +51,17 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {record["step"]: record["loss"] for record in records}
 
 
-def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(
-    tmp_path, tiny_models, four_pairs
-):
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(tmp_path, request, four_pairs, family):
+    models = request.getfixturevalue({"sd15": "tiny_models", "sdxl": "tiny_xl_models"}[family])
+    config = CONFIGS / {"sd15": "tiny.yaml", "sdxl": "tiny-sdxl.yaml"}[family]
+
+    def args(output_dir: Path, max_steps: int, *extra: str, resume: str | None = None) -> list[str]:
+        return train_args(models, four_pairs, output_dir, max_steps, *extra, resume=resume, config=config)
+
     killed = tmp_path / "killed"
-    args = train_args(tiny_models, four_pairs, killed, 1000, "checkpoint_every=2", "keep_checkpoints=2")
-    process = subprocess.Popen([sys.executable, "-m", "flexip", *args], env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "flexip", *args(killed, 1000, "checkpoint_every=2",
+                               "keep_checkpoints=2")], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     checkpoints = killed / "checkpoints"
     deadline = time.monotonic() + 120
     while not (checkpoints / "checkpoint-00000004").is_dir():
@@ -69,17 +75,15 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(
     complete = sorted(p.name for p in checkpoints.glob("checkpoint-*"))
     assert len(complete) <= 2  # keep_checkpoints, even with a save in flight when killed
     latest = int(complete[-1].split("-")[1])
-    assert (
-        main(train_args(tiny_models, four_pairs, killed, latest + 3, "checkpoint_every=2", resume="latest"))
-        == 0
-    )
+    assert main(args(killed, latest + 3, "checkpoint_every=2", resume="latest")) == 0
     reference = tmp_path / "reference"
-    assert main(train_args(tiny_models, four_pairs, reference, latest + 3, "checkpoint_every=2")) == 0
+    assert main(args(reference, latest + 3, "checkpoint_every=2")) == 0
     expected, resumed = losses(reference), losses(killed)
     assert [resumed[s] for s in range(latest + 1, latest + 4)] == [
         expected[s] for s in range(latest + 1, latest + 4)
     ]
-    assert FlexIPAdapter.from_pretrained(killed / "adapter").state_dict().keys()  # the export is loadable
+    exported = FlexIPAdapter.from_pretrained(killed / "adapter")  # the export is loadable, and knows its family
+    assert exported.config.base_family == family
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")

@@ -5,7 +5,8 @@ Every test (and the embedded default until a trained demo model ships) goes thro
 
 Layout written under `root` (docs/formats.md):
 
-    base/           a diffusers StableDiffusionPipeline directory (UNet, VAE, text encoder, tokenizer, scheduler)
+    base/           a diffusers pipeline directory of the family asked for: Stable Diffusion 1.5's (UNet, VAE,
+                    text encoder, tokenizer, scheduler) or SDXL's (two text encoders and tokenizers)
     image_encoder/  transformers CLIPVisionModelWithProjection + CLIPImageProcessor
     dinov2/         transformers Dinov2Model + BitImageProcessor
     adapter/        FlexIP adapter directory, whose config points at ../image_encoder and ../dinov2
@@ -22,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from PIL import Image, ImageDraw
 from transformers import (
     BitImageProcessor,
     CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
@@ -37,10 +39,12 @@ from transformers import (
 )
 
 from .atomic import atomic_directory
+from .families import SD15, SDXL, Family
 from .models.adapter import FlexIPAdapter
 
 IMAGE_SIZE = 32  # pixels; the UNet works on 16x16 latents
 WIDTH = 32  # every hidden width in the kit
+XL_SECOND_WIDTH = 48  # but the tiny SDXL's second text encoder's, which differs from the first as SDXL's does
 
 
 @dataclass(frozen=True)
@@ -85,21 +89,38 @@ def byte_level_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[], model_max_length=77)
 
 
-def build_tiny_base(seed: int = 0) -> StableDiffusionPipeline:
-    """A Stable-Diffusion-shaped pipeline small enough to run a denoising step in milliseconds on a CPU."""
+def build_tiny_base(seed: int = 0, family: Family = SD15):
+    """A pipeline of `family`'s shape small enough to run a denoising step in milliseconds on a CPU.
+
+    The SDXL one has SDXL's structure at a tiny width: two text encoders of different widths (WIDTH and
+    XL_SECOND_WIDTH, as SDXL's are 768 and 1280 wide) whose hidden states are concatenated, the second one's
+    pooled projection and the six size numbers in `added_cond_kwargs`, and blocks of different head counts and
+    transformer depths.
+    """
     torch.manual_seed(seed)
+    xl = family is SDXL
+    shape = {
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": WIDTH,
+        "attention_head_dim": 8,
+    }
+    if xl:
+        shape = {
+            "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            "cross_attention_dim": WIDTH + XL_SECOND_WIDTH,
+            "attention_head_dim": (2, 4),
+            "transformer_layers_per_block": (1, 2),
+            "use_linear_projection": True,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + XL_SECOND_WIDTH,
+        }
     unet = UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=WIDTH,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+        sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        norm_num_groups=32, **shape,
+    )  # fmt: skip
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -111,27 +132,21 @@ def build_tiny_base(seed: int = 0) -> StableDiffusionPipeline:
         sample_size=IMAGE_SIZE,
     )
     tokenizer = byte_level_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=WIDTH,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_config = {
+        "vocab_size": len(tokenizer), "hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+    }  # fmt: skip
+    text = {"tokenizer": tokenizer, "text_encoder": CLIPTextModel(CLIPTextConfig(**text_config))}
+    if xl:
+        wider = {**text_config, "hidden_size": XL_SECOND_WIDTH, "projection_dim": XL_SECOND_WIDTH}
+        second = CLIPTextModelWithProjection(CLIPTextConfig(**wider))
+        text.update(tokenizer_2=byte_level_tokenizer(), text_encoder_2=second)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
         steps_offset=1,
     )
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
-    )  # fmt: skip
+    return family.assemble(vae, unet, scheduler, text)
 
 
 def build_tiny_image_encoders(seed: int = 0) -> tuple:
@@ -231,14 +246,16 @@ def save_tiny_data_set(root: str | os.PathLike, seed: int = 0) -> Path:
     return manifest
 
 
-def save_tiny_model_set(root: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> ModelSet:
-    """Build the whole tiny model set with random weights and save it under `root`; returns its paths.
+def save_tiny_model_set(
+    root: str | os.PathLike, seed: int = 0, overwrite: bool = False, family: Family = SD15
+) -> ModelSet:
+    """Build the whole tiny model set (its base of `family`) with random weights and save it under `root`.
 
     Each part (base/, image_encoder/, dinov2/, adapter/, data/) is written atomically, so a part that exists is
     complete: it is kept as it is (a trained adapter put there survives) unless `overwrite` replaces it.
     """
     models = ModelSet(Path(root))
-    base = build_tiny_base(seed)
+    base = build_tiny_base(seed, family)
     clip, clip_processor, dino, dino_processor = build_tiny_image_encoders(seed + 1)
     torch.manual_seed(seed + 2)
     adapter = FlexIPAdapter.for_unet(

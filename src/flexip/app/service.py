@@ -218,8 +218,8 @@ class Service:
                  "--scale", f"{sampling.scale:g}", "--scheduler", request.scheduler]  # fmt: skip
         if sampling.negative_prompt:
             words += ["--negative-prompt", sampling.negative_prompt]
-        for flag, value in [("--adapter", models.adapter), ("--base", models.base), ("--device", models.device),
-                            ("--dtype", models.dtype)]:  # fmt: skip
+        for flag, value in [("--adapter", models.adapter), ("--base", models.base), ("--base-config", models.base_config),
+                            ("--device", models.device), ("--dtype", models.dtype)]:  # fmt: skip
             if value is not None:
                 words += [flag, value]
         words += ["--out", "sweep/" if sweep else "flexip.png"]

@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 def _register_generate(commands) -> None:
     from ..evaluation.benchmarks import BENCHMARKS
     from ..evaluation.generate_config import DTYPES, Sampling
-    from ..evaluation.methods import METHODS, FlexIPMethod, IPAdapterMethod
+    from ..evaluation.methods import IP_ADAPTER_FILES, METHODS, FlexIPMethod
 
     sampling = Sampling()
 
@@ -108,13 +108,14 @@ def _register_generate(commands) -> None:
     p.add_argument("--ip-adapter", help="ip-adapter: hub id or directory, e.g. h94/IP-Adapter")
     p.add_argument(
         "--ip-adapter-subfolder",
-        default=IPAdapterMethod.ip_adapter_subfolder,
-        help=f"ip-adapter: subfolder (default: {IPAdapterMethod.ip_adapter_subfolder})",
+        help="ip-adapter: subfolder (default: the base's family's in h94/IP-Adapter: models on SD1.5, sdxl_models "
+        "on SDXL)",
     )
     p.add_argument(
         "--ip-adapter-weight",
-        default=IPAdapterMethod.ip_adapter_weight,
-        help=f"ip-adapter: weight file (default: {IPAdapterMethod.ip_adapter_weight})",
+        help=f"ip-adapter: weight file (default: {IP_ADAPTER_FILES['sd15'][1]} on SD1.5, "
+        f"{IP_ADAPTER_FILES['sdxl'][1]} on SDXL; IP-Adapter Plus is ip-adapter-plus_sd15.safetensors / "
+        "ip-adapter-plus_sdxl_vit-h.safetensors)",
     )
     p.add_argument("--images", help="folder: a directory of <subject>/<NN>/<name>.png, NN the prompt's index")
     p.add_argument(

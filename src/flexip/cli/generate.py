@@ -72,7 +72,13 @@ def add_loading_options(parser: argparse.ArgumentParser) -> None:
     """Which model to load and where: what `flexip serve` takes too (its page sets the rest per request)."""
     parser.add_argument(
         "--base", default=None,
-        help="Stable Diffusion base: hub id or directory (default: the base the adapter records)",
+        help="Stable Diffusion 1.5 or SDXL base: hub id, diffusers directory, or one .safetensors checkpoint file "
+        "of a fine-tune (default: the base the adapter records)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--base-config", default=None,
+        help="for a checkpoint-file --base: a diffusers directory (or hub id) of its family to take the components' "
+        "configs from, e.g. a local copy of stable-diffusion-v1-5 (needed offline unless they are in the cache)",
     )  # fmt: skip
     parser.add_argument(
         "--adapter", default=None, help="FlexIP adapter directory (default: the embedded model)"
@@ -114,8 +120,8 @@ def model_settings(args: argparse.Namespace):
     from ..pipeline.settings import ModelSettings, resolve_device
 
     resolve_device(args.device, name="--device")
-    return ModelSettings(adapter=args.adapter, base=args.base, device=args.device, dtype=args.dtype,
-                         scheduler=args.scheduler)  # fmt: skip
+    return ModelSettings(adapter=args.adapter, base=args.base, base_config=args.base_config, device=args.device,
+                         dtype=args.dtype, scheduler=args.scheduler)  # fmt: skip
 
 
 def load_models(models, sampling):

@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from ..app.service import Service
 
     resolve_device(args.device, name="--device")
-    models = ModelSettings(adapter=args.adapter, base=args.base, device=args.device, dtype=args.dtype)
+    models = ModelSettings(
+        adapter=args.adapter, base=args.base, base_config=args.base_config, device=args.device, dtype=args.dtype
+    )
     loaded = load_pipeline(models)
     loaded.pipe.set_progress_bar_config(disable=True)  # the page has its own progress bar
     with running(lambda results: Service(loaded, models, results), args.host, args.port) as url:

@@ -10,7 +10,7 @@ def register(subparsers) -> None:
         "tiny-models",
         help="write a tiny random model set (base, encoders, adapter, a small data set) for tests and plumbing checks",
         description="Write a complete tiny model set with random weights in the real diffusers/transformers "
-        "formats: DIR/base (Stable Diffusion pipeline), DIR/image_encoder (CLIP vision), DIR/dinov2, DIR/adapter "
+        "formats: DIR/base (a Stable Diffusion 1.5 pipeline, or SDXL's with --family sdxl), DIR/image_encoder (CLIP vision), DIR/dinov2, DIR/adapter "
         "(FlexIP), DIR/data (a small training set: manifest.jsonl and its pictures). Its pictures are noise; it "
         "exists so everything, training included, can be run without downloading weights.",
     )
@@ -18,6 +18,11 @@ def register(subparsers) -> None:
         "directory", help="where to write the model set (created; parts already there are kept as they are)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
+    parser.add_argument(
+        "--family", choices=("sd15", "sdxl"), default="sd15",
+        help="the base model's family: sd15 (Stable Diffusion 1.5's shape, the default) or sdxl (two text "
+        "encoders, pooled text and size conditioning); the adapter is sized for it",
+    )  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true",
         help="replace the parts that already exist: deletes everything in them, a trained adapter in DIR/adapter too",
@@ -27,11 +32,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
+    from ..families import family_named
     from ..tiny import existing_parts, save_tiny_model_set
 
     kept = [] if args.overwrite else existing_parts(check_writable(args.directory, "DIR"))
-    models = save_tiny_model_set(args.directory, seed=args.seed, overwrite=args.overwrite)
-    print(f"wrote the tiny model set to {models.root}: base/, image_encoder/, dinov2/, adapter/, data/")
+    family = family_named(args.family)
+    models = save_tiny_model_set(args.directory, seed=args.seed, overwrite=args.overwrite, family=family)
+    print(f"wrote the tiny {family.title} model set to {models.root}: base/, image_encoder/, dinov2/, adapter/, data/")
     if kept:
         print(f"kept what was already there: {', '.join(kept)} (pass --overwrite to replace them)")
     return 0

@@ -144,14 +144,14 @@ class _Sampled(Method):
 
 
 def _stable_diffusion(base: str, dtype: torch.dtype):
-    from diffusers import StableDiffusionPipeline
+    """The base's own text-to-image pipeline: Stable Diffusion 1.5's or SDXL's, as its model_index.json says."""
+    from ..families import SD15, family_of_base, load_base
 
+    family = family_of_base(base) or SD15
     try:
-        return StableDiffusionPipeline.from_pretrained(base, torch_dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise FlexIPError(
-            f"cannot load a Stable Diffusion base model from {base!r}: {str(e).splitlines()[0]}"
-        ) from e
+        return load_base(family, base, torch_dtype=dtype)
+    except (OSError, ValueError, TypeError) as e:
+        raise FlexIPError(f"cannot load a {family.title} base model from {base!r}: {str(e).splitlines()[0]}") from e
 
 
 def _check_scales(scale: tuple[float, ...]) -> None:
@@ -219,6 +219,12 @@ class FlexIPMethod(_Sampled):
         ).images
 
 
+# Base family -> (subfolder, weight file) of the plain IP-Adapter in h94/IP-Adapter, which --ip-adapter-subfolder
+# and --ip-adapter-weight default to (IP-Adapter Plus: ip-adapter-plus_sd15 / ip-adapter-plus_sdxl_vit-h).
+IP_ADAPTER_FILES = {"sd15": ("models", "ip-adapter_sd15.safetensors"),
+                    "sdxl": ("sdxl_models", "ip-adapter_sdxl.safetensors")}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class IPAdapterMethod(_Sampled):
     """IP-Adapter through diffusers' own `load_ip_adapter`; its scale is pipeline-wide: one call per scale."""
@@ -227,12 +233,18 @@ class IPAdapterMethod(_Sampled):
     dial_name = "scale"
     scale: tuple[float, ...] = (1.0,)  # the dial values
     ip_adapter: str | None = None  # hub id or directory, as `load_ip_adapter` takes it
-    ip_adapter_subfolder: str = "models"
-    ip_adapter_weight: str = "ip-adapter_sd15.safetensors"
+    ip_adapter_subfolder: str | None = None  # None: the base family's (IP_ADAPTER_FILES)
+    ip_adapter_weight: str | None = None  # None: the base family's
 
     def __post_init__(self):
         self._needs("ip_adapter")
         _check_scales(self.scale)
+        from ..families import SD15, family_of_base
+
+        # h94/IP-Adapter's layout: the SD1.5 files under models/, the SDXL ones under sdxl_models/.
+        subfolder, weight = IP_ADAPTER_FILES[(family_of_base(self.base) or SD15).name]
+        object.__setattr__(self, "ip_adapter_subfolder", self.ip_adapter_subfolder or subfolder)
+        object.__setattr__(self, "ip_adapter_weight", self.ip_adapter_weight or weight)
 
     @property
     def dials(self) -> tuple[float, ...]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..atomic import atomic_directory, atomic_write_bytes, recover_directory
 from ..errors import FlexIPError
+from ..families import SD15, family_named, family_of_unet
 from .attention import (
     BranchProjections,
     FlexIPCondition,
@@ -69,6 +70,7 @@ class FlexIPConfig:
     dino_hidden_dim: int  # DINOv2 hidden size
     layers: dict[str, list[int]]  # attn2 processor name -> [K/V input width, K/V output width]
     base_model: str = ""  # diffusers base model it was trained on: hub id, or a path ("./x" = beside the adapter)
+    base_family: str = SD15.name  # the base model's family (flexip.families); a file without one is SD1.5's
     image_encoder: str = ""  # CLIP vision model it was trained with, same convention
     dino_encoder: str = ""  # DINOv2 model it was trained with, same convention
     dino_layer: int = -2  # which DINOv2 hidden state feeds the Preservation adapter (-2: penultimate block)
@@ -97,6 +99,7 @@ class FlexIPConfig:
                 data[key] = _build(sub_cls, data[key], f"{source}: {key}")
         config = _build(cls, data, source)
         check_values(config, source)
+        family_named(config.base_family, f"{source}: base_family")
         layers = config.layers
         if not isinstance(layers, dict) or not all(
             isinstance(name, str) and _is_sizes(widths, 2) for name, widths in layers.items()
@@ -225,6 +228,7 @@ class FlexIPAdapter(nn.Module):
                 "dino_hidden_dim": dino_hidden_dim,
                 "layers": {name: [a.to_k.in_features, a.to_k.out_features] for name, a in layers.items()},
                 "base_model": base_model,
+                "base_family": family_of_unet(unet).name,
                 "image_encoder": image_encoder,
                 "dino_encoder": dino_encoder,
                 "format_version": FORMAT_VERSION,
@@ -275,7 +279,13 @@ class FlexIPAdapter(nn.Module):
         detach(unet)
 
     def check_compatible(self, unet: nn.Module) -> None:
-        """Fail with the first layer whose size differs between this adapter and `unet`."""
+        """Fail on a base of another family, or with the first layer whose size differs from `unet`'s."""
+        ours, theirs = family_named(self.config.base_family), family_of_unet(unet)
+        if ours is not theirs:
+            raise FlexIPError(
+                f"this adapter was trained for {ours.title} (base_family {ours.name!r}) but the base model is "
+                f"{theirs.title}: use a {ours.title} base, or an adapter trained for {theirs.title}"
+            )
         layers = cross_attention_layers(unet)
         for name, (in_dim, out_dim) in self.config.layers.items():
             if name not in layers:

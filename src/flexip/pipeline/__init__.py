@@ -1,7 +1,7 @@
-"""Generation with the preservation dial: `FlexIPPipeline`, and FlexIP on stock diffusers pipelines."""
+"""Generation with the preservation dial: `FlexIPPipeline` (SD1.5) and `FlexIPXLPipeline` (SDXL), and FlexIP on stock diffusers pipelines."""
 
 from .injection import FlexIPInjection
-from .pipeline import FlexIPPipeline
+from .pipeline import FlexIPPipeline, FlexIPXLPipeline, flexip_pipeline_for
 from .stock import load_flexip, unload_flexip
 
-__all__ = ["FlexIPInjection", "FlexIPPipeline", "load_flexip", "unload_flexip"]
+__all__ = ["FlexIPInjection", "FlexIPPipeline", "FlexIPXLPipeline", "flexip_pipeline_for", "load_flexip", "unload_flexip"]

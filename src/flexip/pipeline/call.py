@@ -3,8 +3,9 @@
 The path a `preservation` value takes, from the call to the attention processor (method.md §2.3, §4):
 
 1. `flexip_call` checks it: one value or a list, each in [0, 1] (`checks.check_preservation`).
-2. It encodes the prompt once, for all values, and repeats every per-sample input once per value, innermost:
-   the prompt embeddings, the starting noise (`_per_sample_generators`) and any given latents. `g` becomes a
+2. It encodes the prompt once, for all values, as the base family's pipeline does (`flexip.families`), and
+   repeats every per-sample input once per value, innermost: the prompt embeddings (and SDXL's pooled ones),
+   the starting noise (`_per_sample_generators`) and any given latents. `g` becomes a
    tensor with one value per conditional sample, in that order.
 3. `FlexIPInjection.generating(reference, g, scale, samples)` holds the reference and `g` for the length of
    the call, in a context variable: per thread, never on the shared pipeline or UNet.
@@ -73,11 +74,11 @@ def flexip_call(
 
     # 2. Encode the prompt and the reference once, for all preservation values.
     guided = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
-    prompt_embeds, negative_prompt_embeds = _encode_prompt(pipe, arguments, images_per_prompt, guided)
+    embeds = pipe.flexip.family.encode_prompt(pipe, arguments, images_per_prompt, guided)
     encoded = pipe.flexip.encode_reference(prepared)
 
     # 3. Every per-sample input once per value, the values innermost.
-    samples = prompt_embeds.shape[0]  # conditional samples: prompts x images per prompt
+    samples = embeds["prompt_embeds"].shape[0]  # conditional samples: prompts x images per prompt
     repeats = len(values)
 
     def per_value(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -86,11 +87,11 @@ def flexip_call(
     latents = arguments.get("latents")
     if latents is not None and latents.shape[0] != samples:
         raise FlexIPError(f"latents hold {latents.shape[0]} samples; give one per prompt and image ({samples})")
+    arguments.update({name: None for name in pipe.flexip.family.prompt_names()})
+    arguments.update({name: per_value(tensor) for name, tensor in embeds.items()})
     arguments.update(
-        prompt=None, negative_prompt=None, num_images_per_prompt=1,
-        prompt_embeds=per_value(prompt_embeds), negative_prompt_embeds=per_value(negative_prompt_embeds),
-        generator=_per_sample_generators(arguments.get("generator"), samples, repeats),
-    )  # fmt: skip
+        num_images_per_prompt=1, generator=_per_sample_generators(arguments.get("generator"), samples, repeats)
+    )
     if latents is not None:
         arguments["latents"] = per_value(latents)
     if isinstance(arguments["generator"], list) and "strength" in signature.parameters:
@@ -144,20 +145,6 @@ def _named_arguments(signature: inspect.Signature, pipe, args: tuple, kwargs: di
         else:
             arguments[name] = value
     return arguments
-
-
-def _encode_prompt(pipe, arguments: dict, images_per_prompt: int, guided: bool):
-    """(prompt_embeds, negative_prompt_embeds) with one row per prompt and image, as the pipeline encodes them.
-
-    Stable Diffusion 1.5's text path: one CLIP text encoder, no pooled embeddings. What another base family
-    encodes differently (SDXL's two encoders and `added_cond_kwargs`) is what this function does not know yet.
-    """
-    lora_scale = (arguments.get("cross_attention_kwargs") or {}).get("scale")
-    return pipe.encode_prompt(
-        arguments.get("prompt"), pipe._execution_device, images_per_prompt, guided, arguments.get("negative_prompt"),
-        prompt_embeds=arguments.get("prompt_embeds"), negative_prompt_embeds=arguments.get("negative_prompt_embeds"),
-        lora_scale=lora_scale, clip_skip=arguments.get("clip_skip"),
-    )  # fmt: skip
 
 
 def _per_sample_generators(generator, samples: int, repeats: int) -> list[torch.Generator] | None:

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import FlexIPError
+from ..families import family_named
 from ..models.adapter import FlexIPAdapter
 from ..models.attention import FlexIPAttnProcessor, FlexIPCondition
 from ..reference import EncodedReference, ReferenceCache, ReferenceEncoder
@@ -60,6 +61,7 @@ class FlexIPInjection:
         """
         self.unet = unet
         self.adapter = adapter
+        self.family = family_named(adapter.config.base_family)  # how the call encodes its prompt
         self.reference_encoder = reference_encoder
         self.follow_unet = follow_unet
         # Branch K/V computed once per generation; switched off only to measure what it saves (bench/reuse.py).

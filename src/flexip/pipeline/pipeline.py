@@ -1,27 +1,25 @@
-"""`FlexIPPipeline`: Stable Diffusion text-to-image with a reference image and the preservation dial."""
+"""`FlexIPPipeline`: text-to-image with a reference image and the preservation dial, on SD1.5 or SDXL."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from ..errors import FlexIPError
+from ..families import SD15, SDXL, Family, family_named, family_of_base, load_base
 from ..models.adapter import FlexIPAdapter
 from .call import flexip_call
 from .injection import FlexIPInjection, ReferenceInput
 
 
-class FlexIPPipeline(StableDiffusionPipeline):
-    """diffusers' `StableDiffusionPipeline` with FlexIP attached (method.md §2.3, §4).
-
-    Build it with `FlexIPPipeline.from_pretrained(base=..., adapter=...)`. Everything diffusers' pipeline does
-    (any scheduler, `pipe.to(...)`, callbacks, LoRA) works unchanged: the denoising loop is diffusers' own, and
-    the reference reaches the UNet through the hook described in `flexip.pipeline.injection`.
-    """
+class _WithReference:
+    """What both FlexIP pipelines add to their family's stock text-to-image pipeline."""
 
     flexip: FlexIPInjection
+    family: Family
 
     @classmethod
     def from_pretrained(
@@ -32,32 +30,51 @@ class FlexIPPipeline(StableDiffusionPipeline):
         image_encoder: str | os.PathLike | None = None,
         dino_encoder: str | os.PathLike | None = None,
         torch_dtype: torch.dtype | None = None,
-    ) -> FlexIPPipeline:
-        """Load a Stable Diffusion base (hub id or directory) and a FlexIP adapter (directory or object).
+        base_config: str | os.PathLike | None = None,
+    ):
+        """Load a base (hub id, diffusers directory, or one `.safetensors` checkpoint file of a fine-tune) and a
+        FlexIP adapter (directory or object).
 
-        The base and the encoders default to those the adapter's config records.
+        The base and the encoders default to those the adapter's config records. A single-file base takes its
+        components' configs from `base_config` (a diffusers directory or hub id of its family; needed offline
+        unless the configs are in the local cache). The pipeline is the
+        adapter's family's: `FlexIPPipeline` on Stable Diffusion 1.5, `FlexIPXLPipeline` on SDXL (either
+        class's `from_pretrained` gives the right one).
         """
         if not isinstance(adapter, FlexIPAdapter):
             adapter = FlexIPAdapter.from_pretrained(adapter)
+        family = family_named(adapter.config.base_family)
         base = base or adapter.resolve_model(adapter.config.base_model)
         if not base:
             raise FlexIPError(
-                "the adapter does not record its base model; pass the Stable Diffusion base it was trained on "
+                f"the adapter does not record its base model; pass the {family.title} base it was trained on "
                 "(base=... in Python, --base on the command line)"
             )
+        for given in (base, base_config):
+            found = None if given is None else family_of_base(given)
+            if found is not None and found is not family:
+                raise FlexIPError(
+                    f"the adapter was trained for {family.title} but the base {os.fspath(given)!r} is {found.title}: "
+                    f"give a {family.title} base, or an adapter trained for {found.title}"
+                )
         try:
-            stock = StableDiffusionPipeline.from_pretrained(os.fspath(base))
-        except (OSError, ValueError) as e:
+            stock = load_base(family, base, base_config)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            hint = (
+                f"name a diffusers directory of {family.title} as base_config (--base-config) for its configs"
+                if Path(base).is_file() else "give a diffusers pipeline directory or a hub id whose weights are downloaded"
+            )  # fmt: skip
             raise FlexIPError(
-                f"cannot load a Stable Diffusion base model from {str(base)!r} ({str(e).splitlines()[0]}); give a "
-                "diffusers pipeline directory or a hub id whose weights are downloaded"
+                f"cannot load a {family.title} base model from {str(base)!r} ({str(e).splitlines()[0]}); {hint}"
             ) from e
         # Cast after loading (diffusers renamed its dtype argument across versions), and only when needed:
         # diffusers 0.42 warns on every cast.
         modules = [module for module in stock.components.values() if isinstance(module, torch.nn.Module)]
         if torch_dtype is not None and any(module.dtype != torch_dtype for module in modules):
             stock.to(dtype=torch_dtype)
-        pipe = cls(**stock.components, requires_safety_checker=stock.config.requires_safety_checker)
+        target = flexip_pipeline_for(family)
+        settings = {name: stock.config[name] for name in family.pipeline_settings}
+        pipe = target(**stock.components, **settings)
         pipe.register_to_config(_name_or_path=os.fspath(base))  # as diffusers' from_pretrained records it
         pipe.flexip = FlexIPInjection.load(pipe.unet, adapter, image_encoder, dino_encoder, torch_dtype)
         return pipe
@@ -77,7 +94,8 @@ class FlexIPPipeline(StableDiffusionPipeline):
         `preservation`: g in [0, 1]: 1 keeps the subject's identity, 0 follows the prompt's edits; or a list of
         values, generated in one batch from the same starting noise. `scale`: the adapters' strength s (0 is the
         base model). Guidance's unconditional half uses the null reference and the negative prompt. Every other
-        argument is `StableDiffusionPipeline.__call__`'s, with its meaning.
+        argument is the family's stock pipeline's (`StableDiffusionPipeline.__call__` or
+        `StableDiffusionXLPipeline.__call__`), with its meaning and defaults.
 
         Output order: for each prompt, for each of its `num_images_per_prompt` images, one image per
         preservation value in the order given; images that differ only in preservation share their starting
@@ -87,6 +105,32 @@ class FlexIPPipeline(StableDiffusionPipeline):
         """
         if reference is None:
             raise FlexIPError("reference is missing: give the subject's image (a PIL image or a path)")
-        return flexip_call(
-            self, StableDiffusionPipeline.__call__, (), {"prompt": prompt, **kwargs}, reference, preservation, scale
-        )
+        stock_call = self.family.text_to_image.__call__
+        return flexip_call(self, stock_call, (), {"prompt": prompt, **kwargs}, reference, preservation, scale)
+
+
+class FlexIPPipeline(_WithReference, StableDiffusionPipeline):
+    """diffusers' `StableDiffusionPipeline` with FlexIP attached (method.md §2.3, §4).
+
+    Build it with `FlexIPPipeline.from_pretrained(base=..., adapter=...)` (an SDXL adapter gives a
+    `FlexIPXLPipeline`). Everything diffusers' pipeline does (any scheduler, `pipe.to(...)`, callbacks, LoRA)
+    works unchanged: the denoising loop is diffusers' own, and the reference reaches the UNet through the hook
+    described in `flexip.pipeline.injection`.
+    """
+
+    family = SD15
+
+
+class FlexIPXLPipeline(_WithReference, StableDiffusionXLPipeline):
+    """diffusers' `StableDiffusionXLPipeline` with FlexIP attached: `FlexIPPipeline`'s call on SDXL, with SDXL's
+    arguments and defaults (`prompt_2`, `original_size`, 1024 px, ...)."""
+
+    family = SDXL
+
+
+_PIPELINES = {SD15.name: FlexIPPipeline, SDXL.name: FlexIPXLPipeline}
+
+
+def flexip_pipeline_for(family: Family) -> type:
+    """The FlexIP pipeline class of a base family."""
+    return _PIPELINES[family.name]

@@ -25,7 +25,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 @dataclass(frozen=True)
 class ModelSettings:
     adapter: str | None = None  # FlexIP adapter directory; None: the embedded default model
-    base: str | None = None  # base model, hub id or directory; None: the one the adapter records
+    base: str | None = None  # base model: hub id, directory or .safetensors file; None: the one the adapter records
+    base_config: str | None = None  # a single-file base's configs: a diffusers directory or hub id of its family
     device: str | None = None  # torch device; None: cuda when available, else cpu
     dtype: str | None = None  # float32 | float16 | bfloat16; None: float16 on CUDA, float32 otherwise
     scheduler: str = "ddim"  # a name of flexip.schedulers.SCHEDULERS
@@ -88,10 +89,14 @@ def load_pipeline(settings: ModelSettings) -> LoadedModel:
         adapter, base = embedded.models.adapter, settings.base or embedded.models.base
     else:
         adapter, base = settings.adapter, settings.base
-    pipe = FlexIPPipeline.from_pretrained(base=base, adapter=adapter, torch_dtype=getattr(torch, dtype_name))
+    pipe = FlexIPPipeline.from_pretrained(
+        base=base, adapter=adapter, torch_dtype=getattr(torch, dtype_name), base_config=settings.base_config
+    )
     pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler)
     pipe.to(device)
     record = {"base": pipe.config._name_or_path, "adapter": str(adapter), "device": str(device), "dtype": dtype_name}
+    if settings.base_config:
+        record["base_config"] = settings.base_config
     return LoadedModel(pipe, embedded, record)
 
 

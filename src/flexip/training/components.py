@@ -1,4 +1,5 @@
-"""Loading the frozen models training needs: the Stable Diffusion parts and the two reference encoders."""
+"""Loading the frozen models training needs: the base model's parts (its family's text path among them) and
+the two reference encoders."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from torch import nn
 
 from ..errors import FlexIPError
+from ..families import SDXL, Family, family_named, family_of_unet
 from ..reference import ReferenceEncoder
 from .config import ModelConfig
 
@@ -19,12 +21,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FrozenModels:
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
+    family: Family  # the base model's (flexip.families)
+    text: dict[str, nn.Module]  # the family's tokenizers and text encoders, by pipeline component name
     vae: AutoencoderKL
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler  # the training noise schedule of the base model
     encoder: ReferenceEncoder
+
+    def modules(self) -> list[nn.Module]:
+        """Every frozen module with weights (text encoders, VAE, UNet, reference encoders)."""
+        text = [part for part in self.text.values() if isinstance(part, nn.Module)]
+        return [*text, self.vae, self.unet, self.encoder]
 
 
 def prepare_tiny_models(config: ModelConfig) -> None:
@@ -37,7 +44,7 @@ def prepare_tiny_models(config: ModelConfig) -> None:
     models = ModelSet(Path(config.tiny_models))
     if not (models.base / "model_index.json").is_file():
         logger.info("writing the tiny model set to %s (first run only)", models.root)
-        save_tiny_model_set(models.root)
+        save_tiny_model_set(models.root, family=family_named(config.tiny_family, "config model.tiny_family"))
     elif not models.manifest.is_file():
         logger.info("writing the tiny data set to %s (the kit there predates it)", models.data)
         save_tiny_data_set(models.data)
@@ -90,14 +97,26 @@ def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
             f"config model.base {base!r} predicts {scheduler.config.prediction_type!r}; FlexIP trains with the "
             "epsilon objective (method.md §3): use an epsilon-prediction model such as Stable Diffusion 1.5"
         )
+    unet = part(UNet2DConditionModel, "unet", torch_dtype=dtype)
+    family = family_of_unet(unet)
+    text = {
+        name: part(cls, name) if "tokenizer" in name else part(cls, name, dtype=dtype)
+        for name, cls in family.text_parts.items()
+    }
+    if config.vae:
+        _check_local("vae", config.vae)
+        vae = _load("vae", config.vae, lambda: AutoencoderKL.from_pretrained(config.vae, torch_dtype=dtype))
+    else:
+        vae = part(AutoencoderKL, "vae", torch_dtype=dtype)
+    if family is SDXL and dtype == torch.float16 and vae.config.force_upcast:
+        # SDXL's own VAE overflows in float16 (its pipelines upcast it for the same reason): it encodes in
+        # float32 unless model.vae names one fixed for float16 (force_upcast false in its config).
+        logger.info("the base's VAE overflows in float16: it encodes in float32 (set model.vae to a fixed one)")
+        vae.to(torch.float32)
     models = FrozenModels(
-        tokenizer=part(CLIPTokenizer, "tokenizer"),
-        text_encoder=part(CLIPTextModel, "text_encoder", dtype=dtype),
-        vae=part(AutoencoderKL, "vae", torch_dtype=dtype),
-        unet=part(UNet2DConditionModel, "unet", torch_dtype=dtype),
-        noise_scheduler=scheduler,
+        family=family, text=text, vae=vae, unet=unet, noise_scheduler=scheduler,
         encoder=load_reference_encoder(config, dtype),
-    )
-    for module in (models.text_encoder, models.vae, models.unet):
+    )  # fmt: skip
+    for module in models.modules():
         module.requires_grad_(False).eval()
     return models

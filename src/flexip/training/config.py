@@ -20,20 +20,26 @@ import yaml
 
 from ..defaults import BASE_MODEL, DINO_ENCODER, IMAGE_ENCODER
 from ..errors import FlexIPError
+from ..families import family_named
 from ..models.adapter import GateConfig, PersonalizationConfig, PreservationConfig, check_values
 from ..models.gate import MODALITIES
 
 
 @dataclass
 class ModelConfig:
-    # Stable Diffusion pipeline directory or hub id (unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    # Stable Diffusion 1.5 or SDXL pipeline directory or hub id (unet/, vae/, text encoders, tokenizers,
+    # scheduler/); the family is read from its UNet.
     base: str = BASE_MODEL
+    # A VAE to use instead of the base's (AutoencoderKL directory or hub id), e.g. SDXL's float16 fix
+    # madebyollin/sdxl-vae-fp16-fix; empty: the base's own (SDXL's then encodes in float32 under fp16).
+    vae: str = ""
     # CLIP vision model: a directory, a hub id, or "owner/repo/sub/folder" for a model in a repository folder.
     image_encoder: str = IMAGE_ENCODER
     dino_encoder: str = DINO_ENCODER  # DINOv2 model, same conventions
     # Where `flexip tiny-models` output is written when absent, so tiny.yaml runs from a fresh clone; empty
     # for real models. base/image_encoder/dino_encoder still name the directories to load.
     tiny_models: str = ""
+    tiny_family: str = "sd15"  # the base family of the tiny model set written there: sd15 or sdxl
     dino_layer: int = -2  # which DINOv2 hidden state feeds the Preservation adapter (method.md §2.1)
     preservation: PreservationConfig = field(default_factory=PreservationConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
@@ -142,6 +148,7 @@ class TrainConfig:
                 raise FlexIPError(f"config {key}: {seed} must be between 0 and 2**32 - 1")
         for part in ("preservation", "personalization", "gate"):
             check_values(getattr(self.model, part), "config", f"model.{part}.")
+        family_named(self.model.tiny_family, "config model.tiny_family")
         if self.data.num_workers < 0:
             raise FlexIPError(f"config data.num_workers: {self.data.num_workers} must be 0 or more")
         drop = self.dropout

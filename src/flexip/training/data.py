@@ -112,11 +112,23 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 def _centre_square(image: Image.Image, size: int) -> Image.Image:
+    width, height, left, top = _square_crop(image, size)
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    return image.crop((left, top, left + size, top + size))
+
+
+def _square_crop(image: Image.Image, size: int) -> tuple[int, int, int, int]:
+    """(width, height) of `image` resized so its short side is `size`, and the (left, top) of its centre square."""
     scale = size / min(image.size)
     width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((width, height), Image.Resampling.BICUBIC)
-    left, top = (width - size) // 2, (height - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    return width, height, (width - size) // 2, (height - size) // 2
+
+
+def size_conditioning(image: Image.Image, size: int) -> torch.Tensor:
+    """SDXL's micro-conditioning of a target cut by `_centre_square`: (original height, original width, crop
+    top, crop left, target height, target width), the crop in the resized image's pixels as SDXL was trained."""
+    _, _, left, top = _square_crop(image, size)
+    return torch.tensor([image.height, image.width, top, left, size, size])
 
 
 def augment_reference(
@@ -193,6 +205,7 @@ class PairDataset(torch.utils.data.Dataset):
         sample = {
             "reference": reference,
             "pixel_values": torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0,  # (3, H, W) in [-1, 1]
+            "sizes": size_conditioning(target, self.resolution),
             "caption": caption,
             "modality": pair.modality,
         }
@@ -226,6 +239,7 @@ def collate(samples: list[dict]) -> dict:
     batch = {
         "references": [s["reference"] for s in samples],
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "sizes": torch.stack([s["sizes"] for s in samples]),  # (batch, 6): size_conditioning
         "captions": [s["caption"] for s in samples],
         "modality": torch.tensor([s["modality"] for s in samples]),
         "positions": [s["position"] for s in samples],

@@ -23,19 +23,11 @@ from .config import DropoutConfig
 class EncodedBatch:
     latents: torch.Tensor  # (batch, 4, H/8, W/8), scaled like the UNet expects
     text_embeds: torch.Tensor  # (batch, 77, cross_attention_dim)
+    added: dict[str, torch.Tensor] | None  # the UNet's added_cond_kwargs (SDXL: pooled text, size conditioning)
     clip_embeds: torch.Tensor  # (batch, clip_embed_dim)
     dino_tokens: torch.Tensor  # (batch, tokens, dino_hidden_dim)
     modality: torch.Tensor  # (batch,) indices into MODALITIES
     subject: torch.Tensor | None = None  # (batch, 1, H/8, W/8): share of each latent pixel inside the target's mask
-
-
-def encode_text(models: FrozenModels, captions: list[str], device: torch.device) -> torch.Tensor:
-    # The text encoder's own context length: a tokenizer saved without model_max_length reports ~1e30.
-    length = models.text_encoder.config.max_position_embeddings
-    ids = models.tokenizer(
-        captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
-    )
-    return models.text_encoder(ids.input_ids.to(device))[0]
 
 
 def condition_dropout(
@@ -59,7 +51,7 @@ def encode_batch(
     device = generator.device
     drop_text, drop_image = condition_dropout(batch["modality"], dropout, generator)
     captions = ["" if drop else caption for caption, drop in zip(batch["captions"], drop_text.tolist())]
-    text_embeds = encode_text(models, captions, device)
+    text = models.family.encode_captions(models.text, captions, batch["sizes"], device)
 
     # Image dropout = the null reference through both adapters, as in guidance (method.md §4).
     reference = models.encoder(batch["references"]).dropped(drop_image.to(device))
@@ -70,8 +62,9 @@ def encode_batch(
     if "target_masks" in batch:
         subject = F.adaptive_avg_pool2d(batch["target_masks"].to(device, latents.dtype), latents.shape[-2:])
     return EncodedBatch(
-        latents, text_embeds, reference.clip_embeds, reference.dino_tokens, batch["modality"].to(device), subject
-    )
+        latents, text.embeds, text.added, reference.clip_embeds, reference.dino_tokens, batch["modality"].to(device),
+        subject,
+    )  # fmt: skip
 
 
 class FlexIPTrainingModel(nn.Module):
@@ -103,7 +96,9 @@ class FlexIPTrainingModel(nn.Module):
         # branch weights g and 1 - g (method.md §2.4).
         g = self.adapter.gate(batch.modality, generator=generator)
         condition = self.adapter(batch.clip_embeds, batch.dino_tokens, batch.text_embeds, preservation=g)
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=(batch.text_embeds, condition)).sample
+        prediction = self.unet(
+            noisy, timesteps, encoder_hidden_states=(batch.text_embeds, condition), added_cond_kwargs=batch.added
+        ).sample
         per_sample = per_sample_mse(prediction, noise, batch.subject, self.subject_loss_weight)
         if self.min_snr_gamma:
             per_sample = per_sample * min_snr_weight(self.noise_scheduler, timesteps, self.min_snr_gamma)

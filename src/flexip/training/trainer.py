@@ -224,7 +224,7 @@ def build(run: Run) -> Built:
             f"{max(len(pairs) // run.accelerator.num_processes, 1)}, or add pairs"
         )
     models = load_frozen_models(config.model, DTYPES[config.mixed_precision])
-    for module in (models.text_encoder, models.vae, models.unet, models.encoder):
+    for module in models.modules():
         module.to(run.accelerator.device)
     if not config.gradient_checkpointing:
         _check_memory(config, models.unet, run.accelerator.device)

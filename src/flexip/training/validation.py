@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..contact_sheet import contact_sheet
 from ..models.adapter import FlexIPAdapter
-from ..pipeline import FlexIPInjection, FlexIPPipeline
+from ..pipeline import FlexIPInjection, flexip_pipeline_for
 from .components import FrozenModels
 from .config import ValidationConfig
 from .data import Pair, load_rgb
@@ -31,10 +31,9 @@ def sweep(
 ) -> list[list[Image.Image]]:  # fmt: skip
     """One row of generated images per (reference, prompt), one column per `config.preservation` value."""
     scheduler = DDIMScheduler.from_config(models.noise_scheduler.config)
-    pipe = FlexIPPipeline(
-        vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+    pipe = models.family.assemble(
+        models.vae, models.unet, scheduler, models.text, cls=flexip_pipeline_for(models.family)
+    )
     pipe.set_progress_bar_config(disable=True)
     # The adapter is attached to the training UNet already and stays float32 there (mixed precision).
     pipe.flexip = FlexIPInjection(models.unet, adapter, models.encoder, follow_unet=False)

@@ -1,0 +1,62 @@
+"""SDXL: two CLIP text encoders whose penultimate hidden states are concatenated (2048 wide on the real base),
+the second one's pooled projection, and the size conditioning (original size, crop, target size) of every
+sample, both through the UNet's `added_cond_kwargs`."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+from torch import nn
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from .family import Family, TextConditioning
+from .sd15 import tokens
+
+
+class StableDiffusionXL(Family):
+    name = "sdxl"
+    title = "SDXL"
+    text_to_image = StableDiffusionXLPipeline
+    text_parts: ClassVar[dict[str, type]] = {
+        "tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel,
+        "tokenizer_2": CLIPTokenizer, "text_encoder_2": CLIPTextModelWithProjection,
+    }  # fmt: skip
+    pipeline_settings = ("force_zeros_for_empty_prompt",)
+
+    def matches(self, unet: nn.Module) -> bool:
+        return getattr(unet.config, "addition_embed_type", None) == "text_time"
+
+    def prompt_names(self) -> tuple[str, ...]:
+        return ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
+
+    def encode_prompt(self, pipe, arguments: dict, images_per_prompt: int, guided: bool) -> dict:
+        lora_scale = (arguments.get("cross_attention_kwargs") or {}).get("scale")
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        encoded = pipe.encode_prompt(
+            prompt=arguments.get("prompt"), prompt_2=arguments.get("prompt_2"), device=pipe._execution_device,
+            num_images_per_prompt=images_per_prompt, do_classifier_free_guidance=guided,
+            negative_prompt=arguments.get("negative_prompt"), negative_prompt_2=arguments.get("negative_prompt_2"),
+            **{name: arguments.get(name) for name in names}, lora_scale=lora_scale,
+            clip_skip=arguments.get("clip_skip"),
+        )  # fmt: skip
+        return dict(zip(names, encoded))
+
+    def encode_captions(
+        self, text: dict[str, nn.Module], captions: list[str], sizes: torch.Tensor, device: torch.device
+    ) -> TextConditioning:
+        # As the SDXL pipeline encodes a prompt: each encoder's penultimate hidden states, concatenated, and
+        # the second encoder's projected [EOS] as the pooled text.
+        hidden = []
+        for tokenizer, encoder in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+            output = text[encoder](tokens(text[tokenizer], text[encoder], captions, device), output_hidden_states=True)
+            hidden.append(output.hidden_states[-2])
+        pooled = output.text_embeds
+        time_ids = sizes.to(device, pooled.dtype)
+        return TextConditioning(torch.cat(hidden, dim=-1), {"text_embeds": pooled, "time_ids": time_ids})
+
+    def assemble(self, vae, unet, scheduler, text, cls=None):
+        return (cls or StableDiffusionXLPipeline)(
+            vae=vae, unet=unet, scheduler=scheduler, **text, add_watermarker=False, force_zeros_for_empty_prompt=True
+        )
