@@ -17,7 +17,8 @@ each one call generating from one reference with guidance:
   flexip-5        FlexIP, five values in one call (one batch from one noise)
 
 Times are interleaved rounds and each ratio to `sd` is the median of per-round ratios with a bootstrap 95%
-interval (bench/measure.py); peak memory is the CUDA allocator's peak during one call, weights included. Then
+interval (bench/measure.py); peak memory is the CUDA allocator's peak during one call, weights included (on a
+CPU, the peak of the tensors the call allocates, weights not included). Then
 FlexIP's image under `enable_model_cpu_offload()` and `enable_sequential_cpu_offload()` is compared with
 the plain path's, with its latency and peak (offload needs an accelerator: skipped on a CPU).
 """
@@ -46,7 +47,7 @@ from transformers import (
     Dinov2Model,
 )
 
-from bench.measure import interleaved_times, paired_ratio, verdict
+from bench.measure import PeakTensorBytes, interleaved_times, paired_ratio, verdict
 from bench.step_cost import IP_ADAPTER_PLUS, SD15_UNET, ip_adapter_plus
 from flexip import FlexIPAdapter, FlexIPPipeline
 from flexip.pipeline import FlexIPInjection
@@ -186,11 +187,13 @@ def images_made(name: str) -> int:
     return 5 if name.endswith("5") else 1
 
 
-def peak_bytes(call, cuda: bool) -> int | None:
-    """The CUDA allocator's peak during one call (weights included); None on a CPU."""
+def peak_bytes(call, cuda: bool) -> int:
+    """The CUDA allocator's peak during one call (weights included); on a CPU, the peak bytes held by the
+    tensors the call allocates (weights not included: bench/measure.py)."""
     if not cuda:
-        call()
-        return None
+        with PeakTensorBytes() as memory:
+            call()
+        return memory.peak
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     call()
@@ -246,7 +249,8 @@ def main(argv=None) -> dict:
     print(f"# {'tiny kit' if args.tiny else 'SD1.5'} pipelines, {args.size} px, {args.steps} steps, guidance on, "
           f"{args.device} ({name}) {args.dtype}, {args.rounds} rounds, torch {torch.__version__}, "
           f"{datetime.date.today()}")  # fmt: skip
-    print("| setting | images | median s | images/s | time / sd [95% CI] | verdict | peak MiB |")
+    peak = "peak MiB (allocator, weights included)" if cuda else "peak MiB (tensors allocated)"
+    print(f"| setting | images | median s | images/s | time / sd [95% CI] | verdict | {peak} |")
     print("|---|---|---|---|---|---|---|")
     results = {}
     for setting, seconds in times.items():
@@ -257,7 +261,7 @@ def main(argv=None) -> dict:
             ratio, low, high = paired_ratio(seconds, times["sd"])
             row.update(ratio=ratio, low=low, high=high)
             cells = f"{ratio:.3f} [{low:.3f}, {high:.3f}] | {verdict(low, high)} |"
-        peak = "" if peaks[setting] is None else f"{peaks[setting] / 2**20:.0f}"
+        peak = f"{peaks[setting] / 2**20:.0f}"
         print(f"| {setting} | {images_made(setting)} | {median:.3f} | {row['images_per_s']:.2f} | {cells} {peak} |")
         results[setting] = row
     if cuda:

@@ -13,7 +13,7 @@ def test_the_whole_pipeline_benchmark_runs_every_setting_on_the_tiny_shapes(one_
                                   "--rounds", "2"])  # fmt: skip
     assert set(results) == {"sd", "ip-adapter-plus", "ip-adapter-x5", "flexip-1", "flexip-5"}
     for name, row in results.items():
-        assert row["median_s"] > 0 and row["images_per_s"] > 0
+        assert row["median_s"] > 0 and row["images_per_s"] > 0 and row["peak_bytes"] > 0
         assert name == "sd" or row["low"] <= row["ratio"] <= row["high"]
     assert results["flexip-5"]["images_per_s"] == pytest.approx(5 / results["flexip-5"]["median_s"])
     output = capsys.readouterr().out

@@ -14,7 +14,7 @@ from flexip.cli import main
 from flexip.errors import FlexIPError
 from flexip.training.config import TrainConfig, load_config
 from flexip.training.objective import condition_dropout
-from flexip.training.trainer import build_optimizer
+from flexip.training.optimization import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
@@ -34,6 +34,13 @@ def test_sd15_config_is_the_papers_recipe():
     assert config.model.image_encoder == "h94/IP-Adapter/models/image_encoder"
     assert config.model.dino_encoder == "facebook/dinov2-large"
     assert (config.model.gate.image_init, config.model.gate.video_init) == (0.8, 0.2)
+
+
+def test_the_accelerate_ddp_config_parses_as_multi_gpu_data_parallel():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIGS.parent / "accelerate" / "ddp.yaml"))
+    assert config.distributed_type == "MULTI_GPU" and config.num_processes == 8 and not config.use_cpu
 
 
 def test_sdxl_config_is_the_sd15_recipe_at_1024_px_with_the_same_encoders():

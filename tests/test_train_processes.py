@@ -86,11 +86,22 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(t
     assert exported.config.base_family == family
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
-def test_two_processes_through_torchrun_keep_identical_parameters(tmp_path, tiny_models, four_pairs):
+ACCELERATE_DDP = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp.yaml"
+LAUNCHERS = {
+    "torchrun": ["torchrun", "--standalone", "--nproc_per_node", "2"],
+    # The shipped DDP config, as users launch it on GPUs; without one, each process runs on the CPU with gloo.
+    "accelerate-ddp-config": ["accelerate", "launch", "--config_file", str(ACCELERATE_DDP), "--num_processes", "2",
+                              "--main_process_port", "0"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_keep_identical_parameters(tmp_path, tiny_models, four_pairs, launcher):
+    if shutil.which(LAUNCHERS[launcher][0]) is None:
+        pytest.skip(f"{LAUNCHERS[launcher][0]} is not on PATH")
     run = tmp_path / "ddp"
     args = train_args(tiny_models, four_pairs, run, 3, "checkpoint_every=3", "batch_size=2")
-    command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "flexip", *args]
+    command = [*LAUNCHERS[launcher], "-m", "flexip", *args]
     finished = subprocess.run(command, check=False, env=ENV, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
 

@@ -52,6 +52,7 @@ class DataConfig:
     resolution: int = 512  # target images are resized and centre-cropped to this many pixels
     video_fraction: float = 0.5  # share of video (variant) pairs in every batch; 0.5 = the paper's 1:1
     num_workers: int = 4  # DataLoader worker processes that read and augment images
+    prefetch_factor: int = 2  # batches each worker loads ahead (with num_workers > 0)
     # Share of image pairs captioned with another image pair's caption, so that only the reference shows the
     # target's scene: it teaches the dial's preservation end to outrank the prompt (docs/demo-model.md, Part 2).
     swap_captions: float = 0.0
@@ -99,6 +100,9 @@ class TrainConfig:
     batch_size: int = 8  # per process and micro-step
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
+    lr_warmup_steps: int = 0  # linear warm-up from learning_rate / N to learning_rate over N optimizer steps; 0 = off
+    max_grad_norm: float = 0.0  # clip the adapter's gradient norm to this before each optimizer step; 0 = off
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes' 8-bit AdamW: CUDA only, a quarter of the state)
     weight_decay: float = 0.01  # AdamW; never applied to the gate logits (method.md §2.4)
     # Min-SNR-gamma loss weighting (Hang et al. 2023): each sample's MSE times min(SNR, gamma) / SNR; 0 = plain
     # MSE. It shifts weight to the noisy steps where a subject's global look (colour, background) is decided;
@@ -112,6 +116,8 @@ class TrainConfig:
         "no"  # no | fp16 | bf16: frozen models are stored in this dtype, the adapter in fp32
     )
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
+    tf32: bool = False  # allow TF32 matmuls and convolutions (Ampere and later GPUs): faster, slightly less exact
+    compile_unet: bool = False  # torch.compile the frozen UNet, adapter attached (the first steps compile)
     checkpoint_every: int = 1000  # optimizer steps between full-state checkpoints
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
     log_every: int = 10  # optimizer steps between metric lines
@@ -138,6 +144,14 @@ class TrainConfig:
                 raise FlexIPError(f"config {key}: {getattr(self, key)} must be 0 (off) or positive, and finite")
         if not 0 < self.learning_rate < math.inf:
             raise FlexIPError(f"config learning_rate: {self.learning_rate} must be a finite number above 0, e.g. 1e-4")
+        if not (isinstance(self.lr_warmup_steps, int) and self.lr_warmup_steps >= 0):
+            raise FlexIPError(f"config lr_warmup_steps: {self.lr_warmup_steps} must be 0 (off) or a positive integer")
+        if not 0 <= self.max_grad_norm < math.inf:
+            raise FlexIPError(f"config max_grad_norm: {self.max_grad_norm} must be 0 (off) or positive, and finite")
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            raise FlexIPError(f"config optimizer: {self.optimizer!r} is not one of adamw, adamw8bit")
+        if self.data.prefetch_factor < 1:
+            raise FlexIPError(f"config data.prefetch_factor: {self.data.prefetch_factor} must be at least 1")
         if not 0 <= self.weight_decay < math.inf:
             raise FlexIPError(f"config weight_decay: {self.weight_decay} must be 0 (off) or positive, and finite")
         if not math.isfinite(self.validation.guidance_scale):

@@ -1,7 +1,7 @@
 """`train(config)`: the FlexIP training run (method.md §3) on one process or many, through accelerate.
 
 Named phases, top to bottom (dinov2's habit): `start` the run (accelerator, generated inputs, the checkpoint to
-resume), `build` the models and data, `build_optimizer`, `restore` a checkpoint, then `loop`, which checkpoints
+resume), `build` the models and data, `build_optimizer` (optimization.py), `restore` a checkpoint, then `loop`, which checkpoints
 and exports the adapter (`checkpoint_and_export`) as it goes. The loop is accelerate's canonical one (accumulate,
 backward, step); around it, one all-reduce per optimizer step makes every process agree on the loss it logs,
 the skipped samples and whether a signal asked to stop.
@@ -34,6 +34,7 @@ from .components import FrozenModels, load_frozen_models, prepare_tiny_models
 from .config import TrainConfig, config_to_yaml
 from .data import MixedBatchSampler, MixedStream, PairDataset, collate, read_manifest
 from .objective import FlexIPTrainingModel, encode_batch
+from .optimization import build_optimizer, check_optimizer, learning_rate, set_learning_rate
 from .run_folder import check_run_folder, delete_outputs, resume_from_checkpoint
 from .signals import StopSignals, ignore_stop_signals
 from .validation import png_bytes, sweep, sweep_sheet, validation_references
@@ -124,14 +125,6 @@ def _check_memory(config: TrainConfig, unet, device: torch.device) -> None:
         )
 
 
-def build_optimizer(adapter: FlexIPAdapter, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the adapter; the gate logits get no weight decay (it would pull every g towards 0.5)."""
-    gate = [adapter.gate.logits]
-    rest = [p for p in adapter.parameters() if p is not adapter.gate.logits]
-    groups = [{"params": rest, "weight_decay": config.weight_decay}, {"params": gate, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
-
-
 @dataclass
 class Run:
     """What every phase of one training run shares."""
@@ -188,6 +181,10 @@ def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> R
         module, install = TRACKER_PACKAGES[tracker]
         if importlib.util.find_spec(module) is None:
             raise FlexIPError(f"config log_with: {tracker} is not installed; `pip install {install}` or remove it")
+    check_optimizer(config)
+    if config.tf32:  # TF32 matmuls and convolutions on Ampere and later GPUs: faster, 10 mantissa bits
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if config.mixed_precision == "fp16" and not torch.accelerator.is_available():
         raise FlexIPError(
             "config mixed_precision: fp16 needs a GPU (its grad scaler does not run on CPUs); use bf16 or no"
@@ -235,6 +232,8 @@ def build(run: Run) -> Built:
     model = FlexIPTrainingModel(
         models.unet, adapter, models.noise_scheduler, config.min_snr_gamma, config.subject_loss_weight
     )
+    if config.compile_unet:  # in place, so the adapter's processors and hooks stay where they are
+        models.unet.compile()
     return Built(models, adapter, model, pairs, stream)
 
 
@@ -259,9 +258,10 @@ def data_loader(run: Run, built: Built, state: TrainingState) -> torch.utils.dat
         built.pairs, config.data.resolution, config.seed, config.data.swap_captions,
         target_masks=config.subject_loss_weight > 0,
     )  # fmt: skip
+    workers = config.data.num_workers
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.data.num_workers,
-        worker_init_fn=ignore_stop_signals, pin_memory=accelerator.device.type == "cuda",
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers, worker_init_fn=ignore_stop_signals,
+        pin_memory=accelerator.device.type == "cuda", prefetch_factor=config.data.prefetch_factor if workers else None,
     )  # fmt: skip
 
 
@@ -329,6 +329,9 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
                 encoded = encode_batch(built.models, batch, config.dropout, generator)
                 loss, g = model(encoded, generator)
                 accelerator.backward(loss)
+                if config.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(adapter.parameters(), config.max_grad_norm)
+                set_learning_rate(optimizer, learning_rate(config, state.step))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             state.samples += config.batch_size * world
