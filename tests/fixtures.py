@@ -88,3 +88,30 @@ def save_tiny_eval_models(root: str | os.PathLike, seed: int = 0) -> Path:
     dino.save_pretrained(root / "dino")
     save_file(AestheticHead(embed_dim=WIDTH).state_dict(), root / "aesthetic.safetensors")
     return root
+
+
+# kind -> (SD1.5 class, SDXL class) of the stock pipelines `load_flexip` is tested on
+STOCK_PIPELINES = {
+    "txt2img": ("StableDiffusionPipeline", "StableDiffusionXLPipeline"),
+    "img2img": ("StableDiffusionImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline"),
+    "inpaint": ("StableDiffusionInpaintPipeline", "StableDiffusionXLInpaintPipeline"),
+    "controlnet": ("StableDiffusionControlNetPipeline", "StableDiffusionXLControlNetPipeline"),
+}
+
+
+def stock_pipeline(kind: str, base, family: Family = SD15):
+    """A stock diffusers pipeline of `kind` (a STOCK_PIPELINES key) on the tiny base at `base`, no progress bar;
+    the ControlNet one with a seeded ControlNet made from the base's UNet."""
+    import diffusers
+
+    text_to_image = family.text_to_image.from_pretrained(base)
+    cls = getattr(diffusers, STOCK_PIPELINES[kind][family is not SD15])
+    extra = {}
+    if kind == "controlnet":
+        torch.manual_seed(0)
+        extra["controlnet"] = diffusers.ControlNetModel.from_unet(
+            text_to_image.unet, conditioning_embedding_out_channels=(16, 32)
+        )
+    pipe = text_to_image if kind == "txt2img" else cls(**text_to_image.components, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

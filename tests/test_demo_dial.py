@@ -67,6 +67,8 @@ def test_summary_means_correlations_gains_and_targets():
     assert summary["identity_gain"] == pytest.approx(0.6) and summary["prompt_gain"] == pytest.approx(0.3)
     assert summary["identity_match_sem"] == pytest.approx([0.1] * 3)  # std 0.1414 over 2 pairs / sqrt(2)
     assert summary["prompt_match_by_attribute"] == {"background": [1.0, 1.0, 1.0]}
+    # Evenly spaced means: each step is half the range, the smoothest three values can be.
+    assert summary["identity_smoothness"] == pytest.approx(0.5) and summary["prompt_smoothness"] == pytest.approx(2 / 3)
     assert all(target["met"] for target in summary["targets"].values())
 
     flat = summarize(_scores(identity=[0.2, 0.3, 0.4], prompt=[0.7, 0.8, 0.6]))

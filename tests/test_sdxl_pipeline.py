@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import (
-    ControlNetModel,
-    StableDiffusionPipeline,
-    StableDiffusionXLControlNetPipeline,
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline,
-    StableDiffusionXLPipeline,
-)
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 import flexip
+from fixtures import stock_pipeline
 from flexip import FlexIPAdapter, FlexIPError, FlexIPPipeline, FlexIPXLPipeline
 from flexip.cli import main
+from flexip.families import SDXL
 
 STEPS = 2
 PROMPT = "a photo of a dog"
@@ -122,23 +117,6 @@ def test_an_end_of_the_dial_never_reads_the_other_branch(load_xl_test_adapter, t
     assert np.isnan(generate(pipe, reference=reference, preservation=0.5)).any()  # the poison is live
 
 
-def build(kind: str, base):
-    stock = StableDiffusionXLPipeline.from_pretrained(base)
-    components = stock.components
-    if kind == "txt2img":
-        pipe = stock
-    elif kind == "img2img":
-        pipe = StableDiffusionXLImg2ImgPipeline(**components)
-    elif kind == "inpaint":
-        pipe = StableDiffusionXLInpaintPipeline(**components)
-    else:
-        torch.manual_seed(0)
-        controlnet = ControlNetModel.from_unet(stock.unet, conditioning_embedding_out_channels=(16, 32))
-        pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=controlnet)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def call(pipe, kind: str, images, **flexip_kwargs):
     inputs = {
         "txt2img": {},
@@ -151,7 +129,7 @@ def call(pipe, kind: str, images, **flexip_kwargs):
 
 @pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint", "controlnet"])
 def test_load_flexip_on_stock_sdxl_pipelines(tiny_xl_models, adapter, images, kind):
-    pipe = build(kind, tiny_xl_models.base)
+    pipe = stock_pipeline(kind, tiny_xl_models.base, SDXL)
     stock_class, processors = type(pipe), dict(pipe.unet.attn_processors)
     before = call(pipe, kind, images)
 

@@ -8,17 +8,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from diffusers import (
-    ControlNetModel,
-    EulerDiscreteScheduler,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-)
+from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 import flexip
+from fixtures import stock_pipeline
 from flexip import FlexIPError
 
 STEPS = 2
@@ -41,23 +35,6 @@ def images():
     return {"references": [image(), image()], "init": image(), "control": image(), "mask": mask}
 
 
-def build(kind: str, base):
-    stock = StableDiffusionPipeline.from_pretrained(base)
-    components = stock.components
-    if kind == "txt2img":
-        pipe = stock
-    elif kind == "img2img":
-        pipe = StableDiffusionImg2ImgPipeline(**components)
-    elif kind == "inpaint":
-        pipe = StableDiffusionInpaintPipeline(**components)
-    else:
-        torch.manual_seed(0)
-        controlnet = ControlNetModel.from_unet(stock.unet, conditioning_embedding_out_channels=(16, 32))
-        pipe = StableDiffusionControlNetPipeline(**components, controlnet=controlnet)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def call(pipe, kind: str, images, seed: int = 0, **flexip_kwargs):
     inputs = {
         "txt2img": {},
@@ -73,7 +50,7 @@ def call(pipe, kind: str, images, seed: int = 0, **flexip_kwargs):
 
 @pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint", "controlnet"])
 def test_load_flexip_gives_the_dial_and_unload_restores(tiny_models, adapter, images, kind):
-    pipe = build(kind, tiny_models.base)
+    pipe = stock_pipeline(kind, tiny_models.base)
     stock_class, processors = type(pipe), dict(pipe.unet.attn_processors)
     before = call(pipe, kind, images)
 
@@ -96,7 +73,7 @@ def test_load_flexip_gives_the_dial_and_unload_restores(tiny_models, adapter, im
 def test_interleaved_calls_in_threads_keep_their_own_reference(tiny_models, adapter, images, sharing):
     """Two threads share the UNet: either one pipeline object (a stateless scheduler), or one shallow copy per
     thread with its own scheduler (what docs/design.md recommends for stateful schedulers)."""
-    pipe = build("img2img", tiny_models.base)
+    pipe = stock_pipeline("img2img", tiny_models.base)
     if sharing == "copies-euler":
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     flexip.load_flexip(pipe, adapter)
@@ -134,7 +111,7 @@ def test_interleaved_calls_in_threads_keep_their_own_reference(tiny_models, adap
 
 
 def test_mistakes_are_reported(tiny_models, adapter, images):
-    pipe = build("txt2img", tiny_models.base)
+    pipe = stock_pipeline("txt2img", tiny_models.base)
     with pytest.raises(FlexIPError, match="not loaded"):
         flexip.unload_flexip(pipe)
     flexip.load_flexip(pipe, adapter)
@@ -152,7 +129,7 @@ def test_mistakes_are_reported(tiny_models, adapter, images):
 @pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint", "controlnet"])
 def test_a_preservation_list_is_one_batch_equal_to_the_values_one_by_one(tiny_models, adapter, images, kind):
     """The same meaning as FlexIPPipeline's list: one batch from one starting noise, in the order given."""
-    pipe = flexip.load_flexip(build(kind, tiny_models.base), adapter)
+    pipe = flexip.load_flexip(stock_pipeline(kind, tiny_models.base), adapter)
     reference, values = images["references"][0], [0.0, 0.4, 1.0]
     batches = []
     hook = pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
@@ -171,7 +148,7 @@ def test_flexip_pipeline_and_a_stock_pipeline_given_flexip_are_one_call(tiny_mod
     """Same arguments, same images: FlexIPPipeline is the stock text-to-image pipeline with FlexIP loaded."""
     own = flexip.FlexIPPipeline.from_pretrained(base=tiny_models.base, adapter=adapter)
     own.set_progress_bar_config(disable=True)
-    stock = flexip.load_flexip(build("txt2img", tiny_models.base), adapter)
+    stock = flexip.load_flexip(stock_pipeline("txt2img", tiny_models.base), adapter)
     for kwargs in ({"preservation": 0.7}, {"preservation": [0.0, 1.0], "num_images_per_prompt": 2}):
         np.testing.assert_array_equal(
             call(own, "txt2img", images, reference=images["references"][1], **kwargs),

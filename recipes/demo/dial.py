@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from flexip.evaluation.curve import largest_jump_share
 from recipes.demo.world import (
     BACKGROUNDS,
     POSITIONS,
@@ -167,6 +168,9 @@ def summarize(scores: DialScores) -> dict:
         "prompt_spearman": spearman(scores.values, prompt["mean"]),
         "identity_gain": float(identity[-1] - identity[0]),
         "prompt_gain": float(prompt["mean"][0] - prompt["mean"][-1]),
+        # The eval curve's smoothness: the largest change between neighbouring values as a share of the range.
+        "identity_smoothness": largest_jump_share(identity.tolist()),
+        "prompt_smoothness": largest_jump_share(prompt["mean"].tolist()),
     }
     summary["targets"] = {
         key: {"target": f"{op} {threshold:g}", "met": _met(summary[key], op, threshold)}
@@ -211,6 +215,8 @@ def markdown(summary: dict) -> str:
         lines.append(
             f"| {key} | {summary[key]:+.3f} | {target['target']} | {'yes' if target['met'] else 'no'} |"
         )
+    for key in ("identity_smoothness", "prompt_smoothness"):
+        lines.append(f"| {key} | {summary[key]:.3f} | (smaller is smoother) | |")
     return "\n".join(lines) + "\n"
 
 
@@ -293,10 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from flexip.atomic import atomic_write_bytes
-    from recipes.demo.judge import Judge
     from flexip.errors import FlexIPError
     from flexip.pipeline import FlexIPPipeline
     from flexip.training.validation import png_bytes
+    from recipes.demo.judge import Judge
 
     try:
         pipe = FlexIPPipeline.from_pretrained(args.base, adapter=args.adapter, torch_dtype=torch.float32)
