@@ -51,7 +51,8 @@ def test_one_graph_on_the_cache_filling_step_and_with_a_warm_cache(tiny_models, 
     assert len(condition.kv_cache) == 2 * len(adapter.layers)  # the traced filling step did fill it
 
 
-def test_a_compiled_unet_generates_the_same_image(tiny_models, adapter, one_thread):
+@pytest.mark.parametrize("region", ["whole-unet", "repeated-blocks"])
+def test_a_compiled_unet_generates_the_same_image(tiny_models, adapter, one_thread, region):
     reference = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
 
     def generate(pipe):
@@ -66,7 +67,10 @@ def test_a_compiled_unet_generates_the_same_image(tiny_models, adapter, one_thre
     plain, compiled = pipes
     # aot_eager traces through AOTAutograd as inductor does (functionalised, the cache's writes as outputs)
     # without generating code.
-    compiled.unet.compile(backend="aot_eager")
+    if region == "whole-unet":
+        compiled.unet.compile(backend="aot_eager")
+    else:  # diffusers' regional compilation: each BasicTransformerBlock (attn2, FlexIP's processor, inside)
+        compiled.unet.compile_repeated_blocks(backend="aot_eager")
     np.testing.assert_allclose(generate(compiled), generate(plain), atol=1e-5)
     np.testing.assert_allclose(
         generate(compiled), generate(plain), atol=1e-5
