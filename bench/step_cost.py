@@ -123,15 +123,17 @@ def settings(args) -> tuple[dict, dict]:
     flexip_processors = dict(unet.attn_processors)
     FlexIPAdapter.detach(unet)
     ip_modules = [p for p in ip_processors.values() if isinstance(p, torch.nn.Module)]
-    sizes = {"flexip": parameters(adapter), "ip-adapter-plus": parameters(ip_projection, *ip_modules)}
+    counted = {"flexip": parameters(adapter), "ip-adapter-plus": parameters(ip_projection, *ip_modules)}
     for module in (unet, adapter, ip_projection, *ip_modules):
         module.to(device, dtype)
 
     def use(processors: dict, projection: torch.nn.Module | None = None) -> None:
-        """Install one setting on the shared UNet (set_attn_processor empties the dict it is given)."""
-        unet.set_attn_processor(dict(processors))
+        """Install one setting on the shared UNet: its image projection (IP-Adapter's resampler has attention
+        layers of its own, which keep their processors), then its processors."""
         unet.encoder_hid_proj = projection
         unet.register_to_config(encoder_hid_dim_type=None if projection is None else "ip_image_proj")
+        current = unet.attn_processors
+        unet.set_attn_processor({name: processors.get(name, current[name]) for name in current})
 
     def randn(*shape):
         return torch.randn(*shape, device=device, dtype=dtype)
@@ -142,8 +144,8 @@ def settings(args) -> tuple[dict, dict]:
     added = {}
     if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text (1280) and six size numbers
         pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        sizes = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=device, dtype=dtype)
-        added = {"text_embeds": randn(batch, pooled), "time_ids": sizes}
+        time_ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=device, dtype=dtype)
+        added = {"text_embeds": randn(batch, pooled), "time_ids": time_ids}
     ip_added = {**added, "image_embeds": [randn(batch, 1, *CLIP_HIDDEN)]}
     t = torch.tensor(500, device=device)
     cached = adapter(clip, dino, text, 0.5, cache=True)
@@ -178,7 +180,7 @@ def settings(args) -> tuple[dict, dict]:
 
     calls = {"bare": bare, "flexip-cached": flexip_cached, "flexip-first": flexip_first,
              "flexip-uncached": flexip_uncached, "ip-adapter-plus": ip_adapter}  # fmt: skip
-    return calls, sizes
+    return calls, counted
 
 
 def main(argv=None) -> dict:
