@@ -64,5 +64,6 @@ def test_single_file_mistakes_fail_in_one_line(tiny_models, tiny_xl_models, tmp_
     xl_file = tmp_path / "xl.safetensors"
     save_single_file(FlexIPPipeline.from_pretrained(base=tiny_xl_models.base, adapter=tiny_xl_models.adapter), xl_file)
     assert family_of_base(xl_file) is SDXL and family_of_base(tiny_models.base) is SD15
+    assert family_of_base("../not-here") is family_of_base(pickle) is None  # neither a hub id nor safetensors
     with pytest.raises(FlexIPError, match="trained for Stable Diffusion 1.5 but the base .* is SDXL"):
         FlexIPPipeline.from_pretrained(base=xl_file, adapter=tiny_models.adapter, base_config=tiny_models.base)

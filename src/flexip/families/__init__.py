@@ -51,7 +51,10 @@ def family_of_base(base: str | os.PathLike) -> Family | None:
         return _family_of_checkpoint(Path(base))
     index = Path(base) / "model_index.json"
     if not index.is_file() and isinstance(base, str) and base.count("/") == 1:
-        cached = try_to_load_from_cache(base, "model_index.json")
+        try:
+            cached = try_to_load_from_cache(base, "model_index.json")
+        except ValueError:  # not a hub id either (huggingface_hub's validation error): the loader will say so
+            cached = None
         index = Path(cached) if isinstance(cached, str) else index
     try:
         name = json.loads(index.read_text()).get("_class_name", "")

@@ -37,9 +37,8 @@ class _WithReference:
 
         The base and the encoders default to those the adapter's config records. A single-file base takes its
         components' configs from `base_config` (a diffusers directory or hub id of its family; needed offline
-        unless the configs are in the local cache). The pipeline is the
-        adapter's family's: `FlexIPPipeline` on Stable Diffusion 1.5, `FlexIPXLPipeline` on SDXL (either
-        class's `from_pretrained` gives the right one).
+        unless the configs are in the local cache). The pipeline is the adapter's family's: `FlexIPPipeline` on
+        Stable Diffusion 1.5, `FlexIPXLPipeline` on SDXL (either class's `from_pretrained` gives the right one).
         """
         if not isinstance(adapter, FlexIPAdapter):
             adapter = FlexIPAdapter.from_pretrained(adapter)
