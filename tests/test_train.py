@@ -78,11 +78,11 @@ def test_tiny_config_from_a_fresh_directory_overfits_the_kits_pairs_and_touches_
 
     # Frozen models are bit-identical to the files; every adapter tensor moved from its initial value.
     fresh = load_frozen_models(config.model, torch.float32)
-    for name in ("text_encoder", "vae", "unet", "encoder"):
-        trained, original = getattr(result.models, name).state_dict(), getattr(fresh, name).state_dict()
+    for used, loaded in zip(result.models.modules(), fresh.modules(), strict=True):  # text encoder, VAE, UNet, encoders
+        trained, original = used.state_dict(), loaded.state_dict()
         assert trained.keys() == original.keys()
-        assert all(torch.equal(trained[key], original[key]) for key in original), name
-        assert not any(p.requires_grad for p in getattr(result.models, name).parameters())
+        assert all(torch.equal(trained[key], original[key]) for key in original), type(used).__name__
+        assert not any(p.requires_grad for p in used.parameters())
     set_seed(config.seed)
     initial = _build_adapter(config, fresh.unet, fresh.encoder).state_dict()
     unchanged = [k for k, v in result.adapter.state_dict().items() if torch.equal(v, initial[k])]
