@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         "tiny-models",
         help="write a tiny random model set (base, encoders, adapter, a small data set) for tests and plumbing checks",
         description="Write a complete tiny model set with random weights in the real diffusers/transformers "
-        "formats: DIR/base (a Stable Diffusion 1.5 pipeline, or SDXL's with --family sdxl), DIR/image_encoder (CLIP vision), DIR/dinov2, DIR/adapter "
+        "formats: DIR/base (a Stable Diffusion 1.5 pipeline, or SDXL's with --family sdxl), DIR/image_encoder "
+        "(CLIP vision), DIR/dinov2, DIR/adapter "
         "(FlexIP), DIR/data (a small training set: manifest.jsonl and its pictures). Its pictures are noise; it "
         "exists so everything, training included, can be run without downloading weights.",
     )

@@ -49,12 +49,12 @@ class Family:
         raise NotImplementedError
 
     def encode_captions(
-        self, text: dict[str, nn.Module], captions: list[str], sizes: torch.Tensor, device: torch.device
+        self, text: dict[str, object], captions: list[str], sizes: torch.Tensor, device: torch.device
     ) -> TextConditioning:
         """Training's text path for a batch: `text` holds the loaded `text_parts`; `sizes` is (batch, 6) of
         (original height, original width, crop top, crop left, target height, target width) per sample."""
         raise NotImplementedError
 
-    def assemble(self, vae: nn.Module, unet: nn.Module, scheduler, text: dict[str, nn.Module], cls: type | None = None):
+    def assemble(self, vae: nn.Module, unet: nn.Module, scheduler, text: dict[str, object], cls: type | None = None):
         """A text-to-image pipeline (or `cls`, a subclass of it) from loaded parts, with no safety checker."""
         raise NotImplementedError

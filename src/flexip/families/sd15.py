@@ -36,7 +36,7 @@ class StableDiffusion15(Family):
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
 
     def encode_captions(
-        self, text: dict[str, nn.Module], captions: list[str], sizes: torch.Tensor, device: torch.device
+        self, text: dict[str, object], captions: list[str], sizes: torch.Tensor, device: torch.device
     ) -> TextConditioning:
         return TextConditioning(_last_hidden_state(text["tokenizer"], text["text_encoder"], captions, device))
 

@@ -44,7 +44,7 @@ class StableDiffusionXL(Family):
         return dict(zip(names, encoded))
 
     def encode_captions(
-        self, text: dict[str, nn.Module], captions: list[str], sizes: torch.Tensor, device: torch.device
+        self, text: dict[str, object], captions: list[str], sizes: torch.Tensor, device: torch.device
     ) -> TextConditioning:
         # As the SDXL pipeline encodes a prompt: each encoder's penultimate hidden states, concatenated, and
         # the second encoder's projected [EOS] as the pooled text.

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class FrozenModels:
     family: Family  # the base model's (flexip.families)
-    text: dict[str, nn.Module]  # the family's tokenizers and text encoders, by pipeline component name
+    text: dict[str, object]  # the family's tokenizers and text encoders, by pipeline component name
     vae: AutoencoderKL
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler  # the training noise schedule of the base model

@@ -1,5 +1,6 @@
-"""The optimizer and what shapes each of its steps: AdamW (or bitsandbytes' 8-bit AdamW on CUDA), the gate
-logits without weight decay, a linear learning-rate warm-up and gradient-norm clipping."""
+"""The optimizer and the learning rate of each of its steps: AdamW (or bitsandbytes' 8-bit AdamW on CUDA), the
+gate logits without weight decay, and a linear warm-up. (Gradient clipping is the trainer's loop: accelerate's
+`clip_grad_norm_` needs the prepared model.)"""
 
 from __future__ import annotations
 
