@@ -6,8 +6,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import: tests never reach a hub
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from flexip import FlexIPAdapter
 from flexip.families import SDXL
@@ -81,3 +83,16 @@ def load_xl_test_adapter(tiny_xl_models):
         return with_random_personalization(FlexIPAdapter.from_pretrained(tiny_xl_models.adapter))
 
     return load
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Inputs of the stock-pipeline tests, 32 px: two references, an init image, a control image and a mask."""
+    generator = np.random.default_rng(0)
+
+    def image():
+        return Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    return {"references": [image(), image()], "init": image(), "control": image(), "mask": mask}

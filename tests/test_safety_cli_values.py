@@ -49,7 +49,7 @@ def place(tmp_path_factory, tiny_models):
     adapter("too-big", lambda c: c["personalization"].update(head_dim=65536, heads=65536))
     adapter("gate-one", lambda c: c["gate"].update(image_init=1.0))
     adapter("nan-weights", weights_edit=lambda w: w[next(iter(w))].fill_(float("nan")))
-    adapter("inf-weights", weights_edit=lambda w: w[sorted(w)[-1]].fill_(float("inf")))
+    adapter("inf-weights", weights_edit=lambda w: w[max(w)].fill_(float("inf")))
 
     csvs = {
         "short-row": HEADER + GOOD_ROW + "Other,0.3,0.8\n",
@@ -103,7 +103,7 @@ CASES = [
     ("scale-nan", lambda p, t: generate(p, t, "--scale", "nan"), "--scale='nan'"),
     ("out-is-reference", lambda p, t: generate(p, t, out=str(p / "dog.png")), "is the --reference image"),
     ("out-is-reference-spelled-otherwise", lambda p, t: generate(p, t, out=str(p / "x" / ".." / "dog.png")),
-     "is the --reference image"),  # fmt: skip
+     "is the --reference image"),
     ("out-exists", lambda p, t: generate(p, t, out=str(p / "earlier.png")), "--overwrite"),
     ("out-in-proc", lambda p, t: generate(p, t, out="/proc/flexip.png"), "--out /proc/flexip.png"),
     ("out-under-a-file", lambda p, t: generate(p, t, out=str(p / "a-file" / "x.png")), "a-file is a file"),

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from PIL import Image
 
 import flexip
 from fixtures import stock_pipeline
@@ -28,18 +27,6 @@ def pipe(tiny_xl_models, adapter):
     pipe = FlexIPPipeline.from_pretrained(base=tiny_xl_models.base, adapter=adapter)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-@pytest.fixture(scope="module")
-def images():
-    generator = np.random.default_rng(0)
-
-    def image():
-        return Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-
-    mask = Image.new("L", (32, 32), 0)
-    mask.paste(255, (8, 8, 24, 24))
-    return {"references": [image(), image()], "init": image(), "control": image(), "mask": mask}
 
 
 def generate(pipe, seed=0, **kwargs):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
-from PIL import Image
 
 import flexip
 from fixtures import stock_pipeline
@@ -21,18 +20,6 @@ STEPS = 2
 @pytest.fixture(scope="module")
 def adapter(load_test_adapter):
     return load_test_adapter()
-
-
-@pytest.fixture(scope="module")
-def images():
-    generator = np.random.default_rng(0)
-
-    def image():
-        return Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-
-    mask = Image.new("L", (32, 32), 0)
-    mask.paste(255, (8, 8, 24, 24))
-    return {"references": [image(), image()], "init": image(), "control": image(), "mask": mask}
 
 
 def call(pipe, kind: str, images, seed: int = 0, **flexip_kwargs):

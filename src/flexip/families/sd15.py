@@ -18,12 +18,11 @@ class StableDiffusion15(Family):
     text_to_image = StableDiffusionPipeline
     text_parts: ClassVar[dict[str, type]] = {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel}
     pipeline_settings = ("requires_safety_checker",)
+    prompt_names = ("prompt", "negative_prompt")
+    vae_overflows_in_fp16 = False
 
     def matches(self, unet: nn.Module) -> bool:
         return getattr(unet.config, "addition_embed_type", None) is None
-
-    def prompt_names(self) -> tuple[str, ...]:
-        return ("prompt", "negative_prompt")
 
     def encode_prompt(self, pipe, arguments: dict, images_per_prompt: int, guided: bool) -> dict:
         lora_scale = (arguments.get("cross_attention_kwargs") or {}).get("scale")

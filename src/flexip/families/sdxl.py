@@ -24,12 +24,11 @@ class StableDiffusionXL(Family):
         "tokenizer_2": CLIPTokenizer, "text_encoder_2": CLIPTextModelWithProjection,
     }  # fmt: skip
     pipeline_settings = ("force_zeros_for_empty_prompt",)
+    prompt_names = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
+    vae_overflows_in_fp16 = True
 
     def matches(self, unet: nn.Module) -> bool:
         return getattr(unet.config, "addition_embed_type", None) == "text_time"
-
-    def prompt_names(self) -> tuple[str, ...]:
-        return ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
 
     def encode_prompt(self, pipe, arguments: dict, images_per_prompt: int, guided: bool) -> dict:
         lora_scale = (arguments.get("cross_attention_kwargs") or {}).get("scale")

@@ -87,7 +87,7 @@ def flexip_call(
     latents = arguments.get("latents")
     if latents is not None and latents.shape[0] != samples:
         raise FlexIPError(f"latents hold {latents.shape[0]} samples; give one per prompt and image ({samples})")
-    arguments.update({name: None for name in pipe.flexip.family.prompt_names()})
+    arguments.update({name: None for name in pipe.flexip.family.prompt_names})
     arguments.update({name: per_value(tensor) for name, tensor in embeds.items()})
     arguments.update(
         num_images_per_prompt=1, generator=_per_sample_generators(arguments.get("generator"), samples, repeats)

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from ..errors import FlexIPError
-from ..families import SDXL, Family, family_named, family_of_unet
+from ..families import Family, family_named, family_of_unet
 from ..reference import ReferenceEncoder
 from .config import ModelConfig
 
@@ -108,7 +108,7 @@ def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
         vae = _load("vae", config.vae, lambda: AutoencoderKL.from_pretrained(config.vae, torch_dtype=dtype))
     else:
         vae = part(AutoencoderKL, "vae", torch_dtype=dtype)
-    if family is SDXL and dtype == torch.float16 and vae.config.force_upcast:
+    if family.vae_overflows_in_fp16 and dtype == torch.float16 and vae.config.force_upcast:
         # SDXL's own VAE overflows in float16 (its pipelines upcast it for the same reason): it encodes in
         # float32 unless model.vae names one fixed for float16 (force_upcast false in its config).
         logger.info("the base's VAE overflows in float16: it encodes in float32 (set model.vae to a fixed one)")
