@@ -64,10 +64,19 @@ def upload(page, path) -> None:
 
 
 def set_number(page, slider: str, value) -> None:
-    """Type into a slider's number box, as a user does to set it exactly."""
-    box = f"{slider} input[type=number]"
-    page.fill(box, str(value))
-    page.press(box, "Enter")
+    """Type into a slider's number box, as a user does to set it exactly, until the slider's bar shows the value.
+
+    Just after the Advanced section opens, the page may render the box anew and drop what was typed (seen on a
+    busy machine: a generation then ran with the old value), so typing is repeated until the value has taken.
+    """
+    box, bar = f"{slider} input[type=number]", json.dumps(f"{slider} input[type=range]")
+    for _ in range(10):
+        page.fill(box, str(value))
+        page.press(box, "Enter")
+        if page.evaluate(f"Number(document.querySelector({bar}).value) === {float(value)}"):
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError(f"{slider} did not take the value {value}")
 
 
 def generate(page, expect: str) -> str:
