@@ -51,13 +51,20 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {record["step"]: record["loss"] for record in records}
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
-def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(tmp_path, request, four_pairs, family):
+@pytest.mark.parametrize(("family", "source"), [("sd15", "manifest"), ("sdxl", "manifest"), ("sd15", "shards")])
+def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(
+    tmp_path, request, four_pairs, family, source
+):
     models = request.getfixturevalue({"sd15": "tiny_models", "sdxl": "tiny_xl_models"}[family])
     config = CONFIGS / {"sd15": "tiny.yaml", "sdxl": "tiny-sdxl.yaml"}[family]
+    streamed = []
+    if source == "shards":  # the same pairs streamed from four one-sample shards, in one lane
+        shards = tmp_path / "shards"
+        assert main(["prep", "shards", str(four_pairs), "--out", str(shards), "--shard-size", "1"]) == 0
+        streamed = [f"data.shards={shards}", "data.lanes=1"]
 
     def args(output_dir: Path, max_steps: int, *extra: str, resume: str | None = None) -> list[str]:
-        return train_args(models, four_pairs, output_dir, max_steps, *extra, resume=resume, config=config)
+        return train_args(models, four_pairs, output_dir, max_steps, *extra, *streamed, resume=resume, config=config)
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "flexip", *args(killed, 1000, "checkpoint_every=2",
@@ -110,3 +117,24 @@ def test_two_processes_keep_identical_parameters(tmp_path, tiny_models, four_pai
     rank0, rank1 = state["parameter_hashes"]
     assert rank0 == rank1  # DDP averaged the two processes' different batches into the same update
     assert parameter_hash(FlexIPAdapter.from_pretrained(run / "adapter")) == rank0
+
+
+def test_two_processes_over_shards_consume_the_one_process_stream(tmp_path, tiny_models):
+    """Two torchrun processes read disjoint lanes; the checkpoint's merged stream state is where one process
+    that read the same global batches stands."""
+    data = write_manifest(tmp_path / "data", ManifestConfig(num_images=6, num_clips=2, frames_per_clip=4, size=32))
+    shards = tmp_path / "shards"
+    assert main(["prep", "shards", str(data), "--out", str(shards), "--shard-size", "2"]) == 0
+    streamed = (f"data.shards={shards}", "data.lanes=2", "batch_size=2")
+    two, one = tmp_path / "two", tmp_path / "one"
+    command = [*LAUNCHERS["torchrun"], "-m", "flexip", *train_args(tiny_models, data, two, 3, "checkpoint_every=3", *streamed)]
+    finished = subprocess.run(command, check=False, env=ENV, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert main(train_args(tiny_models, data, one, 6, "checkpoint_every=6", *streamed)) == 0  # the same 6 batches
+
+    def stream_state(run: Path, step: int) -> dict:
+        return json.loads((run / "checkpoints" / f"checkpoint-{step:08d}" / "training_state.json").read_text())
+
+    two_state, one_state = stream_state(two, 3), stream_state(one, 6)
+    assert two_state["samples"] == one_state["samples"] == 12
+    assert two_state["stream"] == one_state["stream"] and set(one_state["stream"]["places"]) == {"0", "1"}

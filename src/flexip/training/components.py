@@ -18,6 +18,8 @@ from .config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # mixed_precision -> frozen models' dtype
+
 
 @dataclass
 class FrozenModels:

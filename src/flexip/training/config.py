@@ -49,6 +49,15 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     manifest: str = ""  # JSONL training manifest (docs/formats.md)
+    # Webdataset shards to stream instead (`flexip prep shards`): their folder, or a path, brace pattern
+    # ("shards/{000000..000999}.tar"), `::`-joined list or URL that webdataset opens. Replaces `manifest`.
+    shards: str = ""
+    # A feature cache folder to train from instead (`flexip prep cache`): the frozen encoders' outputs, made
+    # once. Replaces `manifest`.
+    cache: str = ""
+    # Shards and caches stream in this many lanes (training/stream.py): a multiple of processes x num_workers,
+    # at most the number of shards. A resumed run must keep it.
+    lanes: int = 8
     resolution: int = 512  # target images are resized and centre-cropped to this many pixels
     video_fraction: float = 0.5  # share of video (variant) pairs in every batch; 0.5 = the paper's 1:1
     num_workers: int = 4  # DataLoader worker processes that read and augment images
@@ -180,10 +189,22 @@ class TrainConfig:
         unknown = sorted(set(self.log_with) - {"tensorboard", "wandb"})
         if unknown:
             raise FlexIPError(f"config log_with: {unknown} unknown; choose from tensorboard, wandb")
-        if not self.data.manifest:
+        if self.data.shards and self.data.cache:
             raise FlexIPError(
-                "config data.manifest is empty: name the JSONL training manifest (docs/formats.md)"
+                "config data.shards and data.cache are both set: a cache is made from shards, train from one of them"
             )
+        if not (self.data.manifest or self.data.shards or self.data.cache):
+            raise FlexIPError(
+                "config data.manifest is empty: name the JSONL training manifest (docs/formats.md), or set "
+                "data.shards or data.cache"
+            )
+        if (self.data.shards or self.data.cache) and self.data.swap_captions:
+            raise FlexIPError(
+                "config data.swap_captions draws captions from the whole data set, which a stream of shards cannot: "
+                "set it to 0, or train from data.manifest"
+            )
+        if self.data.lanes < 1:
+            raise FlexIPError(f"config data.lanes: {self.data.lanes} must be at least 1")
         if not self.validation.prompts or not self.validation.preservation:
             raise FlexIPError(
                 "config validation.prompts and validation.preservation need at least one entry each"

@@ -6,9 +6,10 @@ the data order is the same with any number of workers and a resumed run continue
 
 from __future__ import annotations
 
+import io
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,13 +27,14 @@ MAX_CONSECUTIVE_BAD = 32  # more bad samples in a row than this means the data i
 
 @dataclass(frozen=True)
 class Pair:
-    """One manifest line, its paths resolved against the manifest's folder."""
+    """One training pair: a manifest line (its paths resolved against the manifest's folder) or a shard's sample
+    (its files' bytes)."""
 
-    reference: Path
-    target: Path
+    reference: Path | bytes
+    target: Path | bytes
     caption: str
     modality: int  # index into MODALITIES
-    mask: Path | None
+    mask: Path | bytes | None
 
 
 def read_manifest(path: str | os.PathLike) -> list[Pair]:
@@ -50,11 +52,22 @@ def read_manifest(path: str | os.PathLike) -> list[Pair]:
     ]
 
 
-class MixedStream:
-    """An endless stream of pair indices in which a fixed share of positions are video pairs.
+def modality_at(position: int, video_fraction: Fraction) -> tuple[int, int]:
+    """(modality, rank) of stream `position`: its modality's index in MODALITIES, and how many positions of that
+    modality come before it.
 
     Position p holds a video pair iff floor((p + 1) f) > floor(p f): every window of n positions holds
     floor(n f) or ceil(n f) video pairs, so each batch has the configured ratio whatever the sources' sizes.
+    """
+    videos_before = math.floor(position * video_fraction)
+    if math.floor((position + 1) * video_fraction) > videos_before:
+        return 1, videos_before
+    return 0, position - videos_before
+
+
+class MixedStream:
+    """An endless stream of pair indices in which a fixed share of positions are video pairs (`modality_at`).
+
     Each modality's pairs are visited in a fresh seeded permutation per pass.
     """
 
@@ -74,11 +87,7 @@ class MixedStream:
         self._permutations: dict[int, tuple[int, np.ndarray]] = {}  # modality -> (pass, its permutation)
 
     def __getitem__(self, position: int) -> int:
-        videos_before = math.floor(position * self.fraction)
-        if math.floor((position + 1) * self.fraction) > videos_before:
-            modality, rank = 1, videos_before  # rank: how many pairs of this modality came before
-        else:
-            modality, rank = 0, position - videos_before
+        modality, rank = modality_at(position, self.fraction)
         members = self.members[modality]
         epoch, offset = divmod(rank, len(members))
         if self._permutations.get(modality, (None,))[0] != epoch:
@@ -106,9 +115,14 @@ class MixedBatchSampler(torch.utils.data.Sampler):
             batch += self.world_size
 
 
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")  # convert() decodes the whole file: truncation fails here, not later
+def open_image(source: Path | bytes, mode: str) -> Image.Image:
+    """The image at a path or in a file's bytes, decoded whole in `mode` (a truncated file fails here, not later)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        return image.convert(mode)
+
+
+def load_rgb(source: Path | bytes) -> Image.Image:
+    return open_image(source, "RGB")
 
 
 def _centre_square(image: Image.Image, size: int) -> Image.Image:
@@ -158,6 +172,52 @@ def augment_reference(
     return image
 
 
+def load_pair(
+    pair: Pair, rng: np.random.Generator, resolution: int, target_masks: bool = False,
+    swap_caption: Callable[[np.random.Generator], str | None] | None = None,
+) -> dict:  # fmt: skip
+    """One training sample of `pair`: its reference (augmented if an image pair), target pixels and size
+    conditioning, caption and modality; with `target_masks`, the target's subject mask.
+
+    `swap_caption`, for image pairs, returns another pair's caption to use instead (or None to keep this one).
+    Raises OSError or ValueError for an unreadable pair.
+    """
+    caption = pair.caption
+    reference = load_rgb(pair.reference)
+    target = reference if pair.target == pair.reference else load_rgb(pair.target)
+    image_pair = pair.modality == MODALITIES.index("image")
+    swapped = image_pair and swap_caption is not None and (other := swap_caption(rng)) is not None
+    if swapped:
+        caption = other
+    mask = None
+    if image_pair and pair.mask is not None and (target_masks or not swapped):
+        mask = open_image(pair.mask, "L")
+        if mask.size != reference.size:
+            raise ValueError(f"the mask is {mask.size}, its reference {reference.size}")
+    if image_pair:
+        # With its caption swapped, the reference is the only record of the target's scene: it is cropped,
+        # but not cut out or flipped, or the loss would teach a blur of the scenes it could have been.
+        reference = augment_reference(reference, None if swapped else mask, rng, flip=not swapped)
+    pixels = np.asarray(_centre_square(target, resolution), dtype=np.float32)
+    sample = {
+        "reference": reference,
+        "pixel_values": torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0,  # (3, H, W) in [-1, 1]
+        "sizes": size_conditioning(target, resolution),
+        "caption": caption,
+        "modality": pair.modality,
+    }
+    if target_masks:  # (1, H, W) in [0, 1], all 0 without a mask; an image pair's target is its reference
+        target_mask = torch.zeros(1, resolution, resolution)
+        if mask is not None:
+            square = np.asarray(_centre_square(mask, resolution), dtype=np.float32) / 255.0
+            target_mask = torch.from_numpy(square)[None]
+        sample["target_mask"] = target_mask
+    return sample
+
+
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what an unreadable pair raises in load_pair
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Loads the pair at (index, position); an unreadable pair is replaced by the next pair of its modality.
 
@@ -181,45 +241,24 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def swap_caption(self, rng: np.random.Generator) -> str | None:
+        """Another image pair's caption for `swap_captions` of the image pairs, else None."""
+        if rng.random() >= self.swap_captions:
+            return None
+        members = self.members[MODALITIES.index("image")]
+        return self.pairs[members[rng.integers(len(members))]].caption
+
     def load(self, index: int, rng: np.random.Generator) -> dict:
-        pair = self.pairs[index]
-        caption = pair.caption
-        reference = load_rgb(pair.reference)
-        target = reference if pair.target == pair.reference else load_rgb(pair.target)
-        image_pair = pair.modality == MODALITIES.index("image")
-        swapped = image_pair and self.swap_captions > 0 and rng.random() < self.swap_captions
-        if swapped:
-            members = self.members[pair.modality]
-            caption = self.pairs[members[rng.integers(len(members))]].caption
-        mask = None
-        if image_pair and pair.mask is not None and (self.target_masks or not swapped):
-            with Image.open(pair.mask) as file:
-                mask = file.convert("L")
-            if mask.size != reference.size:
-                raise ValueError(f"mask {pair.mask} is {mask.size}, its reference {reference.size}")
-        if image_pair:
-            # With its caption swapped, the reference is the only record of the target's scene: it is cropped,
-            # but not cut out or flipped, or the loss would teach a blur of the scenes it could have been.
-            reference = augment_reference(reference, None if swapped else mask, rng, flip=not swapped)
-        pixels = np.asarray(_centre_square(target, self.resolution), dtype=np.float32)
-        sample = {
-            "reference": reference,
-            "pixel_values": torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0,  # (3, H, W) in [-1, 1]
-            "sizes": size_conditioning(target, self.resolution),
-            "caption": caption,
-            "modality": pair.modality,
-        }
-        if self.target_masks:  # (1, H, W) in [0, 1], all 0 without a mask; an image pair's target is its reference
-            target_mask = torch.zeros(1, self.resolution, self.resolution)
-            if mask is not None:
-                square = np.asarray(_centre_square(mask, self.resolution), dtype=np.float32) / 255.0
-                target_mask = torch.from_numpy(square)[None]
-            sample["target_mask"] = target_mask
-        return sample
+        swap = self.swap_caption if self.swap_captions > 0 else None
+        return load_pair(self.pairs[index], rng, self.resolution, self.target_masks, swap)
+
+    def draws(self, position: int) -> np.random.Generator:
+        """The augmentation and caption-swap draws of stream `position` (shards draw per key and pass instead)."""
+        return np.random.default_rng([self.seed, position])
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, position = item
-        rng = np.random.default_rng([self.seed, position])
+        rng = self.draws(position)
         members = self.members[self.pairs[index].modality]
         start = int(self.slot[index])
         skipped = []
@@ -227,7 +266,7 @@ class PairDataset(torch.utils.data.Dataset):
             candidate = members[(start + attempt) % len(members)]
             try:
                 return {**self.load(candidate, rng), "position": position, "skipped": skipped}
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
+            except UNREADABLE as e:
                 pair = self.pairs[candidate]
                 skipped.append(f"reference {pair.reference}, target {pair.target}: {e}")
         raise FlexIPError(
@@ -243,7 +282,7 @@ def collate(samples: list[dict]) -> dict:
         "captions": [s["caption"] for s in samples],
         "modality": torch.tensor([s["modality"] for s in samples]),
         "positions": [s["position"] for s in samples],
-        "skipped": [message for s in samples for message in s["skipped"]],
+        "skipped": [message for s in samples for message in s.get("skipped", ())],
     }
     if "target_mask" in samples[0]:
         batch["target_masks"] = torch.stack([s["target_mask"] for s in samples])

@@ -1,0 +1,285 @@
+"""The feature cache (`flexip prep cache`, `data.cache`): the frozen encoders' outputs, computed once into shards.
+
+Cache shard i is input shard i with one file added to each sample, `features.safetensors` (float16): the VAE's
+latent distribution of the target (`moments`: mean and log-variance, so each step still draws its own latent),
+the caption's text conditioning (`embeds`, and `added.<name>` for the UNet's added conditioning: SDXL's pooled
+text and size ids), the reference's CLIP embedding and DINOv2 tokens for each of V variants (`clip_embeds`
+(V, dim), `dino_tokens` (V, tokens, dim)), and `subject` (the target's mask pooled to the latents) when the pair
+has a mask. The sample's own files stay, so a cache streams and validates like its shards.
+
+What it fixes in advance: an image pair's reference augmentation (crop, cut-out, flip). Training from shards
+draws it from (seed, key, pass) (stream.py), and variant v of the cache holds the draws of pass v, so training
+from a cache made with the run's seed equals training from its shards for the first V passes, up to float16;
+pass k uses variant k mod V. A video pair's reference is not augmented: it keeps one variant. Condition dropout,
+noise, timesteps, the latent draw and the gate noise stay per step, as from images.
+
+Shards are split between processes in contiguous blocks, written under a temporary name and renamed when whole,
+and a re-run keeps the finished ones. `cache.json` records the encoders and sizes; a run whose config differs
+is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import webdataset
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from tqdm import tqdm
+
+from ..atomic import atomic_write_bytes, check_writable
+from ..errors import FlexIPError
+from ..models.gate import MODALITIES
+from ..reference import EncodedReference
+from .components import DTYPES, FrozenModels, load_frozen_models, prepare_tiny_models
+from .config import DropoutConfig, TrainConfig
+from .data import UNREADABLE, load_pair
+from .objective import EncodedBatch, condition_dropout
+from .stream import SHARD_ERRORS, key_number, pair_of, sample_modality, shard_samples, shard_urls
+
+FORMAT = "flexip-feature-cache"
+FORMAT_VERSION = 1
+INDEX = "cache.json"
+FEATURES = "features.safetensors"
+STORED = torch.float16  # the features' dtype on disk (the added conditioning: float32)
+
+
+def _resolved(reference: str) -> str:
+    """A local path made absolute (the config may name it relatively); a hub id as it is."""
+    return str(Path(reference).expanduser().resolve()) if reference and Path(reference).expanduser().exists() else reference
+
+
+def encoder_settings(config: TrainConfig) -> dict:
+    """What the cached features depend on: a training config must agree on every one."""
+    model = config.model
+    return {
+        "model.base": _resolved(model.base), "model.vae": _resolved(model.vae),
+        "model.image_encoder": _resolved(model.image_encoder), "model.dino_encoder": _resolved(model.dino_encoder),
+        "model.dino_layer": model.dino_layer, "data.resolution": config.data.resolution,
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """An opened cache folder: its shards and what `cache.json` says about them."""
+
+    folder: Path
+    index: dict
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> FeatureCache:
+        folder = Path(folder)
+        try:
+            index = json.loads((folder / INDEX).read_text())
+        except (OSError, ValueError) as e:
+            raise FlexIPError(
+                f"config data.cache: {folder} is not a feature cache ({INDEX} is missing or unreadable: {e}); make "
+                "one with `flexip prep cache`"
+            ) from e
+        if index.get("format") != FORMAT or index.get("format_version") != FORMAT_VERSION:
+            raise FlexIPError(
+                f"config data.cache: {folder / INDEX} is not a {FORMAT} version {FORMAT_VERSION} index; make the "
+                "cache again with this flexip's `flexip prep cache`"
+            )
+        return cls(folder, index)
+
+    @property
+    def variants(self) -> int:
+        return self.index["variants"]
+
+    def check(self, config: TrainConfig) -> None:
+        """Refuse a config whose encoders or sizes are not the cache's, in one line."""
+        ours = encoder_settings(config)
+        for key, value in self.index["settings"].items():
+            if ours.get(key) != value:
+                raise FlexIPError(
+                    f"config {key}: {ours.get(key)!r}, but the cache {self.folder} was made with {value!r}; train "
+                    f"with the config the cache was made with, or make it again: flexip prep cache --config ..."
+                )
+
+
+def write_cache(
+    config: TrainConfig, shards: str, out: Path, part, *, variants: int = 1, batch_size: int = 16,
+    overwrite: bool = False,
+) -> tuple[int, int, int, Counter]:  # fmt: skip
+    """Cache `part`'s share of `shards` into the folder `out` (`part`: prep's `Part`, the same contiguous blocks
+    as every prep step); returns (shards in the part, of them done before, samples written, problems by kind).
+    Problems are listed in `<out>.report.jsonl`."""
+    if variants < 1:
+        raise FlexIPError(f"--variants {variants}: give 1 or more augmentation variants per sample")
+    if batch_size < 1:
+        raise FlexIPError(f"--batch-size {batch_size}: give 1 or more samples per encoder batch")
+    urls = shard_urls(shards)
+    out = check_writable(Path(out), "--out")
+    index = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "shards": len(urls), "source": shards,
+        "variants": variants, "seed": config.seed, "dtype": "float16", "settings": encoder_settings(config),
+    }  # fmt: skip
+    _claim(out, index, overwrite)
+    names = [Path(url).name for url in urls]
+    block = part.block(len(urls))
+    done = [] if overwrite else [i for i in block if (out / names[i]).exists()]
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+    if config.model.tiny_models:
+        prepare_tiny_models(config.model)
+    models = load_frozen_models(config.model, DTYPES[config.mixed_precision])
+    for module in models.modules():
+        module.to(device)
+    report = out.parent / f"{out.name}.report.jsonl"
+    problems, written = Counter(), 0
+    with tqdm(total=len(block), initial=len(done), desc=f"cache{part.label}", unit="shard") as bar:
+        for i in (i for i in block if i not in done):
+            tmp = out / f".tmp-{names[i]}"
+            # 0o666: the kernel applies the user's umask; mtime 0: the same inputs give the same bytes.
+            with (
+                os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb") as file,
+                webdataset.TarWriter(file, encoder=False, mtime=0.0) as tar,
+            ):
+                count, skipped = _cache_shard(urls[i], tar, models, config, variants, batch_size, device)
+            os.replace(tmp, out / names[i])
+            written += count
+            if skipped:
+                with open(report, "a") as log:
+                    log.writelines(json.dumps({"file": urls[i], "kind": "unreadable", "reason": r}) + "\n" for r in skipped)
+                problems["unreadable"] += len(skipped)
+            bar.update()
+    return len(block), len(done), written, problems
+
+
+def _claim(out: Path, index: dict, overwrite: bool) -> None:
+    """Write `cache.json`, or check that the one there is this cache's: a re-run must not mix two caches."""
+    path = out / INDEX
+    if path.exists() and not overwrite:
+        if json.loads(path.read_text()) != index:
+            raise FlexIPError(
+                f"--out {out} holds a cache of other shards, encoders or settings ({path}); pass --overwrite to "
+                "replace it, or choose another folder"
+            )
+        return
+    if not path.exists() and not overwrite and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise FlexIPError(f"--out {out} is not empty and holds no {INDEX}; give an empty or new folder, or --overwrite")
+    atomic_write_bytes(path, (json.dumps(index, indent=1) + "\n").encode())
+
+
+def _cache_shard(url, tar, models, config, variants, batch_size, device) -> tuple[int, list[str]]:
+    """Encode one shard's samples in batches into `tar`; returns (samples written, problems)."""
+    skipped, pending, count = [], [], 0
+    try:
+        for sample in shard_samples(url):
+            try:
+                pending.append((sample, _loads(sample, config, variants)))
+            except UNREADABLE as e:
+                skipped.append(f"sample {sample.get('__key__')}: {e}")
+            if len(pending) == batch_size:
+                count += _write_batch(tar, pending, models, device)
+                pending = []
+    except SHARD_ERRORS as e:
+        skipped.append(f"unreadable after {count + len(pending)} samples ({e})")
+    if pending:
+        count += _write_batch(tar, pending, models, device)
+    return count, skipped
+
+
+def _loads(sample: dict, config: TrainConfig, variants: int) -> list[dict]:
+    """The training samples of each variant: an image pair's augmentation draws of passes 0 .. V-1."""
+    pair = pair_of(sample)
+    image_pair = pair.modality == MODALITIES.index("image")
+    seed, key = config.seed, key_number(sample["__key__"])
+    return [
+        load_pair(pair, np.random.default_rng([seed, key, v]), config.data.resolution, image_pair and pair.mask is not None)
+        for v in range(variants if image_pair else 1)
+    ]
+
+
+@torch.no_grad()
+def _write_batch(tar, pending: list[tuple[dict, list[dict]]], models: FrozenModels, device) -> int:
+    firsts = [loads[0] for _, loads in pending]
+    pixels = torch.stack([s["pixel_values"] for s in firsts]).to(device, models.vae.dtype)
+    moments = models.vae.encode(pixels).latent_dist.parameters
+    sizes = torch.stack([s["sizes"] for s in firsts])
+    text = models.family.encode_captions(models.text, [s["caption"] for s in firsts], sizes, device)
+    references = models.encoder([s["reference"] for _, loads in pending for s in loads])
+    start = 0
+    for row, (sample, loads) in enumerate(pending):
+        tensors = {"moments": moments[row], "embeds": text.embeds[row]}
+        tensors.update({f"added.{name}": value[row] for name, value in (text.added or {}).items()})
+        tensors["clip_embeds"] = references.clip_embeds[start : start + len(loads)]
+        tensors["dino_tokens"] = references.dino_tokens[start : start + len(loads)]
+        start += len(loads)
+        if "target_mask" in firsts[row]:
+            mask = firsts[row]["target_mask"][None].to(device)
+            tensors["subject"] = F.adaptive_avg_pool2d(mask, moments.shape[-2:])[0]
+        # The added conditioning is small and holds SDXL's size ids (above 2048 float16 rounds them): float32.
+        stored = {k: v.to(torch.float32 if k.startswith("added.") else STORED).contiguous().cpu() for k, v in tensors.items()}
+        tar.write({**sample, FEATURES: save_tensors(stored)})
+    return len(pending)
+
+
+def load_cached(sample: dict, pass_: int, rng: np.random.Generator, variants: int, subject: bool) -> dict:
+    """One training sample from a cache sample: its features, the variant of pass `pass_` (`rng` is unused:
+    the draws are in the cache)."""
+    if FEATURES not in sample:
+        raise ValueError(f"the sample has no {FEATURES}: is this folder a feature cache?")
+    try:
+        tensors = load_tensors(sample[FEATURES])
+    except Exception as e:  # safetensors raises its own error types for damaged bytes
+        raise ValueError(f"{FEATURES} is unreadable ({e})") from e
+    variant = pass_ % variants if len(tensors["clip_embeds"]) == variants else 0
+    loaded = {
+        "moments": tensors["moments"], "embeds": tensors["embeds"],
+        "added": {k.removeprefix("added."): v for k, v in tensors.items() if k.startswith("added.")},
+        "clip_embeds": tensors["clip_embeds"][variant], "dino_tokens": tensors["dino_tokens"][variant],
+        "modality": sample_modality(sample),
+    }  # fmt: skip
+    if subject:  # all 0 without a mask, as from images
+        loaded["subject"] = tensors.get("subject", torch.zeros_like(tensors["moments"][:1]))
+    return loaded
+
+
+def collate_cached(samples: list[dict]) -> dict:
+    batch = {
+        name: torch.stack([s[name] for s in samples]) for name in ("moments", "embeds", "clip_embeds", "dino_tokens")
+    }
+    batch["added"] = {name: torch.stack([s["added"][name] for s in samples]) for name in samples[0]["added"]}
+    batch["modality"] = torch.tensor([s["modality"] for s in samples])
+    batch["positions"] = [s["position"] for s in samples]
+    if "subject" in samples[0]:
+        batch["subject"] = torch.stack([s["subject"] for s in samples])
+    return batch
+
+
+@torch.no_grad()
+def encode_cached_batch(
+    models: FrozenModels, batch: dict, dropout: DropoutConfig, generator: torch.Generator
+) -> EncodedBatch:
+    """`objective.encode_batch` from cached features: the same dropout, and the same draws in the same order."""
+    device = generator.device
+    drop_text, drop_image = condition_dropout(batch["modality"], dropout, generator)
+    text_dtype = next(part for part in models.text.values() if isinstance(part, torch.nn.Module)).dtype
+    embeds = batch["embeds"].to(device, text_dtype)
+    added = {name: value.to(device, text_dtype) for name, value in batch["added"].items()} or None
+    dropped = drop_text.nonzero().flatten().tolist()
+    if dropped:  # the empty caption's conditioning, with each dropped sample's own size ids
+        sizes = batch["added"]["time_ids"][dropped] if added and "time_ids" in added else torch.zeros(len(dropped), 6)
+        empty = models.family.encode_captions(models.text, [""] * len(dropped), sizes, device)
+        embeds[dropped] = empty.embeds.to(embeds.dtype)
+        for name, value in (empty.added or {}).items():
+            added[name][dropped] = value.to(added[name].dtype)
+    encoder_dtype = next(models.encoder.parameters()).dtype
+    reference = EncodedReference(
+        batch["clip_embeds"].to(device, encoder_dtype), batch["dino_tokens"].to(device, encoder_dtype)
+    ).dropped(drop_image.to(device))
+    moments = batch["moments"].to(device, models.vae.dtype)
+    latents = DiagonalGaussianDistribution(moments).sample(generator) * models.vae.config.scaling_factor
+    subject = batch["subject"].to(device, latents.dtype) if "subject" in batch else None
+    return EncodedBatch(
+        latents, embeds, added, reference.clip_embeds, reference.dino_tokens, batch["modality"].to(device), subject
+    )

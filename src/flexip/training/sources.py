@@ -1,0 +1,124 @@
+"""Where a run's samples come from: a manifest of files, streamed shards, or a feature cache of those shards.
+
+Each gives the trainer the same three things: a DataLoader of this process's batches from a stream position on,
+the pairs the validation sheet takes its references from, and the function that turns a batch into the UNet's
+inputs (the frozen encoders for images, the cached features for a cache).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import FlexIPError
+from ..models.gate import MODALITIES
+from .checkpoint import TrainingState
+from .config import TrainConfig
+from .data import MixedBatchSampler, MixedStream, Pair, PairDataset, collate, load_pair, read_manifest
+from .feature_cache import FeatureCache, collate_cached, encode_cached_batch, load_cached
+from .objective import encode_batch
+from .signals import ignore_stop_signals
+from .stream import SHARD_ERRORS, ShardBatches, check_lanes, pair_of, shard_samples, shard_urls
+
+VALIDATION_SHARDS = 4  # shards searched for the validation sheet's references before giving up on a modality
+
+
+@dataclass
+class Source:
+    """One run's data: `pairs` and their `stream` for a manifest, `urls` (and `cache`) for shards."""
+
+    config: TrainConfig
+    pairs: list[Pair] | None = None
+    stream: MixedStream | None = None
+    urls: list[str] | None = None
+    cache: FeatureCache | None = None
+
+    @property
+    def encode(self) -> Callable:
+        """(models, batch, dropout, generator) -> EncodedBatch."""
+        return encode_cached_batch if self.cache is not None else encode_batch
+
+
+def open_source(config: TrainConfig, num_processes: int) -> Source:
+    """The configured data, checked against the run's shape (batch size, processes, workers) before any work."""
+    data = config.data
+    if data.shards or data.cache:
+        key = "data.cache" if data.cache else "data.shards"
+        cache = None
+        if data.cache:
+            cache = FeatureCache.open(data.cache)
+            cache.check(config)
+        urls = shard_urls(data.cache or data.shards)
+        check_lanes(urls, data.lanes, num_processes * max(data.num_workers, 1), key)
+        return Source(config, urls=urls, cache=cache)
+    pairs = read_manifest(data.manifest)
+    stream = MixedStream([p.modality for p in pairs], data.video_fraction, config.seed)  # refuses a missing modality
+    batch = config.batch_size * num_processes
+    if batch > len(pairs):
+        raise FlexIPError(
+            f"config batch_size: {config.batch_size} per process x {num_processes} processes = {batch} pairs a "
+            f"step, more than the manifest's {len(pairs)} ({data.manifest}); use at most "
+            f"{max(len(pairs) // num_processes, 1)}, or add pairs"
+        )
+    return Source(config, pairs=pairs, stream=stream)
+
+
+def validation_pairs(source: Source) -> list[Pair]:
+    """The pairs the validation sheet may take references from: the manifest, or the first shards' samples."""
+    if source.pairs is not None:
+        return source.pairs
+    pairs, seen = [], set()
+    for url in source.urls[:VALIDATION_SHARDS]:
+        try:
+            for sample in itertools.islice(shard_samples(url), 64):
+                pair = pair_of(sample)
+                if pair.modality not in seen:
+                    seen.add(pair.modality)
+                    pairs.append(pair)
+        except (*SHARD_ERRORS, KeyError):
+            pass  # a damaged shard: the data loader reports it; the sheet takes the next one
+        if len(seen) == len(MODALITIES):
+            break
+    return pairs
+
+
+def _load_images(sample: dict, pass_: int, rng: np.random.Generator, resolution: int, target_masks: bool) -> dict:
+    return load_pair(pair_of(sample), rng, resolution, target_masks)
+
+
+def data_loader(source: Source, accelerator, state: TrainingState) -> torch.utils.data.DataLoader:
+    """Batches from the stream position `state` reached, this process's share of them."""
+    config, data = source.config, source.config.data
+    rank, world = accelerator.process_index, accelerator.num_processes
+    target_masks = config.subject_loss_weight > 0
+    if source.urls is None:
+        sampler = MixedBatchSampler(source.stream, config.batch_size, state.samples, rank, world)
+        dataset = PairDataset(source.pairs, data.resolution, config.seed, data.swap_captions, target_masks)
+        loading = {"batch_sampler": sampler, "collate_fn": collate}
+    else:
+        if state.stream and state.stream["lanes"] != data.lanes:
+            raise FlexIPError(
+                f"config data.lanes: {data.lanes}, but the checkpoint's stream was cut into {state.stream['lanes']} "
+                f"lanes; resume with --set data.lanes={state.stream['lanes']}"
+            )
+        if source.cache is not None:
+            load = functools.partial(load_cached, variants=source.cache.variants, subject=target_masks)
+            collate_batch = collate_cached
+        else:
+            load = functools.partial(_load_images, resolution=data.resolution, target_masks=target_masks)
+            collate_batch = collate
+        dataset = ShardBatches(
+            source.urls, data.lanes, config.batch_size, data.video_fraction, config.seed,
+            state.samples // config.batch_size, rank, world, state.stream.get("places"), load, collate_batch,
+        )  # fmt: skip
+        loading = {"batch_size": None}
+    workers = data.num_workers
+    return torch.utils.data.DataLoader(
+        dataset, **loading, num_workers=workers, worker_init_fn=ignore_stop_signals,
+        pin_memory=accelerator.device.type == "cuda", prefetch_factor=data.prefetch_factor if workers else None,
+    )  # fmt: skip
