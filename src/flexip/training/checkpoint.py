@@ -5,6 +5,10 @@
         optimizer.bin, ...      accelerate's `save_state`: optimizer, grad scaler, RNG states
         training_state.json     step, stream position, skipped samples, each process's parameter hash
 
+Under FSDP2 and DeepSpeed, sharded.py writes the state (DeepSpeed's engine adds pytorch_model/, its own
+optimizer partitions), `parameter_hashes` holds the one gathered adapter's hash, and `strategy` says which wrote
+it: a checkpoint resumes under the strategy that wrote it.
+
 Every process writes into `.tmp-checkpoint-N`, and the main process renames it only when all are done: a
 crash leaves at most a `.tmp-*` folder, which `--resume latest` never picks. `training_state.json` lists every
 file's size, so a checkpoint damaged later (a full disk, a truncating copy, a file deleted) is recognised:
@@ -20,17 +24,20 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 from safetensors.torch import load_file
+from torch import nn
 
 from ..atomic import atomic_write_bytes
 from ..errors import FlexIPError
 from ..models.adapter import WEIGHTS_NAME, FlexIPAdapter
+from .sharded import adapter_state, load_state, save_state, strategy, write_adapter
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 STATE_NAME = "training_state.json"
@@ -47,6 +54,9 @@ class TrainingState:
     step: int = 0  # optimizer steps done
     samples: int = 0  # stream positions consumed by all processes together (data.MixedBatchSampler's start)
     skipped: int = 0  # unreadable samples skipped so far, all processes
+    # Streaming (data.shards, data.cache): {"lanes": L, "places": {lane: {modality: place}}}, where each lane's
+    # readers stand after the batches consumed (stream.py); empty for a manifest.
+    stream: dict = field(default_factory=dict)
 
 
 def parameter_hash(adapter: FlexIPAdapter) -> str:
@@ -59,7 +69,10 @@ def parameter_hash(adapter: FlexIPAdapter) -> str:
 
 
 def register_hooks(accelerator: Accelerator, adapter: FlexIPAdapter) -> None:
-    """Make `save_state`/`load_state` store the adapter directory instead of the whole wrapped model."""
+    """Make `save_state`/`load_state` store the adapter directory instead of the whole wrapped model (one process
+    or DDP: sharded.py saves the sharded strategies' adapter itself)."""
+    if strategy(accelerator) != "ddp":
+        return
 
     def save(models, weights, output_dir):
         weights.clear()  # the wrapped model's state dict holds the frozen UNet too
@@ -149,9 +162,13 @@ def move_aside(path: Path) -> Path:
 
 
 def save_checkpoint(
-    accelerator: Accelerator, adapter: FlexIPAdapter, state: TrainingState, run_dir: Path, keep: int
-) -> Path:
-    """Write the full state at `state.step` on every process; returns the checkpoint folder."""
+    accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, adapter: FlexIPAdapter,
+    state: TrainingState, run_dir: Path, keep: int,
+) -> Path:  # fmt: skip
+    """Write the full state at `state.step` on every process; returns the checkpoint folder.
+
+    `model` and `optimizer` are the ones `accelerator.prepare` returned.
+    """
     directory = Path(run_dir) / "checkpoints"
     final = directory / f"checkpoint-{state.step:08d}"
     if final.is_dir():
@@ -161,8 +178,16 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during this step's save
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    hashes = gather_object([parameter_hash(adapter)])
+    sharded = strategy(accelerator) != "ddp"
+    if not sharded:
+        accelerator.save_state(str(tmp))
+        hashes = gather_object([parameter_hash(adapter)])
+    else:
+        save_state(accelerator, model, optimizer, tmp)
+        weights, hashes = adapter_state(accelerator, model, adapter), []
+        if accelerator.is_main_process:
+            hashes = [parameter_hash(write_adapter(adapter.config, weights, tmp / ADAPTER_DIR))]
+        accelerator.wait_for_everyone()  # every process's files are written before the main one lists them
     if accelerator.is_main_process:
         if len(set(hashes)) > 1:
             logger.warning(
@@ -172,6 +197,8 @@ def save_checkpoint(
         record = {
             **asdict(state), "num_processes": accelerator.num_processes, "parameter_hashes": hashes, "files": files
         }  # fmt: skip
+        if sharded:
+            record["strategy"] = strategy(accelerator)
         atomic_write_bytes(tmp / STATE_NAME, (json.dumps(record, indent=2) + "\n").encode())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -184,17 +211,41 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainingState:
-    """Restore accelerate's state and the adapter (through the hooks) and return the training state."""
+def export_adapter(accelerator: Accelerator, adapter: FlexIPAdapter, checkpoint: Path, directory: Path) -> None:
+    """Write the adapter `flexip generate --adapter` loads (main process): under a sharded strategy, a copy of
+    the one gathered into `checkpoint`, as the processes each hold only a part (FSDP2) or low-precision
+    weights (DeepSpeed)."""
+    if strategy(accelerator) == "ddp":
+        adapter.save_pretrained(directory)
+    else:
+        FlexIPAdapter.from_pretrained(checkpoint / ADAPTER_DIR).save_pretrained(directory)
+
+
+def load_checkpoint(
+    accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, adapter: FlexIPAdapter, path: Path
+) -> TrainingState:
+    """Restore accelerate's state and the adapter (through the hooks, or sharded.py's `load_state`) and return the
+    training state."""
     try:
         record = json.loads((path / STATE_NAME).read_text())
-        state = TrainingState(step=record["step"], samples=record["samples"], skipped=record["skipped"])
+        state = TrainingState(
+            step=record["step"], samples=record["samples"], skipped=record["skipped"], stream=record.get("stream", {})
+        )
     except (OSError, ValueError, KeyError) as e:
         raise FlexIPError(
             f"checkpoint {path}: {STATE_NAME} is unreadable ({e}); resume from another checkpoint"
         ) from e
+    written, running = record.get("strategy", "ddp"), strategy(accelerator)
+    if written != running:
+        raise FlexIPError(
+            f"checkpoint {path} was written under {written} and this run is under {running}: resume it with the "
+            "accelerate config that wrote it (configs/accelerate/)"
+        )
     try:
-        accelerator.load_state(str(path))
+        if running == "ddp":
+            accelerator.load_state(str(path))
+        else:
+            load_state(accelerator, model, optimizer, adapter, path)
     except FlexIPError:
         raise
     except Exception as e:  # torch and accelerate raise many types for a corrupt file of the right size

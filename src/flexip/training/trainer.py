@@ -22,26 +22,33 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes, check_writable
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from ..models.gate import COVERAGE_BINS, MODALITIES, coverage_counts, coverage_shares
-from .checkpoint import TrainingState, list_checkpoints, load_checkpoint, register_hooks, save_checkpoint
-from .components import FrozenModels, load_frozen_models, prepare_tiny_models
+from .checkpoint import (
+    TrainingState,
+    export_adapter,
+    list_checkpoints,
+    load_checkpoint,
+    register_hooks,
+    save_checkpoint,
+)
+from .components import DTYPES, FrozenModels, load_frozen_models, prepare_tiny_models
 from .config import TrainConfig, config_to_yaml
-from .data import MixedBatchSampler, MixedStream, PairDataset, collate, read_manifest
-from .objective import FlexIPTrainingModel, encode_batch
+from .objective import FlexIPTrainingModel
 from .optimization import build_optimizer, check_optimizer, learning_rate, set_learning_rate
 from .run_folder import check_run_folder, delete_outputs, resume_from_checkpoint
-from .signals import StopSignals, ignore_stop_signals
+from .sharded import full_parameters, prepare
+from .signals import StopSignals
+from .sources import Source, data_loader, open_source, validation_pairs
 from .validation import png_bytes, sweep, sweep_sheet, validation_references
 
 logger = get_logger(__name__)
 
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Tracker -> (its module, what to install for it): TensorBoard comes with the `train` extra.
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "'flexip[train]'"), "wandb": ("wandb", "wandb")}
 
@@ -142,8 +149,7 @@ class Built:
     models: FrozenModels
     adapter: FlexIPAdapter  # trainable, attached to models.unet
     model: FlexIPTrainingModel  # the one module accelerate prepares
-    pairs: list
-    stream: MixedStream
+    source: Source  # the data: a manifest, shards or a feature cache
 
 
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> TrainResult:
@@ -154,9 +160,9 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     """
     run = start(config, resume, overwrite)
     built = build(run)
-    model, optimizer = run.accelerator.prepare(built.model, build_optimizer(built.adapter, config))
+    model, optimizer = prepare(run.accelerator, built.model, build_optimizer(built.adapter, config), config)
     register_hooks(run.accelerator, built.adapter)
-    state = restore(run, resume)
+    state = restore(run, resume, model, optimizer, built.adapter)
     try:
         interrupted = loop(run, built, model, optimizer, state)
     except KeyboardInterrupt:
@@ -211,15 +217,7 @@ def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> R
 def build(run: Run) -> Built:
     """The frozen models on the device, a fresh adapter attached to the UNet, and the data stream."""
     config = run.config
-    pairs = read_manifest(config.data.manifest)
-    stream = MixedStream([p.modality for p in pairs], config.data.video_fraction, config.seed)
-    batch = config.batch_size * run.accelerator.num_processes
-    if batch > len(pairs):
-        raise FlexIPError(
-            f"config batch_size: {config.batch_size} per process x {run.accelerator.num_processes} processes "
-            f"= {batch} pairs a step, more than the manifest's {len(pairs)} ({config.data.manifest}); use at most "
-            f"{max(len(pairs) // run.accelerator.num_processes, 1)}, or add pairs"
-        )
+    source = open_source(config, run.accelerator.num_processes)
     models = load_frozen_models(config.model, DTYPES[config.mixed_precision])
     for module in models.modules():
         module.to(run.accelerator.device)
@@ -234,13 +232,13 @@ def build(run: Run) -> Built:
     )
     if config.compile_unet:  # in place, so the adapter's processors and hooks stay where they are
         models.unet.compile()
-    return Built(models, adapter, model, pairs, stream)
+    return Built(models, adapter, model, source)
 
 
-def restore(run: Run, resume: str | None) -> TrainingState:
+def restore(run: Run, resume: str | None, model, optimizer, adapter: FlexIPAdapter) -> TrainingState:
     """The state of the checkpoint to resume (optimizer, RNG, stream position), or a fresh one."""
     if run.resume_from is not None:
-        state = load_checkpoint(run.accelerator, run.resume_from)
+        state = load_checkpoint(run.accelerator, model, optimizer, adapter, run.resume_from)
         logger.info(f"resumed from {run.resume_from} at step {state.step}")
         return state
     if resume:
@@ -248,28 +246,25 @@ def restore(run: Run, resume: str | None) -> TrainingState:
     return TrainingState()
 
 
-def data_loader(run: Run, built: Built, state: TrainingState) -> torch.utils.data.DataLoader:
-    """Batches from the stream position `state` reached, this process's share of them."""
-    config, accelerator = run.config, run.accelerator
-    sampler = MixedBatchSampler(
-        built.stream, config.batch_size, state.samples, accelerator.process_index, accelerator.num_processes
+def checkpoint_and_export(
+    run: Run, model, optimizer, adapter: FlexIPAdapter, state: TrainingState, places: dict
+) -> None:
+    """A full checkpoint (all processes), then the adapter directory `flexip generate --adapter` loads.
+
+    `places`: where this process's lanes stand (streaming; stream.py). Lane l is always read by process
+    l mod W, so each process contributes its own lanes to the checkpoint's stream state.
+    """
+    if run.config.data.shards or run.config.data.cache:
+        rank, world = run.accelerator.process_index, run.accelerator.num_processes
+        merged = {}
+        for part in gather_object([{lane: p for lane, p in places.items() if int(lane) % world == rank}]):
+            merged.update(part)
+        state.stream = {"lanes": run.config.data.lanes, "places": merged}
+    path = save_checkpoint(
+        run.accelerator, model, optimizer, adapter, state, run.run_dir, run.config.keep_checkpoints
     )
-    dataset = PairDataset(
-        built.pairs, config.data.resolution, config.seed, config.data.swap_captions,
-        target_masks=config.subject_loss_weight > 0,
-    )  # fmt: skip
-    workers = config.data.num_workers
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers, worker_init_fn=ignore_stop_signals,
-        pin_memory=accelerator.device.type == "cuda", prefetch_factor=config.data.prefetch_factor if workers else None,
-    )  # fmt: skip
-
-
-def checkpoint_and_export(run: Run, adapter: FlexIPAdapter, state: TrainingState) -> None:
-    """A full checkpoint (all processes), then the adapter directory `flexip generate --adapter` loads."""
-    path = save_checkpoint(run.accelerator, adapter, state, run.run_dir, run.config.keep_checkpoints)
     if run.accelerator.is_main_process:
-        adapter.save_pretrained(run.run_dir / "adapter")
+        export_adapter(run.accelerator, adapter, path, run.run_dir / "adapter")
     logger.info(f"step {state.step}: saved {path} and {run.run_dir / 'adapter'}")
 
 
@@ -285,24 +280,27 @@ def _tenths(coverage: dict[str, list[float]]) -> dict[str, float]:
 def validate(run: Run, built: Built, references: list, step: int) -> None:
     """The dial's contact sheet at this step (main process), written to samples/step-N.png."""
     accelerator, adapter = run.accelerator, built.adapter
-    if accelerator.is_main_process:
-        adapter.eval()
-        with accelerator.autocast():
-            rows = sweep(
-                built.models, adapter, references, run.config.validation, run.config.data.resolution, accelerator.device
-            )  # fmt: skip
-        sheet = sweep_sheet(references, run.config.validation.prompts, run.config.validation.preservation, rows)
-        atomic_write_bytes(run.run_dir / "samples" / f"step-{step:08d}.png", png_bytes(sheet))
-        adapter.train()
-    accelerator.wait_for_everyone()
+    with full_parameters(accelerator, built.model):  # FSDP2: every process gathers, the main one samples
+        if accelerator.is_main_process:
+            adapter.eval()
+            with accelerator.autocast():
+                rows = sweep(
+                    built.models, adapter, references, run.config.validation, run.config.data.resolution,
+                    accelerator.device,
+                )  # fmt: skip
+            sheet = sweep_sheet(references, run.config.validation.prompts, run.config.validation.preservation, rows)
+            atomic_write_bytes(run.run_dir / "samples" / f"step-{step:08d}.png", png_bytes(sheet))
+            adapter.train()
+        accelerator.wait_for_everyone()
 
 
 def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool:
     """Optimizer steps until `max_steps` or a stop signal; returns whether a signal stopped it."""
     config, accelerator, adapter = run.config, run.accelerator, built.adapter
     device, world = accelerator.device, accelerator.num_processes
-    loader = data_loader(run, built, state)
-    references = validation_references(built.pairs)
+    loader = data_loader(built.source, accelerator, state)
+    references = validation_references(validation_pairs(built.source))
+    places = dict(state.stream.get("places", {}))  # each lane's readers after the batches consumed (streaming)
     if accelerator.is_main_process:
         atomic_write_bytes(run.run_dir / "config.yaml", config_to_yaml(config).encode())
     accelerator.init_trackers("flexip", config=_flat(dataclasses.asdict(config)))
@@ -324,14 +322,15 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
             for message in batch["skipped"]:
                 logger.warning(f"skipped an unreadable training pair: {message}", main_process_only=False)
             skipped += len(batch["skipped"])
+            places.update(batch.get("lanes", {}))
             generator.manual_seed(_batch_seed(config.seed, batch["positions"][0]))
             with accelerator.accumulate(model):
-                encoded = encode_batch(built.models, batch, config.dropout, generator)
+                encoded = built.source.encode(built.models, batch, config.dropout, generator)
                 loss, g = model(encoded, generator)
+                set_learning_rate(optimizer, learning_rate(config, state.step))  # DeepSpeed steps in backward
                 accelerator.backward(loss)
                 if config.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(adapter.parameters(), config.max_grad_norm)
-                set_learning_rate(optimizer, learning_rate(config, state.step))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             state.samples += config.batch_size * world
@@ -382,10 +381,10 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
             if stopping:
                 interrupted = True
                 with stop.saving():
-                    checkpoint_and_export(run, adapter, state)
+                    checkpoint_and_export(run, model, optimizer, adapter, state, places)
                 break
             if state.step % config.checkpoint_every == 0 or last:
                 with stop.saving():
-                    checkpoint_and_export(run, adapter, state)
+                    checkpoint_and_export(run, model, optimizer, adapter, state, places)
     progress.close()
     return interrupted
