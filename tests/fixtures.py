@@ -115,3 +115,15 @@ def stock_pipeline(kind: str, base, family: Family = SD15):
     pipe = text_to_image if kind == "txt2img" else cls(**text_to_image.components, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_flexip_pipe(request, family: str):
+    """A FlexIPPipeline on the tiny model set of `family` ("sd15" or "sdxl") with the test adapter (random
+    Personalization residuals), no progress bar; `request` is the asking fixture's, to reach the session's."""
+    from flexip import FlexIPPipeline
+
+    models = request.getfixturevalue("tiny_models" if family == "sd15" else "tiny_xl_models")
+    load = request.getfixturevalue("load_test_adapter" if family == "sd15" else "load_xl_test_adapter")
+    pipe = FlexIPPipeline.from_pretrained(base=models.base, adapter=load())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -8,6 +8,7 @@ import importlib
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "DialSchedule": ".pipeline",
     "EncodedReference": ".reference",
     "FlexIPAdapter": ".models",
     "FlexIPCondition": ".models",
@@ -20,6 +21,7 @@ _EXPORTS = {
     "unload_flexip": ".pipeline",
 }
 __all__ = [
+    "DialSchedule",
     "EncodedReference",
     "FlexIPAdapter",
     "FlexIPCondition",

@@ -18,6 +18,7 @@ import gradio as gr
 
 from ..demo_subject import DEMO_PROMPT, DEMO_REFERENCE
 from ..errors import FlexIPError
+from ..pipeline.dial import dial_text
 from ..pipeline.settings import SamplingSettings
 from ..schedulers import SCHEDULERS
 from .service import MAX_SWEEP, MAX_UPLOAD_BYTES, Cancelled, Service, read_reference
@@ -61,6 +62,15 @@ def build_page(service: Service) -> gr.Blocks:
                     scale = gr.Slider(0, 2, value=DEFAULTS.scale, step=0.05,
                                       label="adapter strength s (0 is the base model)", elem_id="scale")  # fmt: skip
                     negative = gr.Textbox("", label="negative prompt", elem_id="negative")
+                    dial = gr.Textbox("", label="dial per block or over the steps, replacing the slider: "
+                                      "down=0.9,mid=0.6,up=0.3 or 0.9:0.3 (a sweep: values between ';')",
+                                      elem_id="dial")  # fmt: skip
+                    more = gr.File(label="more references: the same subject, or with masks one subject each",
+                                   file_count="multiple", file_types=["image"], elem_id="more-references")  # fmt: skip
+                    weights = gr.Textbox("", label="reference weights, the first reference first (e.g. 0.7,0.3)",
+                                         elem_id="reference-weights")  # fmt: skip
+                    masks = gr.File(label="masks, one per reference in order (white = the subject)",
+                                    file_count="multiple", file_types=["image"], elem_id="masks")  # fmt: skip
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="run")
                     stop = gr.Button("Stop", elem_id="stop")
@@ -75,7 +85,7 @@ def build_page(service: Service) -> gr.Blocks:
                                      elem_id="command")  # fmt: skip
 
         inputs = [reference, prompt, preservation, mode, count, seed, randomize, steps, guidance, scheduler, scale,
-                  negative]  # fmt: skip
+                  negative, dial, more, weights, masks]  # fmt: skip
         outputs = [status, image, gallery, sheet, command, seed]
         # No preprocessing: the image arrives as its upload record (gradio still checks that it is an upload),
         # so a broken file reaches read_reference, which says what is wrong, instead of failing inside gradio.
@@ -91,13 +101,14 @@ def _generate(service: Service):
     """The `generate` endpoint: the controls' values in, (status, image, sweep, contact sheet, command, seed) out."""
 
     def generate(reference, prompt, preservation, mode, sweep_count, seed, random_seed, steps, guidance,
-                 scheduler, scale, negative_prompt, request: gr.Request, progress=gr.Progress()):  # fmt: skip
+                 scheduler, scale, negative_prompt, dial="", more=None, weights="", masks=None,
+                 request: gr.Request = None, progress=gr.Progress()):  # fmt: skip
         upload = reference or {}
         try:
             checked = service.request(
                 upload.get("path"), upload.get("orig_name") or "the upload", prompt, preservation,
                 sweep_count if mode == SWEEP else None, seed, random_seed, steps, guidance, scheduler, scale,
-                negative_prompt,
+                negative_prompt, dial or "", _uploads(more), weights or "", _uploads(masks),
             )  # fmt: skip
             result = service.run(checked, request.session_hash,
                                  lambda done, total: progress((done, total), desc="denoising"))  # fmt: skip
@@ -105,12 +116,17 @@ def _generate(service: Service):
             return f"**Error:** {e}", None, [], None, "", seed
         except Cancelled as e:
             return f"Stopped {e}.", None, [], None, "", seed
-        images = [(str(path), f"preservation {value:g}") for path, value in zip(result.images, result.values)]
+        images = [(str(path), f"preservation {dial_text(value)}") for path, value in zip(result.images, result.values)]
         if len(images) == 1:
             return result.report, images[0][0], [], None, result.command, checked.sampling.seed
         return result.report, None, images, str(result.sheet), result.command, checked.sampling.seed
 
     return generate
+
+
+def _uploads(files) -> list[tuple[str, str]]:
+    """A multiple-file control's upload records as (server path, the user's file name)."""
+    return [(item["path"], item.get("orig_name") or "the upload") for item in files or []]
 
 
 def _check_upload(reference) -> str:

@@ -27,9 +27,11 @@ from ..contact_sheet import contact_sheet
 from ..demo_subject import DEMO_REFERENCE
 from ..errors import FlexIPError
 from ..pipeline.checks import check_preservation
+from ..pipeline.dial import check_dials, dial_record, dial_text, parse_dial
 from ..pipeline.images import load_reference_image
-from ..pipeline.output import save_image
+from ..pipeline.output import image_name, save_image
 from ..pipeline.settings import LoadedModel, ModelSettings, SamplingSettings, generate, record
+from ..pipeline.subjects import check_subjects
 from ..schedulers import SCHEDULERS, make_scheduler
 
 MAX_UPLOAD_BYTES = 20 * 2**20  # the page refuses bigger files before they reach the server
@@ -50,9 +52,27 @@ class Request:
     reference: Image.Image  # RGB, as the encoders see it
     reference_name: str  # how the user knows the file: the command line and the settings name it
     prompt: str
-    values: list[float]  # the dial: one value, or a sweep's values from 0 to 1
+    values: list  # the dial: one value, or a sweep's values (numbers, or the advanced forms)
     sampling: SamplingSettings
     scheduler: str
+    # The advanced section: more images of the subject (or, with masks, more subjects), their weights, masks.
+    more_references: tuple[Image.Image, ...] = ()
+    more_names: tuple[str, ...] = ()
+    reference_weights: list[float] | None = None
+    masks: tuple[Image.Image, ...] | None = None
+    mask_names: tuple[str, ...] | None = None
+
+    def subjects(self) -> dict:
+        """`reference` (one or a list), `reference_weights` and `reference_masks` of the library's call."""
+        references = [self.reference, *self.more_references]
+        return {"reference": references[0] if len(references) == 1 else references,
+                "reference_weights": self.reference_weights,
+                "reference_masks": None if self.masks is None else list(self.masks)}  # fmt: skip
+
+    def record(self) -> dict:
+        """The names `settings.record` writes for the references and masks."""
+        return {"reference": [self.reference_name, *self.more_names], "reference_weights": self.reference_weights,
+                "reference_masks": None if self.mask_names is None else list(self.mask_names)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,25 @@ class Result:
 
 def read_reference(path: str | Path, name: str) -> Image.Image:
     """An uploaded file -> an RGB image; a FlexIPError naming the file as the user named it otherwise."""
+    path = _checked_upload(path, name)
+    try:
+        return load_reference_image(path)
+    except FlexIPError as e:  # its message names the server's temporary copy; the user knows the file name
+        raise FlexIPError(str(e).replace(str(path), name)) from e
+
+
+def read_mask(path: str | Path, name: str) -> Image.Image:
+    """An uploaded mask -> a grayscale image (white = the subject); a FlexIPError naming the file otherwise."""
+    path = _checked_upload(path, name)
+    try:
+        with Image.open(path) as image:
+            return image.convert("L")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise FlexIPError(f"{name} cannot be read as a mask ({str(e).replace(str(path), name)})") from None
+
+
+def _checked_upload(path: str | Path, name: str) -> Path:
+    """Refuse an upload over the page's size limits before decoding it."""
     path = Path(path)
     if path.stat().st_size > MAX_UPLOAD_BYTES:
         raise FlexIPError(f"{name} is larger than {MAX_UPLOAD_BYTES // 2**20} MB; upload a smaller picture")
@@ -73,16 +112,13 @@ def read_reference(path: str | Path, name: str) -> Image.Image:
         with Image.open(path) as image:  # the header only: the size before any decoding
             width, height = image.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        width = height = 0  # load_reference_image says what is wrong with it
+        width = height = 0  # the reader says what is wrong with it
     if width * height > MAX_PIXELS:
         raise FlexIPError(
             f"{name} is {width} x {height} pixels, more than the {MAX_PIXELS / 1e6:g} megapixels this page "
             "takes; downscale it and upload it again"
         )
-    try:
-        return load_reference_image(path)
-    except FlexIPError as e:  # its message names the server's temporary copy; the user knows the file name
-        raise FlexIPError(str(e).replace(str(path), name)) from e
+    return path
 
 
 def sweep_values(count: int) -> list[float]:
@@ -108,16 +144,24 @@ class Service:
     def request(
         self, reference_path: str | None, reference_name: str, prompt: str, preservation: float,
         sweep: int | None, seed: int, randomize: bool, steps: int, guidance: float, scheduler: str,
-        scale: float, negative_prompt: str,
+        scale: float, negative_prompt: str, dial: str = "", more_references: list[tuple[str, str]] = (),
+        reference_weights: str = "", masks: list[tuple[str, str]] = (),
     ) -> Request:  # fmt: skip
-        """The page's values as a checked `Request` (a FlexIPError names the first bad one)."""
+        """The page's values as a checked `Request` (a FlexIPError names the first bad one).
+
+        The advanced section: `dial` in the command line's text forms (per block, a schedule; values between
+        ';' for a sweep) replaces the slider; `more_references` and `masks` are (path, name) uploads,
+        `reference_weights` comma-separated."""
         if not reference_path:
             raise FlexIPError("no reference: upload a picture of the subject, or pick the built-in example")
         if not prompt or not prompt.strip():
             raise FlexIPError("the prompt is empty: say what to generate, e.g. 'a dog on the beach'")
         if scheduler not in SCHEDULERS:
             raise FlexIPError(f"scheduler {scheduler!r} is not one of {', '.join(sorted(SCHEDULERS))}")
-        values = sweep_values(sweep) if sweep else check_preservation(preservation)
+        if dial and dial.strip():
+            values = self._dial(dial.strip(), sweep=bool(sweep))
+        else:
+            values = sweep_values(sweep) if sweep else check_preservation(preservation)
         if randomize:
             seed = secrets.randbelow(2**32)
         sampling = SamplingSettings(
@@ -127,7 +171,30 @@ class Service:
         if _same_bytes(Path(reference_path), DEMO_REFERENCE):
             reference_name = str(DEMO_REFERENCE)  # the built-in example: the command line can name the real file
         reference = read_reference(reference_path, reference_name)
-        return Request(reference, reference_name, prompt, values, sampling, scheduler)
+        more = tuple(read_reference(path, name) for path, name in more_references)
+        mask_images = tuple(read_mask(path, name) for path, name in masks) or None
+        weights = None
+        if reference_weights and reference_weights.strip():
+            try:
+                weights = [float(weight) for weight in reference_weights.split(",")]
+            except ValueError:
+                raise FlexIPError(f"reference weights {reference_weights!r}: give comma-separated numbers, e.g. 0.7,0.3") from None
+        check_subjects(1 + len(more), weights, mask_images, None)
+        return Request(reference, reference_name, prompt, values, sampling, scheduler, more,
+                       tuple(name for _, name in more_references), weights, mask_images,
+                       tuple(name for _, name in masks) or None)  # fmt: skip
+
+    def _dial(self, text: str, sweep: bool) -> list:
+        """The advanced dial's text, checked against the loaded adapter's layers: one value, or a sweep's."""
+        form = parse_dial(text, "dial")
+        values = form if isinstance(form, list) else [form]
+        check_dials(values, list(self.loaded.pipe.flexip.adapter.config.layers), name="dial")
+        if sweep != (len(values) > 1):
+            raise FlexIPError(
+                f"dial {text}: " + ("a sweep needs several values, separated by ';' (or ',' between numbers "
+                                    "and schedules)" if sweep else "one image takes one value; choose the sweep")
+            )  # fmt: skip
+        return values
 
     def run(self, request: Request, session: str = "", on_step=None) -> Result:
         """Generate and write the results; `cancel(session)` stops it at the next step (raises Cancelled)."""
@@ -166,22 +233,25 @@ class Service:
             if on_step is not None:
                 on_step(done, request.sampling.steps)
 
-        images = generate(loaded, request.prompt, encoded, request.values, request.sampling, on_step=step)
+        subjects = {**request.subjects(), "reference": encoded if not request.more_references
+                    else [encoded, *request.more_references]}  # fmt: skip
+        images = generate(loaded, request.prompt, values=request.values, sampling=request.sampling, on_step=step,
+                          **subjects)  # fmt: skip
         done_at = time.perf_counter()
         models = dataclasses.replace(self.models, scheduler=request.scheduler)
-        settings = record(request.prompt, request.reference_name, models, request.sampling, loaded)
+        settings = record(request.prompt, models=models, sampling=request.sampling, loaded=loaded, **request.record())
         folder = self._new_folder()
         paths = []
         for index, (value, image) in enumerate(zip(request.values, images)):
-            paths.append(folder / f"{index:02d}_preservation-{value:.2f}.png")
-            save_image(image, paths[-1], {**settings, "preservation": value})
+            paths.append(folder / image_name(index, value))
+            save_image(image, paths[-1], {**settings, "preservation": dial_record(value)})
         sheet = None
         if len(request.values) > 1:
-            labels = ["reference"] + [f"preservation {value:g}" for value in request.values]
+            labels = ["reference"] + [f"preservation {dial_text(value)}" for value in request.values]
             title = f'"{request.prompt}"  (seed {request.sampling.seed})'
             sheet = folder / SHEET_NAME
             save_image(contact_sheet([[request.reference, *images]], labels, title=title), sheet,
-                       {**settings, "preservation": request.values})  # fmt: skip
+                       {**settings, "preservation": dial_record(request.values)})  # fmt: skip
         timings = (encoded_at - start, last_step_at - encoded_at, done_at - last_step_at)
         return Result(paths, request.values, sheet, self.command(request), _report(request, reused, timings))
 
@@ -212,10 +282,16 @@ class Service:
         """The command line that writes the same images."""
         sampling, models = request.sampling, self.models
         sweep = len(request.values) > 1
-        words = ["flexip", "sweep" if sweep else "generate", "--reference", request.reference_name,
-                 "--prompt", request.prompt, "--preservation", ",".join(f"{v:g}" for v in request.values),
-                 "--seed", str(sampling.seed), "--steps", str(sampling.steps), "--guidance", f"{sampling.guidance:g}",
-                 "--scale", f"{sampling.scale:g}", "--scheduler", request.scheduler]  # fmt: skip
+        words = ["flexip", "sweep" if sweep else "generate"]
+        for name in (request.reference_name, *request.more_names):
+            words += ["--reference", name]
+        for name in request.mask_names or ():  # the n-th --mask belongs to the n-th --reference
+            words += ["--mask", name]
+        if request.reference_weights is not None:
+            words += ["--reference-weights", ",".join(f"{w:g}" for w in request.reference_weights)]
+        words += ["--prompt", request.prompt, "--preservation", dial_text(request.values),
+                  "--seed", str(sampling.seed), "--steps", str(sampling.steps), "--guidance", f"{sampling.guidance:g}",
+                  "--scale", f"{sampling.scale:g}", "--scheduler", request.scheduler]  # fmt: skip
         if sampling.negative_prompt:
             words += ["--negative-prompt", sampling.negative_prompt]
         for flag, value in [("--adapter", models.adapter), ("--base", models.base), ("--base-config", models.base_config),
@@ -242,7 +318,7 @@ def _whole(value, name: str) -> int:
 def _report(request: Request, reused: bool, timings: tuple[float, float, float]) -> str:
     encode, denoise, decode = timings
     count = len(request.values)
-    what = f"{count} images along the dial" if count > 1 else f"1 image at preservation {request.values[0]:g}"
+    what = f"{count} images along the dial" if count > 1 else f"1 image at preservation {dial_text(request.values[0])}"
     reference = (
         f"reference features reused, not encoded again ({_ms(encode)})"
         if reused

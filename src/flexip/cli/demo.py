@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.checks import check_preservation
     from ..pipeline.output import save_image
-    from .generate import load_models, model_settings, sampling_settings
+    from .generate import Subjects, load_models, model_settings, sampling_settings
     from .sweep import check_output_directory, output_names, sweep
 
     values = check_preservation(DEFAULT_VALUES.split(","))
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             "embedded default is the tiny random model; these pictures are noise and mean nothing. They show "
             "that everything runs."
         )
-    sheet = sweep(loaded, DEMO_PROMPT, reference, "built-in (flexip demo)", values, models, sampling, out)
+    subjects = Subjects([reference], ["built-in (flexip demo)"])
+    sheet = sweep(loaded, DEMO_PROMPT, subjects, values, models, sampling, out)
     save_image(reference, Path(out) / "reference.png", {"prompt": DEMO_PROMPT})
     print(
         f"flexip demo: the subject {out / 'reference.png'} for the prompt {DEMO_PROMPT!r}, preservation {DEFAULT_VALUES}"

@@ -16,10 +16,13 @@ EXAMPLES = f"""\
 examples:
   flexip sweep --reference dog.jpg --prompt "a dog on the beach" --out sweep/
   flexip sweep --reference dog.jpg --prompt "a dog on the beach" --preservation 0,0.5,1 --seed 3 --out sweep/
+  flexip sweep --reference dog.jpg --prompt "a dog" --preservation "0.9:0.3,0.6" --out schedule/
+  flexip sweep --reference dog.jpg --prompt "a dog" --preservation "down=0.9,up=0.3;0.6" --out blocks/
 
-writes into --out: one image per value (00_preservation-0.00.png, ...), {SHEET_NAME} (the reference, then the
+writes into --out: one image per value (00_preservation-0.00.png, ...), {SHEET_NAME} (the references, then the
 dial from left to right) and {SETTINGS_NAME} (everything needed to reproduce them). All images share their
-starting noise, so they differ only by the dial."""
+starting noise, so they differ only by the dial. Values are separated by ',' (numbers and schedules) or by ';'
+(any forms, per-block ones included)."""
 
 
 def register(subparsers) -> None:
@@ -34,7 +37,8 @@ def register(subparsers) -> None:
     add_subject_options(parser)
     parser.add_argument(
         "--preservation", default=DEFAULT_VALUES,
-        help=f"comma-separated dial values in [0, 1] (default: {DEFAULT_VALUES})",
+        help=f"comma-separated dial values in [0, 1] or schedules (0.9:0.3); ';' between per-block values "
+        f"(default: {DEFAULT_VALUES})",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="directory to write into (created if missing)")
     add_overwrite_option(parser, "images, contact sheet and settings of an earlier sweep in --out")
@@ -43,30 +47,34 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline.checks import check_preservation
-    from ..pipeline.images import load_reference_image
-    from .generate import load_models, model_settings, sampling_settings
+    from .generate import (
+        check_blocks,
+        load_models,
+        model_settings,
+        read_dial,
+        read_subjects,
+        sampling_settings,
+    )
 
-    values = check_preservation(args.preservation.split(","), name="--preservation")
+    values = read_dial(args.preservation)
     models, sampling = model_settings(args), sampling_settings(args)
-    out = check_output_directory(args.out, output_names(values), args.overwrite, args.reference)
-    reference = load_reference_image(args.reference)
+    check_blocks(args.adapter, values, sampling.scale)
+    out = check_output_directory(args.out, output_names(values), args.overwrite, [*args.reference, *(args.mask or [])])
+    subjects = read_subjects(args)
     loaded = load_models(models, sampling)
-    sheet = sweep(loaded, args.prompt, reference, str(args.reference), values, models, sampling, out)
+    sheet = sweep(loaded, args.prompt, subjects, values, models, sampling, out)
     print(f"wrote {len(values)} images and the contact sheet {sheet}")
     return 0
 
 
-def image_name(index: int, value: float) -> str:
-    return f"{index:02d}_preservation-{value:.2f}.png"
-
-
-def output_names(values: list[float]) -> list[str]:
+def output_names(values: list) -> list[str]:
     """The files a sweep of `values` writes into its folder."""
+    from ..pipeline.output import image_name
+
     return [image_name(index, value) for index, value in enumerate(values)] + [SHEET_NAME, SETTINGS_NAME]
 
 
-def check_output_directory(path: str, names: list[str], overwrite: bool, reference: str | None = None) -> Path:
+def check_output_directory(path: str, names: list[str], overwrite: bool, references: list[str] = ()) -> Path:
     """`--out` as a folder the files `names` can be written into, checked before any model loads."""
     from ..atomic import check_writable
     from ..errors import FlexIPError
@@ -76,7 +84,7 @@ def check_output_directory(path: str, names: list[str], overwrite: bool, referen
     if out.exists() and not out.is_dir():
         raise FlexIPError(f"--out {path} is a file; give a directory to write the sweep into")
     check_writable(out, "--out")
-    if reference is not None:
+    for reference in references:
         for name in names:
             check_not_reference(out / name, reference)
     taken = [name for name in names if (out / name).exists()]
@@ -88,20 +96,27 @@ def check_output_directory(path: str, names: list[str], overwrite: bool, referen
     return out
 
 
-def sweep(loaded, prompt: str, reference, reference_name: str, values: list[float], models, sampling, out: Path) -> Path:
-    """Generate, then write the images, the contact sheet and the settings; returns the contact sheet's path."""
+def sweep(loaded, prompt: str, subjects, values: list, models, sampling, out: Path) -> Path:
+    """Generate, then write the images, the contact sheet and the settings; returns the contact sheet's path.
+
+    `subjects` is a `cli.generate.Subjects`; `values` the dial's values, of any form."""
     from ..atomic import atomic_write_bytes
     from ..contact_sheet import contact_sheet
-    from ..pipeline.output import save_image
+    from ..pipeline.dial import dial_record, dial_text
+    from ..pipeline.output import image_name, save_image
     from ..pipeline.settings import generate, record
 
-    images = generate(loaded, prompt, reference, values, sampling)
-    settings = {**record(prompt, reference_name, models, sampling, loaded), "preservation": values}
+    images = generate(loaded, prompt, values=values, sampling=sampling, **subjects.call_arguments())
+    settings = {**record(prompt, models=models, sampling=sampling, loaded=loaded, **subjects.record()),
+                "preservation": dial_record(values)}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     for index, (value, image) in enumerate(zip(values, images)):
-        save_image(image, out / image_name(index, value), {**settings, "preservation": value})
-    labels = ["reference"] + [f"preservation {value:g}" for value in values]
-    sheet = contact_sheet([[reference, *images]], labels, title=f'"{prompt}"  (seed {sampling.seed})')
+        save_image(image, out / image_name(index, value), {**settings, "preservation": dial_record(value)})
+    references = subjects.images + (subjects.masks or [])
+    labels = [f"reference {index + 1}" if len(subjects.images) > 1 else "reference" for index in range(len(subjects.images))]
+    labels += [f"mask {index + 1}" for index in range(len(subjects.masks or []))]
+    labels += [f"preservation {dial_text(value)}" for value in values]
+    sheet = contact_sheet([[*references, *images]], labels, title=f'"{prompt}"  (seed {sampling.seed})')
     save_image(sheet, out / SHEET_NAME, settings)
     atomic_write_bytes(out / SETTINGS_NAME, (json.dumps(settings, indent=2) + "\n").encode())
     return out / SHEET_NAME

@@ -268,10 +268,14 @@ class FlexIPAdapter(nn.Module):
             preservation_tokens, personalization_tokens, preservation_weight, personalization_weight, cache=cache
         )
 
+    def layer_projections(self) -> dict[str, BranchProjections]:
+        """Each cross-attention layer's branch K/V by the layer's processor name, in the config's order."""
+        return {name: self.layers[_module_key(name)] for name in self.config.layers}
+
     def attach(self, unet: nn.Module) -> None:
         """Install the gated cross-attention in `unet`, after checking every layer's size."""
         self.check_compatible(unet)
-        attach(unet, {name: self.layers[_module_key(name)] for name in self.config.layers})
+        attach(unet, self.layer_projections())
 
     @staticmethod
     def detach(unet: nn.Module) -> None:

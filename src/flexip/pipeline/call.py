@@ -2,19 +2,24 @@
 
 The path a `preservation` value takes, from the call to the attention processor (method.md §2.3, §4):
 
-1. `flexip_call` checks it: one value or a list, each in [0, 1] (`checks.check_preservation`).
+1. `flexip_call` checks it (`dial.check_dials`): one value or a list (a sweep), each a number in [0, 1], a
+   per-block dict or a schedule, resolved to one value per cross-attention layer (a `LayerDial`); `scale`
+   likewise (a number or a per-block dict), and the references with their weights and masks (`subjects.py`).
 2. It encodes the prompt once, for all values, as the base family's pipeline does (`flexip.families`), and
    repeats every per-sample input once per value, innermost: the prompt embeddings (and SDXL's pooled ones),
-   the starting noise (`_per_sample_generators`) and any given latents. `g` becomes a
-   tensor with one value per conditional sample, in that order.
-3. `FlexIPInjection.generating(reference, g, scale, samples)` holds the reference and `g` for the length of
-   the call, in a context variable: per thread, never on the shared pipeline or UNet.
+   the starting noise (`_per_sample_generators`) and any given latents. Each conditional sample gets its
+   value's `LayerDial`, in that order.
+3. `FlexIPInjection.generating(references, subjects, dials, scales, samples)` holds them for the length of
+   the call, in a context variable: per thread, never on the shared pipeline or UNet. A schedule's progress
+   moves at the end of each step through the stock loop's `callback_on_step_end` (`FlexIPInjection.advance`).
 4. The stock pipeline's own denoising loop calls the UNet. The injection's forward pre-hook reads the
-   context variable and, at the first UNet call, builds the `FlexIPCondition`:
-   `adapter(clip_embeds, dino_tokens, text, g, scale=s)` gives the tokens P and S and the per-sample branch
-   weights s·g and s·(1 − g); guidance's unconditional half gets the null reference.
+   context variable and, at the first UNet call, builds the `FlexIPCondition`: each reference's tokens P
+   and S (`adapter.preservation`, `adapter.personalization`), and every layer's per-sample branch weights
+   s·g and s·(1 − g) (`BranchWeights`); guidance's unconditional half gets the null reference. Under a
+   schedule, later calls get the same tokens and key/value cache with that step's weights.
 5. The UNet passes `(text, condition)` to every cross-attention layer, where `FlexIPAttnProcessor` adds
-   s·g·Attn(Q, K_P, V_P) + s·(1 − g)·Attn(Q, K_S, V_S) to the text attention.
+   s·g·Attn(Q, K_P, V_P) + s·(1 − g)·Attn(Q, K_S, V_S) to the text attention, each branch summed over the
+   references with their weights and masks.
 
 Why this shape: diffusers' loops (every scheduler, guidance, callbacks, ControlNet, LoRA) run unchanged,
 because the only thing FlexIP changes is what the UNet receives, and it changes it where diffusers' own
@@ -33,10 +38,13 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from ..errors import FlexIPError
-from .checks import check_guidance, check_images_per_prompt, check_preservation, check_scale, check_steps
+from .checks import check_guidance, check_images_per_prompt, check_steps
+from .dial import check_dials, check_layer_scale
 from .injection import ReferenceInput
+from .subjects import check_subjects
 
 
 @torch.no_grad()
@@ -45,18 +53,21 @@ def flexip_call(
     stock_call: Callable,
     args: tuple,
     kwargs: dict,
-    reference: ReferenceInput,
-    preservation: float | list[float],
-    scale: float,
+    reference: ReferenceInput | list[ReferenceInput],
+    preservation,
+    scale,
+    reference_weights: list[float] | None = None,
+    reference_masks: list | None = None,
 ):
-    """Run `stock_call(pipe, *args, **kwargs)` with FlexIP's reference and dial.
+    """Run `stock_call(pipe, *args, **kwargs)` with FlexIP's references and dial (`pipeline/dial.py`, forms).
 
     Output order: for each prompt, for each of its `num_images_per_prompt` images, one image per preservation
     value in the order given; images that differ only in preservation share their starting noise.
     """
     # 1. Validate everything before any model runs.
-    values = check_preservation(preservation)
-    scale = check_scale(scale)
+    layers = list(pipe.flexip.adapter.config.layers)
+    dials = check_dials(preservation, layers)
+    scales = check_layer_scale(scale, layers)
     signature = inspect.signature(stock_call)
     arguments = _named_arguments(signature, pipe, args, kwargs)
 
@@ -69,17 +80,24 @@ def flexip_call(
     images_per_prompt = 1 if images_per_prompt is None else check_images_per_prompt(images_per_prompt)
     if arguments.get("prompt") is None and arguments.get("prompt_embeds") is None:
         raise FlexIPError("give a prompt (or prompt_embeds)")
-    prepared = pipe.flexip.prepare_reference(reference)
+    references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+    if not references:
+        raise FlexIPError("reference is an empty list: give one or more images of the subject")
+    prepared = [pipe.flexip.prepare_reference(item) for item in references]
+    subjects = check_subjects(len(prepared), reference_weights, reference_masks, _image_size(pipe, arguments))
+    scheduled = any(dial.schedule is not None for dial in dials)
+    if scheduled and "callback_on_step_end" not in signature.parameters:
+        raise FlexIPError(f"{type(pipe).__name__} takes no callback_on_step_end, which a schedule needs; give numbers")
     pipe = per_call(pipe)  # from here on, this call's own copy (threads)
 
-    # 2. Encode the prompt and the reference once, for all preservation values.
+    # 2. Encode the prompt and the references once, for all preservation values.
     guided = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
     embeds = pipe.flexip.family.encode_prompt(pipe, arguments, images_per_prompt, guided)
-    encoded = pipe.flexip.encode_reference(prepared)
+    encoded = [pipe.flexip.encode_reference(item) for item in prepared]
 
     # 3. Every per-sample input once per value, the values innermost.
     samples = embeds["prompt_embeds"].shape[0]  # conditional samples: prompts x images per prompt
-    repeats = len(values)
+    repeats = len(dials)
 
     def per_value(tensor: torch.Tensor | None) -> torch.Tensor | None:
         return None if tensor is None else tensor.repeat_interleave(repeats, dim=0)
@@ -100,11 +118,36 @@ def flexip_call(
         for name in ("image", "mask_image"):
             if arguments.get(name) is not None:
                 arguments[name] = _per_sample_images(arguments[name], name, samples, repeats)
+    if scheduled:
+        _advance_at_each_step(pipe.flexip, arguments)
 
     # 4. The stock pipeline's own loop; the injection's hook gives its UNet P, S and g.
-    g = torch.tensor(values).repeat(samples)
-    with pipe.flexip.generating(encoded, g, scale, samples * repeats):
+    with pipe.flexip.generating(encoded, subjects, dials * samples, scales, samples * repeats):
         return stock_call(pipe, **arguments)
+
+
+def _image_size(pipe, arguments: dict) -> tuple[int, int] | None:
+    """(height, width) of the images a call makes, where it is known before the loop: given, or a text-to-image
+    pipeline's default (the UNet's sample size); other pipelines take it from their input image."""
+    height, width = arguments.get("height"), arguments.get("width")
+    if height is None and width is None and isinstance(pipe, pipe.flexip.family.text_to_image):
+        side = pipe.unet.config.sample_size * pipe.vae_scale_factor  # as diffusers' text-to-image pipelines do
+        return side, side
+    return None if height is None or width is None else (height, width)
+
+
+def _advance_at_each_step(injection, arguments: dict) -> None:
+    """Move a schedule's progress at the end of every step, through the stock loop's `callback_on_step_end`
+    (as diffusers' `IPAdapterScaleCutoffCallback` changes IP-Adapter's scale); a user's callback still runs."""
+    callback = arguments.get("callback_on_step_end")
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        arguments["callback_on_step_end_tensor_inputs"] = callback.tensor_inputs  # what diffusers would read
+
+    def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+        injection.advance(step, pipe.num_timesteps)
+        return tensors if callback is None else callback(pipe, step, timestep, tensors)
+
+    arguments["callback_on_step_end"] = step_end
 
 
 # A tokenizer is not thread-safe: transformers sets its backend's padding for each call, so a thread asking

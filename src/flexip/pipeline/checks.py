@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from ..errors import FlexIPError
 
 
-def _number(value, name: str) -> float:
+def as_number(value, name: str) -> float:
+    """`value` as a float (Python, numpy or 0-d torch numbers; not bools); a one-line error naming `name` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
             value = float(value)  # numpy and 0-d torch scalars
@@ -24,7 +25,7 @@ def check_preservation(preservation: float | Sequence[float], name: str = "prese
         raise FlexIPError(f"{name} is empty: give one value in [0, 1] or a list of them")
     checked = []
     for value in values:
-        number = _number(value, name)
+        number = as_number(value, name)
         if not 0.0 <= number <= 1.0:  # also rejects NaN
             raise FlexIPError(
                 f"{name}={value!r} is outside [0, 1]: 1 keeps the subject's identity, "
@@ -40,7 +41,7 @@ MAX_SCALE = 10.0
 
 
 def check_scale(scale: float, name: str = "scale") -> float:
-    number = _number(scale, name)
+    number = as_number(scale, name)
     if not 0 <= number <= MAX_SCALE:  # also NaN
         raise FlexIPError(
             f"{name}={scale!r} must be a number from 0 to {MAX_SCALE:g} (1 is the trained strength, 0 the base model)"
@@ -72,7 +73,7 @@ def check_steps(num_inference_steps: int, name: str = "num_inference_steps", mos
 
 
 def check_guidance(guidance_scale: float, name: str = "guidance_scale") -> float:
-    number = _number(guidance_scale, name)
+    number = as_number(guidance_scale, name)
     if not math.isfinite(number):
         raise FlexIPError(f"{name}={guidance_scale!r} must be finite (7.5 is usual; <= 1 turns guidance off)")
     return number

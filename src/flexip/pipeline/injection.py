@@ -23,9 +23,11 @@ from torch import nn
 from ..errors import FlexIPError
 from ..families import family_named
 from ..models.adapter import FlexIPAdapter
-from ..models.attention import FlexIPAttnProcessor, FlexIPCondition
+from ..models.attention import PLAIN, BranchWeights, FlexIPAttnProcessor, FlexIPCondition, Subject
 from ..reference import EncodedReference, ReferenceCache, ReferenceEncoder
+from .dial import LayerDial
 from .images import load_reference_image
+from .subjects import check_aspect
 
 ReferenceInput = Image.Image | str | os.PathLike | EncodedReference
 
@@ -35,12 +37,19 @@ class _Generation:
     """What one pipeline call conditions on; the condition is built at the first UNet call and then reused."""
 
     injection: FlexIPInjection
-    reference: EncodedReference  # one subject: batch 1
-    preservation: torch.Tensor  # (num_samples,) g of each conditional sample
-    scale: float
+    references: list[EncodedReference]  # one per subject term (batch 1 each)
+    subjects: tuple[Subject, ...]  # how each reference's branches enter the layers (PLAIN: one reference)
+    dials: list[LayerDial]  # g of each conditional sample, per layer or over the steps
+    scales: tuple[float, ...]  # s of each layer
     num_samples: int  # conditional samples per UNet call; guidance doubles the batch
+    progress: float = 0.0  # of the denoising steps: 0 at the first executed step, 1 at the last (`advance`)
     text: torch.Tensor | None = field(default=None)
     condition: FlexIPCondition | None = field(default=None)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether some sample's g moves over the steps (the weights are then renewed at every UNet call)."""
+        return any(dial.schedule is not None for dial in self.dials)
 
 
 _CURRENT: contextvars.ContextVar[_Generation | None] = contextvars.ContextVar(
@@ -148,16 +157,24 @@ class FlexIPInjection:
 
     @contextlib.contextmanager
     def generating(
-        self, reference: EncodedReference, preservation: torch.Tensor, scale: float, num_samples: int
-    ) -> Iterator[None]:
-        """While inside, this thread's UNet calls see `reference` with g = `preservation` (one per sample)."""
+        self, references: list[EncodedReference], subjects: tuple[Subject, ...], dials: list[LayerDial],
+        scales: tuple[float, ...], num_samples: int,
+    ) -> Iterator[None]:  # fmt: skip
+        """While inside, this thread's UNet calls see `references` combined as `subjects`, g of each sample from
+        `dials` and s of each layer from `scales` (both in the adapter's layer order)."""
         self._follow_unet()
-        state = _Generation(self, reference, preservation, scale, num_samples)
+        state = _Generation(self, references, subjects, dials, scales, num_samples)
         token = _CURRENT.set(state)
         try:
             yield
         finally:
             _CURRENT.reset(token)
+
+    def advance(self, step: int, steps: int) -> None:
+        """After denoising step `step` (from 0) of `steps`: this thread's later UNet calls are at the next step."""
+        state = _CURRENT.get()
+        if state is not None and state.injection is self:
+            state.progress = min(1.0, (step + 1) / (steps - 1)) if steps > 1 else 0.0
 
     def _follow_unet(self) -> None:
         """Keep the adapter and encoders on the device the UNet runs on, in its dtype, after `pipe.to(...)`."""
@@ -173,14 +190,15 @@ class FlexIPInjection:
         state = _CURRENT.get()
         if state is None or state.injection is not self:
             return None
+        sample = kwargs["sample"] if "sample" in kwargs else args[0]
         if "encoder_hidden_states" in kwargs:
             text = kwargs["encoder_hidden_states"]
-            kwargs["encoder_hidden_states"] = (text, self._condition(state, text))
+            kwargs["encoder_hidden_states"] = (text, self._condition(state, text, sample))
         else:  # positional: unet(sample, timestep, encoder_hidden_states, ...)
-            args = (*args[:2], (args[2], self._condition(state, args[2])), *args[3:])
+            args = (*args[:2], (args[2], self._condition(state, args[2], sample)), *args[3:])
         return args, kwargs
 
-    def _condition(self, state: _Generation, text: torch.Tensor) -> FlexIPCondition:
+    def _condition(self, state: _Generation, text: torch.Tensor, sample: torch.Tensor) -> FlexIPCondition:
         if not isinstance(text, torch.Tensor):
             raise FlexIPError(
                 f"the UNet got {type(text).__name__} text embeddings; another adapter (e.g. IP-Adapter) may be "
@@ -188,6 +206,8 @@ class FlexIPInjection:
             )
         # Pipelines pass the same prompt_embeds tensor at every step: build P, S (and their K/V) once.
         if state.text is text:
+            if state.scheduled:  # the same tokens and keys/values, this step's weights
+                return state.condition.reweighted(*self._weights(state, text))
             return state.condition
         n = state.num_samples
         if text.shape[0] not in (n, 2 * n):
@@ -195,22 +215,64 @@ class FlexIPInjection:
                 f"the UNet got a batch of {text.shape[0]} text embeddings, FlexIP expected {n} "
                 f"(or {2 * n} with guidance)"
             )
-        reference = state.reference.to(text.device, text.dtype)
-        clip_embeds = reference.clip_embeds.expand(n, -1)
-        dino_tokens = reference.dino_tokens.expand(n, -1, -1)
-        preservation = state.preservation.to(text.device)
-        if text.shape[0] == 2 * n:
-            # Guidance: diffusers puts the unconditional half first. It gets the null reference (method.md §4);
-            # its S comes from the negative prompt's embeddings, which are that half of `text`.
-            null = reference.null()
-            clip_embeds = torch.cat([null.clip_embeds.expand(n, -1), clip_embeds])
-            dino_tokens = torch.cat([null.dino_tokens.expand(n, -1, -1), dino_tokens])
-            preservation = preservation.repeat(2)
+        weights, layer_weights = self._weights(state, text)
+        every = [weights, *layer_weights.values()]
+        # A branch no row uses is not computed; under a schedule, one that some step may use is.
+        moving = [dial for dial in state.dials if dial.schedule is not None and any(state.scales)]
+        needs_preservation = any(w.uses("preservation") for w in every) or any(d.reaches(0.0) for d in moving)
+        needs_personalization = any(w.uses("personalization") for w in every) or any(d.reaches(1.0) for d in moving)
+        empty = text.new_zeros(text.shape[0], 0, text.shape[-1])
+        adapter = self.adapter
+        preservation_tokens, personalization_tokens = [], []
+        for reference in state.references:
+            reference = reference.to(text.device, text.dtype)
+            clip_embeds = reference.clip_embeds.expand(n, -1)
+            dino_tokens = reference.dino_tokens.expand(n, -1, -1)
+            if text.shape[0] == 2 * n:
+                # Guidance: diffusers puts the unconditional half first. It gets the null reference (method.md
+                # §4); its S comes from the negative prompt's embeddings, which are that half of `text`.
+                null = reference.null()
+                clip_embeds = torch.cat([null.clip_embeds.expand(n, -1), clip_embeds])
+                dino_tokens = torch.cat([null.dino_tokens.expand(n, -1, -1), dino_tokens])
+            preservation_tokens.append(adapter.preservation(clip_embeds, dino_tokens) if needs_preservation else empty)
+            personalization_tokens.append(adapter.personalization(clip_embeds, text) if needs_personalization else empty)
+        subjects = state.subjects
+        for subject in subjects:
+            if subject.mask is not None:  # the size of an image-to-image call's images is known only now
+                check_aspect(tuple(subject.mask.shape), tuple(sample.shape[-2:]), "the latents' grid")
+        if subjects is not PLAIN:
+            subjects = tuple(
+                Subject(s.weight, None if s.mask is None else s.mask.to(text.device)) for s in subjects
+            )  # fmt: skip
         state.text = text
-        state.condition = self.adapter(
-            clip_embeds, dino_tokens, text, preservation, scale=state.scale, cache=self.cache_kv
-        )
+        state.condition = FlexIPCondition(
+            torch.cat(preservation_tokens, dim=1), torch.cat(personalization_tokens, dim=1), weights, layer_weights,
+            subjects=subjects, latent_size=tuple(sample.shape[-2:]), kv_all_rows=state.scheduled,
+            kv_cache={} if self.cache_kv else None,
+        )  # fmt: skip
         return state.condition
+
+    def _weights(self, state: _Generation, text: torch.Tensor) -> tuple[BranchWeights, dict[nn.Module, BranchWeights]]:
+        """Every layer's branch weights s·g and s·(1−g) at the state's progress: those most layers share, and
+        the layers whose weights differ (a per-block dial). Made on the CPU from the dial's numbers, so no
+        host synchronisation, and moved to the text's device."""
+        layers = self.adapter.layer_projections()
+        g = torch.tensor([dial.at(state.progress, len(layers)) for dial in state.dials])  # (samples, layers)
+        if text.shape[0] == 2 * state.num_samples:
+            g = g.repeat(2, 1)  # the unconditional half first, sample for sample
+        s = torch.tensor(state.scales)
+        preservation, personalization = s * g, s * (1 - g)
+        by_column: dict[tuple, BranchWeights] = {}
+        per_layer = {}
+        for index, projections in enumerate(layers.values()):
+            column = (tuple(preservation[:, index].tolist()), tuple(personalization[:, index].tolist()))
+            if column not in by_column:
+                by_column[column] = BranchWeights.create(
+                    preservation[:, index].contiguous(), personalization[:, index].contiguous(), text.dtype, text.device
+                )  # fmt: skip
+            per_layer[projections] = by_column[column]
+        shared = max(by_column.values(), key=lambda weights: sum(w is weights for w in per_layer.values()))
+        return shared, {projections: w for projections, w in per_layer.items() if w is not shared}
 
 
 def _execution_device(unet: nn.Module) -> torch.device:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..atomic import atomic_write_bytes
+from .dial import dial_text
 
 # Image formats by file suffix.
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -27,3 +29,10 @@ def save_image(image: Image.Image, path: Path, settings: dict) -> None:
     else:
         image.save(buffer, format=image_format, quality=95)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def image_name(index: int, value) -> str:
+    """The file of a sweep's `index`-th image: its dial value in the name (a number, a per-block or a schedule form)."""
+    if isinstance(value, (int, float)):
+        return f"{index:02d}_preservation-{value:.2f}.png"
+    return f"{index:02d}_preservation-{re.sub(r'[^0-9a-z.]+', '-', dial_text(value)).strip('-')}.png"

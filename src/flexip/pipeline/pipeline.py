@@ -12,6 +12,7 @@ from ..errors import FlexIPError
 from ..families import SD15, SDXL, Family, family_named, family_of_base, load_base
 from ..models.adapter import FlexIPAdapter
 from .call import flexip_call
+from .dial import DEFAULT_PRESERVATION, DEFAULT_SCALE
 from .injection import FlexIPInjection, ReferenceInput
 
 
@@ -82,19 +83,26 @@ class _WithReference:
     def __call__(
         self,
         prompt: str | list[str] | None = None,
-        reference: ReferenceInput | None = None,
-        preservation: float | list[float] = 0.5,
-        scale: float = 1.0,
+        reference: ReferenceInput | list[ReferenceInput] | None = None,
+        preservation=DEFAULT_PRESERVATION,
+        scale=DEFAULT_SCALE,
+        reference_weights: list[float] | None = None,
+        reference_masks: list | None = None,
         **kwargs,
     ):
         """Generate images of the reference's subject following the prompt.
 
-        `reference`: a PIL image, an image path, or an `EncodedReference` (`pipe.flexip.encode_reference(image)`).
-        `preservation`: g in [0, 1]: 1 keeps the subject's identity, 0 follows the prompt's edits; or a list of
-        values, generated in one batch from the same starting noise. `scale`: the adapters' strength s (0 is the
-        base model). Guidance's unconditional half uses the null reference and the negative prompt. Every other
-        argument is the family's stock pipeline's (`StableDiffusionPipeline.__call__` or
-        `StableDiffusionXLPipeline.__call__`), with its meaning and defaults.
+        `reference`: a PIL image, an image path, or an `EncodedReference` (`pipe.flexip.encode_reference(image)`);
+        or a list of them: one subject's images, mixed by `reference_weights` (equal by default), or with
+        `reference_masks` (PIL masks or 2-D arrays, one per reference) one subject per image inside its mask.
+        `preservation`: g in [0, 1]: 1 keeps the subject's identity, 0 follows the prompt's edits; a per-block
+        dict (`{"down": 0.9, "mid": 0.6, "up": 0.3}`, finer keys as in diffusers' `set_ip_adapter_scale`);
+        a `flexip.DialSchedule(start=..., end=...)` or any callable of the denoising progress (0 at the first
+        step, 1 at the last); or a list of these, generated in one batch from the same starting noise.
+        `scale`: the adapters' strength s (0 is the base model), a number or a per-block dict. Guidance's
+        unconditional half uses the null reference and the negative prompt. Every other argument is the
+        family's stock pipeline's (`StableDiffusionPipeline.__call__` or `StableDiffusionXLPipeline.__call__`),
+        with its meaning and defaults.
 
         Output order: for each prompt, for each of its `num_images_per_prompt` images, one image per
         preservation value in the order given; images that differ only in preservation share their starting
@@ -105,7 +113,8 @@ class _WithReference:
         if reference is None:
             raise FlexIPError("reference is missing: give the subject's image (a PIL image or a path)")
         stock_call = self.family.text_to_image.__call__
-        return flexip_call(self, stock_call, (), {"prompt": prompt, **kwargs}, reference, preservation, scale)
+        return flexip_call(self, stock_call, (), {"prompt": prompt, **kwargs}, reference, preservation, scale,
+                           reference_weights, reference_masks)  # fmt: skip
 
 
 class FlexIPPipeline(_WithReference, StableDiffusionPipeline):

@@ -15,7 +15,8 @@ import torch
 from .. import __version__
 from ..errors import FlexIPError
 from ..schedulers import SCHEDULERS, make_scheduler
-from .checks import check_guidance, check_scale, check_seed, check_steps
+from .checks import MAX_SCALE, check_guidance, check_scale, check_seed, check_steps
+from .dial import check_form, dial_record
 from .embedded import EmbeddedModel, embedded_model
 from .pipeline import FlexIPPipeline
 
@@ -42,14 +43,17 @@ class ModelSettings:
 class SamplingSettings:
     steps: int = 50  # denoising steps
     guidance: float = 7.5  # classifier-free guidance scale; <= 1 turns it off
-    scale: float = 1.0  # the adapters' strength s; 0 is the base model
+    scale: float | dict = 1.0  # the adapters' strength s, or per block ({"up": 0.8}); 0 is the base model
     seed: int = 0  # drives a CPU generator: the same seed gives the same image on any device
     negative_prompt: str | None = None
 
     def __post_init__(self):
         check_steps(self.steps, name="steps")
         check_guidance(self.guidance, name="guidance")
-        check_scale(self.scale, name="scale")
+        if isinstance(self.scale, dict):
+            check_form(self.scale, "scale", MAX_SCALE)
+        else:
+            check_scale(self.scale, name="scale")
         check_seed(self.seed, name="seed")
 
 
@@ -101,11 +105,13 @@ def load_pipeline(settings: ModelSettings) -> LoadedModel:
 
 
 def generate(
-    loaded: LoadedModel, prompt: str, reference, values: list[float], sampling: SamplingSettings,
-    on_step: Callable[[int], None] | None = None,
+    loaded: LoadedModel, prompt: str, reference, values: list, sampling: SamplingSettings,
+    on_step: Callable[[int], None] | None = None, reference_weights: list[float] | None = None,
+    reference_masks: list | None = None,
 ) -> list:  # fmt: skip
-    """One image per preservation value, in one batch from the same starting noise.
+    """One image per preservation value (any of the dial's forms), in one batch from the same starting noise.
 
+    `reference` is one image or a list (`FlexIPPipeline.__call__`: with `reference_weights`, `reference_masks`).
     `on_step(done)` runs after each denoising step (a web page's progress bar); an exception it raises stops
     the generation there (its cancel button).
     """
@@ -117,22 +123,32 @@ def generate(
     generator = torch.Generator("cpu").manual_seed(sampling.seed)  # CPU noise: the same image on any device
     return loaded.pipe(
         prompt, reference=reference, preservation=values, scale=sampling.scale,
+        reference_weights=reference_weights, reference_masks=reference_masks,
         num_inference_steps=sampling.steps, guidance_scale=sampling.guidance,
         negative_prompt=sampling.negative_prompt, generator=generator,
         callback_on_step_end=None if on_step is None else step_end,
     ).images  # fmt: skip
 
 
-def record(prompt: str, reference: str, models: ModelSettings, sampling: SamplingSettings, loaded: LoadedModel) -> dict:
-    """Everything needed to reproduce an image, recorded beside it (docs/formats.md)."""
+def record(
+    prompt: str, reference: str | list[str], models: ModelSettings, sampling: SamplingSettings, loaded: LoadedModel,
+    reference_weights: list[float] | None = None, reference_masks: list[str] | None = None,
+) -> dict:  # fmt: skip
+    """Everything needed to reproduce an image, recorded beside it (docs/formats.md). Several references are a
+    list of names, with their weights and mask files when given; one reference stays a name."""
+    references = {"reference": reference[0] if isinstance(reference, list) and len(reference) == 1 else reference}
+    if reference_weights is not None:
+        references["reference_weights"] = list(reference_weights)
+    if reference_masks is not None:
+        references["reference_masks"] = list(reference_masks)
     return {
         "flexip_version": __version__,
         "prompt": prompt,
         "negative_prompt": sampling.negative_prompt,
-        "reference": reference,
+        **references,
         "seed": sampling.seed,
         "scheduler": models.scheduler,
-        "scale": sampling.scale,
+        "scale": dial_record(sampling.scale),
         "guidance": sampling.guidance,
         "steps": sampling.steps,
         **loaded.record,

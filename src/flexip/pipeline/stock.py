@@ -18,6 +18,7 @@ import os
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from .call import flexip_call, per_call
+from .dial import DEFAULT_PRESERVATION, DEFAULT_SCALE
 from .injection import FlexIPInjection, ReferenceInput
 
 _SUBCLASSES: dict[type, type] = {}
@@ -63,21 +64,27 @@ def _with_reference(stock_class: type) -> type:
         stock_call = stock_class.__call__
 
         def __call__(
-            self, *args, reference: ReferenceInput | None = None, preservation: float | list[float] | None = None,
-            scale: float = 1.0, **kwargs,
+            self, *args, reference: ReferenceInput | list[ReferenceInput] | None = None, preservation=None,
+            scale=DEFAULT_SCALE, reference_weights: list[float] | None = None, reference_masks: list | None = None,
+            **kwargs,
         ):  # fmt: skip
             if reference is None:
-                if preservation is not None:
-                    raise FlexIPError("preservation was given without a reference image: pass reference=...")
+                given = [name for name, value in [("preservation", preservation), ("reference_weights",
+                         reference_weights), ("reference_masks", reference_masks)] if value is not None]  # fmt: skip
+                if given:
+                    raise FlexIPError(f"{given[0]} was given without a reference image: pass reference=...")
                 return stock_call(per_call(self), *args, **kwargs)
-            preservation = 0.5 if preservation is None else preservation
-            return flexip_call(self, stock_call, args, kwargs, reference, preservation, scale)
+            preservation = DEFAULT_PRESERVATION if preservation is None else preservation
+            return flexip_call(self, stock_call, args, kwargs, reference, preservation, scale, reference_weights,
+                               reference_masks)  # fmt: skip
 
         __call__.__doc__ = (
             f"{stock_class.__name__}'s call with FlexIP (method.md §2.3): `reference` (a PIL image, an image path "
-            "or an EncodedReference), `preservation` g in [0, 1] or a list of values made in one batch from one "
-            "starting noise (default 0.5; 1 keeps the subject's identity, 0 follows the prompt's edits), `scale` "
-            "s >= 0 (default 1; 0 is the base model). Without a reference it is the stock call.\n\n"
+            "or an EncodedReference, or a list of them with `reference_weights` and `reference_masks`), "
+            "`preservation` g in [0, 1], a per-block dict or a flexip.DialSchedule, or a list of them made in one "
+            "batch from one starting noise (default 0.5; 1 keeps the subject's identity, 0 follows the prompt's "
+            "edits), `scale` s >= 0 or a per-block dict (default 1; 0 is the base model); see FlexIPPipeline's "
+            "call. Without a reference it is the stock call.\n\n"
             + (stock_call.__doc__ or "")
         )
         # Same name, so diffusers' save_pretrained and logs still see the stock pipeline.
