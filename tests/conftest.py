@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import: tests never reach a hub
 
@@ -42,6 +43,19 @@ def one_thread():
 def tiny_models(tmp_path_factory) -> ModelSet:
     """The tiny model set (base, image_encoder, dinov2, adapter) with random weights. Treat it as read-only."""
     return save_tiny_model_set(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def twelve_pair_shards(tmp_path_factory) -> Path:
+    """Twelve pairs of the demo world (6 image pairs with masks, 6 video pairs) in 6 shards of 2
+    (`flexip prep shards`), with their manifest beside them in `data/`. Treat it as read-only."""
+    from flexip.cli import main
+    from recipes.demo.manifest import ManifestConfig, write_manifest
+
+    root = tmp_path_factory.mktemp("twelve-pairs")
+    manifest = write_manifest(root / "data", ManifestConfig(num_images=6, num_clips=2, frames_per_clip=4, size=32))
+    assert main(["prep", "shards", str(manifest), "--out", str(root / "shards"), "--shard-size", "2"]) == 0
+    return root / "shards"
 
 
 @pytest.fixture(scope="session")

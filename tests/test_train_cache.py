@@ -17,7 +17,6 @@ from flexip.training.config import load_config
 from flexip.training.data import load_pair
 from flexip.training.feature_cache import FEATURES, load_cached
 from flexip.training.stream import key_number, pair_of, shard_samples, shard_urls
-from recipes.demo.manifest import ManifestConfig, write_manifest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 # Training from the cache equals training from its shards up to the features' float16 rounding: measured on the
@@ -27,13 +26,9 @@ LOSS_TOLERANCE = 1e-3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """Twelve pairs of the demo world (6 image pairs with masks, 6 video pairs) in 6 shards of 2."""
-    root = tmp_path_factory.mktemp("cache")
-    manifest = write_manifest(root / "data", ManifestConfig(num_images=6, num_clips=2, frames_per_clip=4, size=32))
-    assert main(["prep", "shards", str(manifest), "--out", str(root / "shards"), "--shard-size", "2"]) == 0
-    return root / "shards"
+@pytest.fixture
+def shards(twelve_pair_shards) -> Path:
+    return twelve_pair_shards
 
 
 def model_overrides(models) -> list[str]:

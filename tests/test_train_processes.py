@@ -119,12 +119,10 @@ def test_two_processes_keep_identical_parameters(tmp_path, tiny_models, four_pai
     assert parameter_hash(FlexIPAdapter.from_pretrained(run / "adapter")) == rank0
 
 
-def test_two_processes_over_shards_consume_the_one_process_stream(tmp_path, tiny_models):
+def test_two_processes_over_shards_consume_the_one_process_stream(tmp_path, tiny_models, twelve_pair_shards):
     """Two torchrun processes read disjoint lanes; the checkpoint's merged stream state is where one process
     that read the same global batches stands."""
-    data = write_manifest(tmp_path / "data", ManifestConfig(num_images=6, num_clips=2, frames_per_clip=4, size=32))
-    shards = tmp_path / "shards"
-    assert main(["prep", "shards", str(data), "--out", str(shards), "--shard-size", "2"]) == 0
+    shards, data = twelve_pair_shards, twelve_pair_shards.parent / "data" / "manifest.jsonl"
     streamed = (f"data.shards={shards}", "data.lanes=2", "batch_size=2")
     two, one = tmp_path / "two", tmp_path / "one"
     command = [*LAUNCHERS["torchrun"], "-m", "flexip", *train_args(tiny_models, data, two, 3, "checkpoint_every=3", *streamed)]

@@ -17,20 +17,15 @@ from flexip.cli import main
 from flexip.training import sources
 from flexip.training.data import PairDataset, modality_at
 from flexip.training.stream import ShardBatches, key_number, pair_of, shard_samples, shard_urls
-from recipes.demo.manifest import ManifestConfig, write_manifest
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    """Twelve pairs of the demo world (6 image, 6 video) in 6 shards of 2."""
-    root = tmp_path_factory.mktemp("stream")
-    manifest = write_manifest(root / "data", ManifestConfig(num_images=6, num_clips=2, frames_per_clip=4, size=32))
-    assert main(["prep", "shards", str(manifest), "--out", str(root / "shards"), "--shard-size", "2"]) == 0
-    return root / "shards"
+@pytest.fixture
+def shards(twelve_pair_shards) -> Path:
+    return twelve_pair_shards
 
 
 def train_args(models, output_dir: Path, max_steps: int, *extra: str, resume: str | None = None) -> list[str]:
