@@ -36,6 +36,12 @@ class FrozenModels:
         return [*text, self.vae, self.unet, self.encoder]
 
 
+def absolute_reference(reference: str) -> str:
+    """A model as it is found from any directory: a local path made absolute, a hub id (or "") as it is."""
+    path = Path(reference).expanduser()
+    return str(path.resolve()) if reference and path.exists() else reference
+
+
 def prepare_tiny_models(config: ModelConfig) -> None:
     """Write the tiny model set where the config says, unless it is already there.
 

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -39,11 +38,19 @@ from ..atomic import atomic_write_bytes, check_writable
 from ..errors import FlexIPError
 from ..models.gate import MODALITIES
 from ..reference import EncodedReference
-from .components import DTYPES, FrozenModels, load_frozen_models, prepare_tiny_models
+from .components import DTYPES, FrozenModels, absolute_reference, load_frozen_models, prepare_tiny_models
 from .config import DropoutConfig, TrainConfig
 from .data import UNREADABLE, load_pair
 from .objective import EncodedBatch, condition_dropout
-from .stream import SHARD_ERRORS, key_number, pair_of, sample_modality, shard_samples, shard_urls
+from .stream import (
+    SHARD_ERRORS,
+    key_number,
+    load_webdataset,
+    pair_of,
+    sample_modality,
+    shard_samples,
+    shard_urls,
+)
 
 FORMAT = "flexip-feature-cache"
 FORMAT_VERSION = 1
@@ -52,17 +59,12 @@ FEATURES = "features.safetensors"
 STORED = torch.float16  # the features' dtype on disk (the added conditioning: float32)
 
 
-def _resolved(reference: str) -> str:
-    """A local path made absolute (the config may name it relatively); a hub id as it is."""
-    return str(Path(reference).expanduser().resolve()) if reference and Path(reference).expanduser().exists() else reference
-
-
 def encoder_settings(config: TrainConfig) -> dict:
     """What the cached features depend on: a training config must agree on every one."""
     model = config.model
     return {
-        "model.base": _resolved(model.base), "model.vae": _resolved(model.vae),
-        "model.image_encoder": _resolved(model.image_encoder), "model.dino_encoder": _resolved(model.dino_encoder),
+        "model.base": absolute_reference(model.base), "model.vae": absolute_reference(model.vae),
+        "model.image_encoder": absolute_reference(model.image_encoder), "model.dino_encoder": absolute_reference(model.dino_encoder),
         "model.dino_layer": model.dino_layer, "data.resolution": config.data.resolution,
     }  # fmt: skip
 
@@ -134,6 +136,8 @@ def write_cache(
     for module in models.modules():
         module.to(device)
     report = out.parent / f"{out.name}.report.jsonl"
+    if overwrite:  # the replaced cache's problems are not this one's
+        report.unlink(missing_ok=True)
     problems, written = Counter(), 0
     with tqdm(total=len(block), initial=len(done), desc=f"cache{part.label}", unit="shard") as bar:
         for i in (i for i in block if i not in done):
@@ -141,7 +145,7 @@ def write_cache(
             # 0o666: the kernel applies the user's umask; mtime 0: the same inputs give the same bytes.
             with (
                 os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb") as file,
-                webdataset.TarWriter(file, encoder=False, mtime=0.0) as tar,
+                load_webdataset().TarWriter(file, encoder=False, mtime=0.0) as tar,
             ):
                 count, skipped = _cache_shard(urls[i], tar, models, config, variants, batch_size, device)
             os.replace(tmp, out / names[i])

@@ -7,6 +7,7 @@ inputs (the frozen encoders for images, the cached features for a cache).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from collections.abc import Callable
@@ -74,14 +75,13 @@ def validation_pairs(source: Source) -> list[Pair]:
         return source.pairs
     pairs, seen = [], set()
     for url in source.urls[:VALIDATION_SHARDS]:
-        try:
+        # A damaged shard or sample: the data loader reports it; the sheet takes the next one.
+        with contextlib.suppress(*SHARD_ERRORS):
             for sample in itertools.islice(shard_samples(url), 64):
                 pair = pair_of(sample)
                 if pair.modality not in seen:
                     seen.add(pair.modality)
                     pairs.append(pair)
-        except (*SHARD_ERRORS, KeyError):
-            pass  # a damaged shard: the data loader reports it; the sheet takes the next one
         if len(seen) == len(MODALITIES):
             break
     return pairs

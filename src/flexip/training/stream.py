@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset
 
 from ..errors import FlexIPError
 from ..models.gate import MODALITIES
@@ -41,6 +40,16 @@ START: Place = (0, 0, 0)
 SHARD_ERRORS = (OSError, EOFError, ValueError, tarfile.TarError)
 
 
+def load_webdataset():
+    """The webdataset module (the `train` and `prep` extras), imported only when shards are used, so that
+    training from a manifest does not need it."""
+    try:
+        import webdataset
+    except ImportError as e:
+        raise FlexIPError("streaming shards needs webdataset: pip install 'flexip[train]'") from e
+    return webdataset
+
+
 def shard_urls(spec: str) -> list[str]:
     """The shards `spec` names: a folder (its .tar files, sorted), or anything webdataset opens (a path, a
     brace pattern, a `::`-joined list, a URL)."""
@@ -50,7 +59,7 @@ def shard_urls(spec: str) -> list[str]:
         if not urls:
             raise FlexIPError(f"{spec}: the folder holds no .tar shards; write them with `flexip prep shards`")
         return urls
-    urls = webdataset.shardlists.expand_urls(spec)
+    urls = load_webdataset().shardlists.expand_urls(spec)
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:
         raise FlexIPError(
@@ -115,7 +124,7 @@ def pair_of(sample: dict) -> Pair:
 
 def shard_samples(url: str) -> Iterator[dict]:
     """The samples of one shard in order, each a dict of its files' bytes plus `__key__`."""
-    return webdataset.tariterators.tarfile_samples([{"url": url}])
+    return load_webdataset().tariterators.tarfile_samples([{"url": url}])
 
 
 class LaneReader:

@@ -37,7 +37,7 @@ from .checkpoint import (
     register_hooks,
     save_checkpoint,
 )
-from .components import DTYPES, FrozenModels, load_frozen_models, prepare_tiny_models
+from .components import DTYPES, FrozenModels, absolute_reference, load_frozen_models, prepare_tiny_models
 from .config import TrainConfig, config_to_yaml
 from .objective import FlexIPTrainingModel
 from .optimization import build_optimizer, check_optimizer, learning_rate, set_learning_rate
@@ -67,11 +67,6 @@ def _batch_seed(seed: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, 1, position]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _portable(reference: str) -> str:
-    """Local paths become absolute, so the exported adapter finds its encoders from anywhere."""
-    return str(Path(reference).resolve()) if Path(reference).exists() else reference
-
-
 def _flat(data: dict, prefix: str = "") -> dict:
     """Nested config -> flat scalar hyper-parameters for the trackers."""
     flat = {}
@@ -93,8 +88,8 @@ def _build_adapter(config: TrainConfig, unet, encoder) -> FlexIPAdapter:
     model = config.model
     return FlexIPAdapter.for_unet(
         unet, encoder.clip_embed_dim, encoder.dino_hidden_dim,
-        base_model=_portable(model.base),
-        image_encoder=_portable(model.image_encoder), dino_encoder=_portable(model.dino_encoder),
+        base_model=absolute_reference(model.base),
+        image_encoder=absolute_reference(model.image_encoder), dino_encoder=absolute_reference(model.dino_encoder),
         dino_layer=model.dino_layer, preservation=dataclasses.asdict(model.preservation),
         personalization=dataclasses.asdict(model.personalization), gate=dataclasses.asdict(model.gate),
     )  # fmt: skip
