@@ -232,6 +232,30 @@ def test_block_dicts_expand_as_diffusers_names_them():
         0.2, 0.3, 0.4, 0.5, 0.5, 0.5)  # fmt: skip
 
 
+@pytest.mark.parametrize("progress, linear, cosine", [
+    (0.0, 0.9, 0.9), (0.1, 0.82, 0.88042261), (0.25, 0.7, 0.78284271), (0.5, 0.5, 0.5), (0.75, 0.3, 0.21715729),
+    (0.9, 0.18, 0.11957739), (1.0, 0.1, 0.1),
+])  # fmt: skip
+def test_a_schedule_has_its_shape_between_its_ends(progress, linear, cosine):
+    # g = start + (end - start) * (1 - cos(pi * progress)) / 2 for cosine, by hand at 0.9 -> 0.1; what the layers get.
+    for shape, expected in [("linear", linear), ("cosine", cosine)]:
+        dial = check_dials(DialSchedule(0.9, 0.1, shape), ["mid_block.attentions.0.attn2.processor"] * 3)[0]
+        assert dial.at(progress, 3) == pytest.approx((expected,) * 3, abs=1e-8)
+
+
+def test_a_cosine_schedule_is_slow_at_both_ends_and_fast_in_the_middle():
+    cosine, linear = DialSchedule(0.9, 0.1, "cosine"), DialSchedule(0.9, 0.1)
+    grid = np.linspace(0, 1, 101)
+    steps = np.abs(np.diff([cosine(p) for p in grid]))
+    # Faster and faster to the middle, then slower and slower.
+    assert np.all(np.diff(steps[:50]) > 0) and np.all(np.diff(steps[50:]) < 0)
+    for start, end in [(0.0, 0.1), (0.9, 1.0)]:
+        assert abs(cosine(end) - cosine(start)) < abs(linear(end) - linear(start)) / 3
+    assert abs(cosine(0.55) - cosine(0.45)) > abs(linear(0.55) - linear(0.45)) * 1.5
+    values = [cosine(p) for p in grid]
+    assert all(0.1 - 1e-12 <= value <= 0.9 for value in values) and np.all(np.diff(values) < 0)
+
+
 def test_the_pipeline_checks_the_dial_before_any_model_runs(pipe, reference):
     for preservation, expected in [({"up": {"block_9": 0.5}}, "'block_9' is not a block"),
                                    (lambda progress: -1, "gave -1 at progress 0"), ([], "preservation is empty")]:  # fmt: skip

@@ -19,8 +19,6 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 HEADER = "method,CLIP-T,CLIP-I,DINO-I,CLIP-IQA,Aesthetic\n"
 GOOD_ROW = "Ours,0.3,0.8,0.6,0.7,6.0\n"
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def place(tmp_path_factory, tiny_models):

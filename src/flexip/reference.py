@@ -8,6 +8,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -17,6 +18,7 @@ from transformers import AutoImageProcessor, CLIPImageProcessor, CLIPVisionModel
 
 from .atomic import atomic_write_bytes
 from .errors import FlexIPError
+from .families import refuse_pickled_weights
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,12 @@ class EncodedReference:
                 f"{path}: expected clip_embeds (batch, dim) and dino_tokens (batch, tokens, dim), got "
                 f"{tuple(clip_embeds.shape)} and {tuple(dino_tokens.shape)}"
             )
+        for name, tensor in (("clip_embeds", clip_embeds), ("dino_tokens", dino_tokens)):
+            if not tensor.is_floating_point():
+                dtype = str(tensor.dtype).removeprefix("torch.")
+                raise FlexIPError(f"{path}: tensor {name} holds {dtype} values, not features; encode the reference again")
+            if not tensor.isfinite().all():
+                raise FlexIPError(f"{path}: tensor {name} holds values that are not finite; encode the reference again")
         return cls(clip_embeds, dino_tokens)
 
 
@@ -87,6 +95,9 @@ def split_model_reference(reference: str | os.PathLike) -> tuple[str, str | None
 def _load(model_cls, reference: str | os.PathLike, **kwargs):
     path, subfolder = split_model_reference(reference)
     extra = {"subfolder": subfolder} if subfolder else {}
+    if model_cls is not AutoImageProcessor:  # weights: from safetensors only, never unpickled
+        refuse_pickled_weights(Path(path, subfolder or ""), model_cls.__name__)
+        extra["use_safetensors"] = True
     try:
         return model_cls.from_pretrained(path, **extra, **kwargs)
     except OSError as e:

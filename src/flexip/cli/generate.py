@@ -89,7 +89,7 @@ class Subjects:
 def read_subjects(args: argparse.Namespace) -> Subjects:
     """--reference, --reference-weights and --mask, read and checked before any model loads."""
     from ..errors import FlexIPError
-    from ..pipeline.images import load_reference_image
+    from ..pipeline.images import load_mask_image, load_reference_image
     from ..pipeline.subjects import check_subjects
 
     weights = None
@@ -109,22 +109,10 @@ def read_subjects(args: argparse.Namespace) -> Subjects:
     if args.mask is not None:
         if len(args.mask) != len(args.reference):
             raise FlexIPError(f"{len(args.mask)} --mask for {len(args.reference)} --reference; give one mask per reference")
-        masks = [_read_mask(path) for path in args.mask]
+        masks = [load_mask_image(path, f"--mask {path}") for path in args.mask]
     check_subjects(len(args.reference), weights, masks, None)
     images = [load_reference_image(path) for path in args.reference]
     return Subjects(images, [str(path) for path in args.reference], weights, masks, args.mask)
-
-
-def _read_mask(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    from ..errors import FlexIPError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("L")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise FlexIPError(f"--mask {path}: cannot read the image ({e}); give a PNG or JPEG, white = the subject") from e
 
 
 def read_dial(text: str, name: str = "--preservation") -> list:

@@ -21,8 +21,11 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SDXL)}
 
 __all__ = [
     "FAMILIES", "SD15", "SDXL", "Family", "TextConditioning", "family_named", "family_of_base", "family_of_unet",
-    "load_base",
+    "load_base", "refuse_pickled_weights",
 ]  # fmt: skip
+
+# Weight files that are Python pickles: loading one can run any code it holds.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def family_named(name: str, source: str = "base_family") -> Family:
@@ -91,7 +94,17 @@ def load_base(family: Family, base: str | os.PathLike, base_config: str | os.Pat
                 f"base_config ({os.fspath(base_config)}) is for a base given as one checkpoint file, but {os.fspath(base)!r} "
                 "is not a file: drop base_config (--base-config), or give the checkpoint file as the base"
             )
-        return family.text_to_image.from_pretrained(os.fspath(base), **loading)
+        index = path / "model_index.json"
+        if index.is_file():
+            try:
+                entries = json.loads(index.read_text()).items()
+                components = [name for name, value in entries if isinstance(value, list)]
+            except (OSError, ValueError, AttributeError):
+                components = []  # the loader says what is wrong with the index
+            for component in components:
+                refuse_pickled_weights(path / component, f"base's {component}")
+        # Safetensors only, locally and from the hub: a pickled component is refused, never unpickled.
+        return family.text_to_image.from_pretrained(os.fspath(base), use_safetensors=True, **loading)
     if path.suffix != ".safetensors":
         raise FlexIPError(
             f"{path}: a single-file base must be a .safetensors file (.ckpt and .bin files are pickles, which flexip "
@@ -99,3 +112,21 @@ def load_base(family: Family, base: str | os.PathLike, base_config: str | os.Pat
         )
     config = {} if base_config is None else {"config": os.fspath(base_config)}
     return family.text_to_image.from_single_file(os.fspath(path), **config, **loading)
+
+
+def refuse_pickled_weights(folder: Path, what: str) -> None:
+    """Refuse a local model folder whose weights are only pickles (`.bin`, `.pt`, ...), before a loader sees it.
+
+    The loaders are also told to read safetensors only (`use_safetensors=True`); this check names the folder
+    and says what to do, which their own error does not."""
+    if not folder.is_dir():
+        return
+    files = [file for file in folder.iterdir() if file.is_file()]
+    if any(file.suffix == ".safetensors" for file in files):
+        return
+    pickles = sorted(file.name for file in files if file.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise FlexIPError(
+            f"{folder}: the {what} weights are only in pickle files ({', '.join(pickles)}), which flexip never opens "
+            "(they can run code); convert them to safetensors (load the model and save_pretrained it)"
+        )

@@ -362,6 +362,11 @@ class FlexIPAdapter(nn.Module):
         for name, tensor in expected.items():
             if name not in state:
                 raise FlexIPError(f"{weights_path}: tensor {name} is missing; the file does not match {CONFIG_NAME}")
+            if not state[name].is_floating_point():  # loading would cast it silently into the float parameter
+                raise FlexIPError(
+                    f"{weights_path}: tensor {name} holds {str(state[name].dtype).removeprefix('torch.')} values, not "
+                    "floating-point weights; the file is not a FlexIP adapter's: re-export the adapter"
+                )
             if state[name].shape != tensor.shape:
                 raise FlexIPError(
                     f"{weights_path}: tensor {name} has shape {tuple(state[name].shape)}, "

@@ -10,7 +10,9 @@ from ..errors import FlexIPError
 
 def as_number(value, name: str) -> float:
     """`value` as a float (Python, numpy or 0-d torch numbers; not bools); a one-line error naming `name` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+        raise FlexIPError(f"{name}={value!r} is a boolean; give a number")
+    if not isinstance(value, (int, float)):
         try:
             value = float(value)  # numpy and 0-d torch scalars
         except (TypeError, ValueError):

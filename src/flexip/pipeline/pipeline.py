@@ -59,6 +59,8 @@ class _WithReference:
                 )
         try:
             stock = load_base(family, base, base_config)
+        except FlexIPError:
+            raise
         except (OSError, ValueError, TypeError, KeyError) as e:
             hint = (
                 f"name a diffusers directory of {family.title} as base_config (--base-config) for its configs"

@@ -1,4 +1,4 @@
-"""Several references (issue 23): one subject's images with weights, or one subject per image inside its mask.
+"""Several references: one subject's images with weights, or one subject per image inside its mask.
 
 Without masks, a `reference` list is one subject's images: each image's branch outputs are mixed with its
 weight, the weights scaled to sum to 1 (equal by default). With `reference_masks`, each image is a subject of
@@ -19,13 +19,17 @@ from PIL import Image
 
 from ..errors import FlexIPError
 from ..models.attention import PLAIN, Subject
-from .checks import as_number
+from .checks import MAX_SCALE, as_number
+from .images import mask_to_gray
 
 # Size kept as given (a multiple of 1 pixel): each layer resizes the mask to its own grid.
 _MASKS = IPAdapterMaskProcessor(vae_scale_factor=1)
 # How far a mask's height/width may be from the image's, relative: masks made by resizing to another size
 # round their sides to whole pixels.
 ASPECT_TOLERANCE = 0.02
+# A mask above this many pixels is kept downscaled: the finest layer's grid is the latents', 8 times smaller
+# than the image, so a 4096 x 4096 mask is more than any image needs and 64 MB as the float it is kept in.
+MAX_MASK_PIXELS = 4096 * 4096
 
 
 def check_subjects(count: int, weights, masks, image_size: tuple[int, int] | None) -> tuple[Subject, ...]:
@@ -36,11 +40,19 @@ def check_subjects(count: int, weights, masks, image_size: tuple[int, int] | Non
     if masks is None:
         if weights is None:
             return PLAIN if count == 1 else tuple(Subject(1 / count) for _ in range(count))
-        total = math.fsum(weights)
-        shares = [weight / total for weight in weights]
+        largest = max(weights)  # scaled by the largest first: a sum of huge weights does not overflow
+        total = math.fsum(weight / largest for weight in weights)
+        shares = [weight / largest / total for weight in weights]
         return PLAIN if shares == [1.0] else tuple(Subject(share) for share in shares)
     masks = _check_masks(masks, count, image_size)
     weights = weights or [1.0] * count
+    # With masks, a weight scales its subject's branches as `scale` does: it has the same bound.
+    for index, weight in enumerate(weights):
+        if weight > MAX_SCALE:
+            raise FlexIPError(
+                f"reference_weights[{index}]={weight!r}: with masks, each weight is its subject's strength; give at "
+                f"most {MAX_SCALE:g} (1 is the trained strength)"
+            )
     return tuple(Subject(weight, mask) for weight, mask in zip(weights, masks))
 
 
@@ -51,8 +63,8 @@ def _check_weights(weights, count: int) -> list[float]:
     for index, weight in enumerate(checked):
         if not (math.isfinite(weight) and weight >= 0):
             raise FlexIPError(f"reference_weights[{index}]={weights[index]!r} must be a finite number >= 0")
-    if not math.fsum(checked) > 0:
-        raise FlexIPError(f"reference_weights={weights!r} sum to {math.fsum(checked):g}; give weights that sum to a positive number")
+    if not max(checked) > 0:
+        raise FlexIPError(f"reference_weights={weights!r} sum to 0; give weights that sum to a positive number")
     return checked
 
 
@@ -64,18 +76,25 @@ def _check_masks(masks, count: int, image_size: tuple[int, int] | None) -> list[
         name = f"reference_masks[{index}]"
         if isinstance(mask, torch.Tensor):
             mask = mask.detach().cpu().numpy()
+        if isinstance(mask, Image.Image):
+            mask = mask_to_gray(mask, name)  # upright, 8-bit gray (or a float array, read below)
         if isinstance(mask, np.ndarray):
             if mask.ndim == 3 and mask.shape[-1] == 1:
                 mask = mask[..., 0]
-            if mask.ndim != 2 or mask.dtype.kind not in "buif":
+            if mask.ndim != 2 or mask.dtype.kind not in "buif" or 0 in mask.shape:
                 raise FlexIPError(f"{name}: an array of shape {mask.shape} and type {mask.dtype}; give a 2-D "
                                   "(height, width) array of 0/1 or 0..255 values")  # fmt: skip
+            if mask.dtype.kind == "f" and not np.isfinite(mask).all():
+                raise FlexIPError(f"{name} holds NaN or infinite values; give 0/1 or 0..255 values")
             mask = mask.astype(np.float32) / (255.0 if mask.dtype == np.uint8 else 1.0)
             height, width = mask.shape
         elif isinstance(mask, Image.Image):
             width, height = mask.size
         else:
             raise FlexIPError(f"{name} is a {type(mask).__name__}; give a PIL image or a 2-D array")
+        if height * width > MAX_MASK_PIXELS:  # each layer needs only its grid: keep a bounded copy
+            shrink = math.sqrt(MAX_MASK_PIXELS / (height * width))
+            height, width = max(1, int(height * shrink)), max(1, int(width * shrink))
         tensor = _MASKS.preprocess(mask, height=height, width=width)[0, 0].float()
         if not tensor.any():
             raise FlexIPError(f"{name} is empty (no pixel at or above half): that subject would act nowhere")

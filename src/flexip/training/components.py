@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from ..errors import FlexIPError
-from ..families import Family, family_named, family_of_unet
+from ..families import Family, family_named, family_of_unet, refuse_pickled_weights
 from ..reference import ReferenceEncoder
 from .config import ModelConfig
 
@@ -99,23 +99,31 @@ def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
     def part(cls, subfolder, **kwargs):
         return _load("base", base, lambda: cls.from_pretrained(base, subfolder=subfolder, **kwargs))
 
+    def weights(cls, subfolder, **kwargs):  # safetensors only: a pickled component is refused, never unpickled
+        refuse_pickled_weights(Path(base) / subfolder, f"base's {subfolder}")
+        return part(cls, subfolder, use_safetensors=True, **kwargs)
+
     scheduler = part(DDPMScheduler, "scheduler")
     if scheduler.config.prediction_type != "epsilon":
         raise FlexIPError(
             f"config model.base {base!r} predicts {scheduler.config.prediction_type!r}; FlexIP trains with the "
             "epsilon objective (method.md §3): use an epsilon-prediction model such as Stable Diffusion 1.5"
         )
-    unet = part(UNet2DConditionModel, "unet", torch_dtype=dtype)
+    unet = weights(UNet2DConditionModel, "unet", torch_dtype=dtype)
     family = family_of_unet(unet)
     text = {
-        name: part(cls, name) if "tokenizer" in name else part(cls, name, dtype=dtype)
+        name: part(cls, name) if "tokenizer" in name else weights(cls, name, dtype=dtype)
         for name, cls in family.text_parts.items()
     }
     if config.vae:
         _check_local("vae", config.vae)
-        vae = _load("vae", config.vae, lambda: AutoencoderKL.from_pretrained(config.vae, torch_dtype=dtype))
+        refuse_pickled_weights(Path(config.vae), "model.vae")
+        vae = _load(
+            "vae", config.vae,
+            lambda: AutoencoderKL.from_pretrained(config.vae, torch_dtype=dtype, use_safetensors=True),
+        )  # fmt: skip
     else:
-        vae = part(AutoencoderKL, "vae", torch_dtype=dtype)
+        vae = weights(AutoencoderKL, "vae", torch_dtype=dtype)
     if family.vae_overflows_in_fp16 and dtype == torch.float16 and vae.config.force_upcast:
         # SDXL's own VAE overflows in float16 (its pipelines upcast it for the same reason): it encodes in
         # float32 unless model.vae names one fixed for float16 (force_upcast false in its config).
