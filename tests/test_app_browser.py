@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
 
 import pytest
 from PIL import Image
@@ -87,14 +88,21 @@ def generate(page, expect: str) -> str:
 
 
 def test_upload_move_the_dial_generate_and_see_the_image(page):
+    # Results arrive late, as from a busy server: the page must be seen to wait for the picture itself.
+    page.route(lambda url: "/gradio_api/file=" in url, lambda route: (time.sleep(0.3), route.continue_()))
     status = generate(page, "preservation 0.5")
     assert "reference encoded in" in status
     first = page.get_attribute("#result img", "src")
     set_number(page, "#preservation", 0.9)
     status = generate(page, "preservation 0.9")
     assert "reused, not encoded again" in status and "denoise" in status and "decode" in status
-    page.wait_for_function(f"document.querySelector('#result img').src != {json.dumps(first)}")
-    assert page.evaluate("document.querySelector('#result img').naturalWidth") == 32  # the picture loaded
+    # The element takes the new address before the browser has fetched and decoded it (naturalWidth is 0 till
+    # then): wait for the new picture to have loaded.
+    page.wait_for_function(f"""() => {{
+        const image = document.querySelector('#result img');
+        return image !== null && image.src != {json.dumps(first)} && image.complete && image.naturalWidth > 0;
+    }}""")
+    assert page.evaluate("document.querySelector('#result img').naturalWidth") == 32  # the picture itself
     assert "--preservation 0.9" in page.input_value("#command textarea")
 
 
@@ -120,7 +128,7 @@ def test_a_broken_upload_says_so_and_the_page_stays_usable(page, tmp_path):
     upload(page, DEMO_REFERENCE)
     page.wait_for_function("document.querySelector('#status').innerText.includes('32 x 32 pixels')")
     generate(page, "1 image at preservation")
-    assert page.query_selector("#result img") is not None
+    page.wait_for_selector("#result img")  # rendered after the status line, in the same update or the next
 
 
 def test_the_downloaded_png_carries_its_settings(page, tmp_path):

@@ -92,7 +92,7 @@ def test_advanced_mistakes_name_the_setting(service, uploads):
         ({"dial": "up.block_9=0.5"}, "'block_9' is not a block"),
         ({"dial": "0.3;0.5"}, "one image takes one value"),
         ({"dial": "0.9:0.3", "sweep": 3}, "a sweep needs several values"),
-        ({"reference_weights": "0"}, "sum to 0; give weights that sum to a positive number"),
+        ({"reference_weights": "0"}, "give weights that sum to a positive number"),
         ({"reference_weights": "a,b", "more_references": [uploads["other"]]}, "give comma-separated numbers"),
         ({"masks": [uploads["left"]], "more_references": [uploads["other"]]}, "give one mask per reference (2)"),
     ]:

@@ -8,13 +8,17 @@ only into one temporary folder, removed when the server stops.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import gradio as gr
+from gradio.context import LocalContext
 
 from ..demo_subject import DEMO_PROMPT, DEMO_REFERENCE
 from ..errors import FlexIPError
@@ -93,35 +97,79 @@ def build_page(service: Service) -> gr.Blocks:
                                show_progress_on=[image, gallery])  # fmt: skip
         reference.upload(_check_upload, reference, status, preprocess=False, api_visibility="private")
         mode.change(_show_mode, mode, [image, gallery, sheet], api_visibility="private", queue=False)
-        stop.click(_stop(service), None, status, cancels=[generating], queue=False, api_visibility="private")
+        stop.click(lambda: "Stopped.", None, status, cancels=[generating], queue=False,
+                   api_visibility="private")  # fmt: skip
     return page
 
 
 def _generate(service: Service):
-    """The `generate` endpoint: the controls' values in, (status, image, sweep, contact sheet, command, seed) out."""
+    """The `generate` endpoint: the controls' values in, (status, image, sweep, contact sheet, command, seed) out.
 
-    def generate(reference, prompt, preservation, mode, sweep_count, seed, random_seed, steps, guidance,
-                 scheduler, scale, negative_prompt, dial="", more=None, weights="", masks=None,
-                 request: gr.Request = None, progress=gr.Progress()):  # fmt: skip
-        upload = reference or {}
+    The generation runs in a worker thread and stops at its next step however the request ends early: the Stop
+    button, the API's cancel and the server stopping cancel this coroutine, which holds the request's place
+    among the `CONCURRENCY` until the generation has stopped; a client that went away is seen at each step.
+    """
+
+    async def generate(reference, prompt, preservation, mode, sweep_count, seed, random_seed, steps, guidance,
+                       scheduler, scale, negative_prompt, dial="", more=None, weights="", masks=None,
+                       progress=gr.Progress()):  # fmt: skip
+        stop = threading.Event()
+        connected = _connection()
+
+        def on_step(done: int, total: int) -> None:
+            if not connected():
+                stop.set()  # no one is waiting for the rest
+            progress((done, total), desc="denoising")
+
+        values = (reference, prompt, preservation, mode, sweep_count, seed, random_seed, steps, guidance, scheduler,
+                  scale, negative_prompt, dial, more, weights, masks)  # fmt: skip
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(_answer, service, values, stop, on_step))
         try:
-            checked = service.request(
-                upload.get("path"), upload.get("orig_name") or "the upload", prompt, preservation,
-                sweep_count if mode == SWEEP else None, seed, random_seed, steps, guidance, scheduler, scale,
-                negative_prompt, dial or "", _uploads(more), weights or "", _uploads(masks),
-            )  # fmt: skip
-            result = service.run(checked, request.session_hash,
-                                 lambda done, total: progress((done, total), desc="denoising"))  # fmt: skip
-        except FlexIPError as e:
-            return f"**Error:** {e}", None, [], None, "", seed
-        except Cancelled as e:
-            return f"Stopped {e}.", None, [], None, "", seed
-        images = [(str(path), f"preservation {dial_text(value)}") for path, value in zip(result.images, result.values)]
-        if len(images) == 1:
-            return result.report, images[0][0], [], None, result.command, checked.sampling.seed
-        return result.report, None, images, str(result.sheet), result.command, checked.sampling.seed
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            stop.set()
+            await asyncio.wait([work])
+            raise
 
     return generate
+
+
+def _answer(service: Service, values: tuple, stop: threading.Event, on_step) -> tuple:
+    """One request, checked and run: the `generate` endpoint's outputs; a mistake is the status line's sentence."""
+    (reference, prompt, preservation, mode, sweep_count, seed, random_seed, steps, guidance, scheduler, scale,
+     negative_prompt, dial, more, weights, masks) = values  # fmt: skip
+    upload = reference or {}
+    try:
+        if mode not in (ONE, SWEEP):
+            raise FlexIPError(f"generate={mode!r:.40}: choose {ONE!r} or {SWEEP!r}")
+        checked = service.request(
+            upload.get("path"), upload.get("orig_name") or "the upload", prompt, preservation,
+            sweep_count if mode == SWEEP else None, seed, random_seed, steps, guidance, scheduler, scale,
+            negative_prompt, dial, _uploads(more), weights, _uploads(masks),
+        )  # fmt: skip
+        result = service.run(checked, stop, on_step)
+    except FlexIPError as e:  # the seed box keeps what it had: the value sent may not be a number
+        return f"**Error:** {e}", None, [], None, "", gr.skip()
+    except Cancelled as e:
+        return f"Stopped {e}.", None, [], None, "", gr.skip()
+    images = [
+        (str(path), f"preservation {dial_text(value)}") for path, value in zip(result.images, result.values)
+    ]
+    if len(images) == 1:
+        return result.report, images[0][0], [], None, result.command, checked.sampling.seed
+    return result.report, None, images, str(result.sheet), result.command, checked.sampling.seed
+
+
+def _connection():
+    """Whether the client of the request being run is still there, as a function to ask at each step.
+
+    gradio marks the event of a client whose stream closed (a closed tab, a dropped connection) as no longer
+    alive, but lets a running function finish; the event is gradio's own, found through its request context.
+    """
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+    event = queue.event_ids_to_events.get(event_id) if queue is not None and event_id else None
+    return (lambda: True) if event is None else (lambda: event.alive)
 
 
 def _uploads(files) -> list[tuple[str, str]]:
@@ -145,13 +193,6 @@ def _show_mode(mode: str):
     """One image shows in the image box; a sweep in the gallery, with its contact sheet."""
     sweep = mode == SWEEP
     return gr.update(visible=not sweep), gr.update(visible=sweep), gr.update(visible=sweep)
-
-
-def _stop(service: Service):
-    def stop(request: gr.Request) -> str:
-        return "Stopping..." if service.cancel(request.session_hash) else ""
-
-    return stop
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import reprlib
 import secrets
 import shlex
 import shutil
@@ -26,9 +27,9 @@ from PIL import Image
 from ..contact_sheet import contact_sheet
 from ..demo_subject import DEMO_REFERENCE
 from ..errors import FlexIPError
-from ..pipeline.checks import check_preservation
+from ..pipeline.checks import check_preservation, check_scale
 from ..pipeline.dial import check_dials, dial_record, dial_text, parse_dial
-from ..pipeline.images import load_reference_image
+from ..pipeline.images import load_mask_image, load_reference_image
 from ..pipeline.output import image_name, save_image
 from ..pipeline.settings import LoadedModel, ModelSettings, SamplingSettings, generate, record
 from ..pipeline.subjects import check_subjects
@@ -37,6 +38,9 @@ from ..schedulers import SCHEDULERS, make_scheduler
 MAX_UPLOAD_BYTES = 20 * 2**20  # the page refuses bigger files before they reach the server
 MAX_PIXELS = 25_000_000  # a 5000 x 5000 picture; decoding more costs the server memory for no better subject
 MAX_SWEEP = 9  # dial values in one sweep: one batch, so memory grows with it
+MAX_STEPS = 150  # the steps slider's end: the schedulers allow 1000, each step a pass of the UNet per image
+MAX_REFERENCES = 8  # each one encoded, and attended to in every layer at every step
+MAX_TEXT = 2000  # characters in a text box; CLIP reads 77 tokens of a prompt, tokenizing more costs time
 RESULTS_KEPT_SECONDS = 600  # the page's own copies (gradio's cache) outlive these; see Service.run
 SHEET_NAME = "contact_sheet.png"
 
@@ -94,30 +98,34 @@ def read_reference(path: str | Path, name: str) -> Image.Image:
 
 
 def read_mask(path: str | Path, name: str) -> Image.Image:
-    """An uploaded mask -> a grayscale image (white = the subject); a FlexIPError naming the file otherwise."""
+    """An uploaded mask -> a grayscale image as `flexip generate --mask` reads it (upright, white = the subject);
+    a FlexIPError naming the file as the user named it otherwise."""
     path = _checked_upload(path, name)
+    if path.stat().st_size == 0:
+        raise FlexIPError(f"{name} is empty (0 bytes); upload the mask again")
     try:
-        with Image.open(path) as image:
-            return image.convert("L")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise FlexIPError(f"{name} cannot be read as a mask ({str(e).replace(str(path), name)})") from None
+        return load_mask_image(path, name)
+    except FlexIPError as e:  # PIL's part of the message may name the server's temporary copy
+        raise FlexIPError(str(e).replace(str(path), name)) from e
 
 
 def _checked_upload(path: str | Path, name: str) -> Path:
-    """Refuse an upload over the page's size limits before decoding it."""
+    """Refuse an upload over the page's size limits before decoding it. The picture decoded is what is
+    computed with: a reference of an extreme aspect ratio is scaled down before it is padded
+    (`pipeline/images.py`), so padding stays within the limit."""
     path = Path(path)
     if path.stat().st_size > MAX_UPLOAD_BYTES:
         raise FlexIPError(f"{name} is larger than {MAX_UPLOAD_BYTES // 2**20} MB; upload a smaller picture")
+    too_large = f"more than the {MAX_PIXELS / 1e6:g} megapixels this page takes; downscale it and try again"
     try:
         with Image.open(path) as image:  # the header only: the size before any decoding
             width, height = image.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # PIL refuses even to read the size of one this large
+        raise FlexIPError(f"{name} is {too_large}") from None
+    except (OSError, ValueError, SyntaxError):
         width = height = 0  # the reader says what is wrong with it
     if width * height > MAX_PIXELS:
-        raise FlexIPError(
-            f"{name} is {width} x {height} pixels, more than the {MAX_PIXELS / 1e6:g} megapixels this page "
-            "takes; downscale it and upload it again"
-        )
+        raise FlexIPError(f"{name} is {width} x {height} pixels, {too_large}")
     return path
 
 
@@ -138,7 +146,6 @@ class Service:
         self.models = models
         self.results = results
         self._by_scheduler = {models.scheduler: loaded}
-        self._running: dict[str, set[threading.Event]] = {}  # session -> stop flags of its requests
         self._lock = threading.Lock()
 
     def request(
@@ -154,27 +161,39 @@ class Service:
         `reference_weights` comma-separated."""
         if not reference_path:
             raise FlexIPError("no reference: upload a picture of the subject, or pick the built-in example")
-        if not prompt or not prompt.strip():
+        if not _text(prompt, "prompt").strip():
             raise FlexIPError("the prompt is empty: say what to generate, e.g. 'a dog on the beach'")
-        if scheduler not in SCHEDULERS:
-            raise FlexIPError(f"scheduler {scheduler!r} is not one of {', '.join(sorted(SCHEDULERS))}")
-        if dial and dial.strip():
+        if _text(scheduler, "scheduler") not in SCHEDULERS:
+            raise FlexIPError(f"scheduler {_shown(scheduler)} is not one of {', '.join(sorted(SCHEDULERS))}")
+        if _text(dial, "dial").strip():
             values = self._dial(dial.strip(), sweep=bool(sweep))
+        elif sweep:
+            values = sweep_values(sweep)
         else:
-            values = sweep_values(sweep) if sweep else check_preservation(preservation)
+            values = check_preservation(_number(preservation, "preservation"))
+        if not isinstance(randomize, bool):
+            raise FlexIPError(f"random seed={_shown(randomize)} must be true or false")
         if randomize:
             seed = secrets.randbelow(2**32)
+        steps = _whole(steps, "steps")
+        if steps > MAX_STEPS:
+            raise FlexIPError(f"steps={steps}: this page runs at most {MAX_STEPS}; give fewer (50 is usual)")
         sampling = SamplingSettings(
-            steps=_whole(steps, "steps"), guidance=guidance, scale=scale, seed=_whole(seed, "seed"),
-            negative_prompt=negative_prompt or None,
+            steps=steps, guidance=_number(guidance, "guidance"),
+            scale=check_scale(_number(scale, "scale")), seed=_whole(seed, "seed"),
+            negative_prompt=_text(negative_prompt, "negative prompt") or None,
         )  # fmt: skip
+        count = 1 + len(more_references)
+        if max(count, len(masks)) > MAX_REFERENCES:  # before any is decoded
+            raise FlexIPError(f"{count} references and {len(masks)} masks; this page takes at most {MAX_REFERENCES} "
+                              "references, with one mask each or none")  # fmt: skip
         if _same_bytes(Path(reference_path), DEMO_REFERENCE):
             reference_name = str(DEMO_REFERENCE)  # the built-in example: the command line can name the real file
         reference = read_reference(reference_path, reference_name)
         more = tuple(read_reference(path, name) for path, name in more_references)
         mask_images = tuple(read_mask(path, name) for path, name in masks) or None
         weights = None
-        if reference_weights and reference_weights.strip():
+        if _text(reference_weights, "reference weights").strip():
             try:
                 weights = [float(weight) for weight in reference_weights.split(",")]
             except ValueError:
@@ -188,6 +207,8 @@ class Service:
         """The advanced dial's text, checked against the loaded adapter's layers: one value, or a sweep's."""
         form = parse_dial(text, "dial")
         values = form if isinstance(form, list) else [form]
+        if len(values) > MAX_SWEEP:
+            raise FlexIPError(f"dial: a sweep of {len(values)} values; give at most {MAX_SWEEP}")
         check_dials(values, list(self.loaded.pipe.flexip.adapter.config.layers), name="dial")
         if sweep != (len(values) > 1):
             raise FlexIPError(
@@ -196,28 +217,10 @@ class Service:
             )  # fmt: skip
         return values
 
-    def run(self, request: Request, session: str = "", on_step=None) -> Result:
-        """Generate and write the results; `cancel(session)` stops it at the next step (raises Cancelled)."""
-        stop = threading.Event()
-        with self._lock:
-            self._running.setdefault(session, set()).add(stop)
-        try:
-            return self._run(request, stop, on_step)
-        finally:
-            with self._lock:
-                self._running[session].discard(stop)
-                if not self._running[session]:
-                    del self._running[session]
-
-    def cancel(self, session: str) -> bool:
-        """Stop the session's running requests; False when it had none."""
-        with self._lock:
-            stops = list(self._running.get(session, ()))
-        for stop in stops:
-            stop.set()
-        return bool(stops)
-
-    def _run(self, request: Request, stop: threading.Event, on_step) -> Result:
+    def run(self, request: Request, stop: threading.Event | None = None, on_step=None) -> Result:
+        """Generate and write the results. Setting `stop`, from any thread, ends the generation at its next
+        step (raises Cancelled); `on_step(done, total)` hears of each step."""
+        stop = stop or threading.Event()
         loaded = self._loaded(request.scheduler)
         injection = loaded.pipe.flexip
         reused = injection.reference_cache.get(request.reference) is not None
@@ -311,8 +314,31 @@ def _whole(value, name: str) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise FlexIPError(f"{name}={value!r} must be a whole number")
+        raise FlexIPError(f"{name}={_shown(value)} must be a whole number")
     return value
+
+
+def _number(value, name: str) -> float:
+    """A number from the page: its API takes JSON, so text, lists and objects arrive here as they were sent."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FlexIPError(f"{name}={_shown(value)} is not a number")
+    return float(value)
+
+
+def _text(value, name: str) -> str:
+    """A text box's value (None as empty), bounded by `MAX_TEXT`."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise FlexIPError(f"{name}={_shown(value)} is not text; give a string")
+    if len(value) > MAX_TEXT:
+        raise FlexIPError(f"{name} is {len(value)} characters; give at most {MAX_TEXT}")
+    return value
+
+
+def _shown(value) -> str:
+    """A value as an error message shows it: short, whatever was sent."""
+    return reprlib.repr(value)
 
 
 def _report(request: Request, reused: bool, timings: tuple[float, float, float]) -> str:

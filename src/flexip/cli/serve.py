@@ -35,6 +35,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import importlib.util
+    import signal
     import threading
 
     from ..errors import FlexIPError
@@ -53,7 +54,17 @@ def run(args: argparse.Namespace) -> int:
     )
     loaded = load_pipeline(models)
     loaded.pipe.set_progress_bar_config(disable=True)  # the page has its own progress bar
-    with running(lambda results: Service(loaded, models, results), args.host, args.port) as url:
-        print(f"flexip serve: open {url} (Ctrl-C stops it)", flush=True)
-        threading.Event().wait()  # until Ctrl-C: main() reports the interrupt, the context removes the files
+    # A service manager's stop (SIGTERM) or a closed terminal (SIGHUP, absent on Windows) ends the server as
+    # Ctrl-C does: leaving the context removes the folder of uploads and results, which dying of the signal
+    # would leave behind.
+    stopped = threading.Event()
+    numbers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {number: signal.signal(number, lambda *_: stopped.set()) for number in numbers}
+    try:
+        with running(lambda results: Service(loaded, models, results), args.host, args.port) as url:
+            print(f"flexip serve: open {url} (Ctrl-C stops it)", flush=True)
+            stopped.wait()  # or Ctrl-C: main() reports the interrupt
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0
