@@ -131,7 +131,8 @@ def test_views_are_variant_pairs_of_different_views_of_one_object(tmp_path):
         (["prep", "images", "{tmp}/photos", "--out", "/proc/o.jsonl"], "cannot write"),
         (["prep", "images", "{tmp}/photos", "--out", "{tmp}/o.jsonl", "--rank", "2", "--world-size", "2"], "rank"),
         (["prep", "images", "{tmp}/photos", "--out", "{tmp}/o.jsonl", "--mask-model", "{tmp}/nowhere"], "--mask-model"),
-        (["prep", "videos", "{tmp}/photos", "--out", "{tmp}/v.jsonl", "--frames-dir", "{tmp}/photos"], "already holds frames"),
+        (["prep", "videos", "{tmp}/photos", "--out", "{tmp}/v.jsonl", "--frames-dir", "{tmp}/photos"],
+         "itself"),
         (["prep", "caption", "{tmp}/taken.jsonl", "--in-place", "--model", "{tmp}/nowhere"], "--model"),
     ],
 )  # fmt: skip

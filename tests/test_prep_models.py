@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -24,7 +23,6 @@ from transformers import (
 from flexip.cli import main
 from prep_media import write_photos, write_views
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                 "<|video_pad|>"]  # fmt: skip
 

@@ -36,7 +36,7 @@ def test_an_interrupted_run_continues_where_it_stopped(tmp_path, monkeypatch, ca
     monkeypatch.setattr(flexip.prep.images, "open_picture", interrupted)
     assert images(photos, out) == 130
     progress = tmp_path / "run" / "images.jsonl.progress.jsonl"
-    assert not out.exists() and len(lines(progress)) == 4  # nothing half-written; four photos done
+    assert not out.exists() and len(lines(progress)) == 5  # nothing half-written; settings, four photos done
     with open(progress, "a") as file:
         file.write('{"key": "sub/exact-co')  # a line cut short by a crash
     monkeypatch.setattr(flexip.prep.images, "open_picture", original)

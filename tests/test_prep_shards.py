@@ -85,7 +85,7 @@ def test_check_counts_and_fails_only_on_errors(prepared, tmp_path, capsys):
     assert "1 missing files" in text and "1 of 4 planned shards missing" in text and "3 inputs, 3 with errors" in text
 
 
-def test_prepared_manifests_train(prepared, tiny_models, tmp_path, one_thread):
+def test_prepared_manifests_train(prepared, tiny_models, tmp_path):
     from test_train import tiny_overrides
 
     both = prepared / "all.jsonl"  # beside the others: their paths stay right

@@ -205,21 +205,12 @@ def _part(args):
     return Part.resolve(args.rank, args.world_size)
 
 
-def _positive(args, *names: str) -> None:
-    for name in names:
-        if getattr(args, name) < 1:
-            raise FlexIPError(f"--{name.replace('_', '-')} {getattr(args, name)}: give 1 or more")
-
-
 def run_images(args) -> int:
-    from ..prep import SubjectSegmenter, prepare_images
-    from ..prep.split import process_device
+    from ..prep import prepare_images
 
-    part = _part(args)
-    segmenter = SubjectSegmenter.from_pretrained(args.mask_model, process_device()) if args.mask_model else None
     summary = prepare_images(
-        args.folder, args.out, masks=args.masks, segmenter=segmenter, min_size=args.min_size,
-        dedup_distance=args.dedup_distance, part=part, overwrite=args.overwrite,
+        args.folder, args.out, masks=args.masks, mask_model=args.mask_model, min_size=args.min_size,
+        dedup_distance=args.dedup_distance, part=_part(args), overwrite=args.overwrite,
     )  # fmt: skip
     print(summary.line("images", "photos", "image pairs"))
     return 0
@@ -227,7 +218,6 @@ def run_images(args) -> int:
 
 def run_videos(args) -> int:
     _need("av")
-    _positive(args, "max_pairs")
     from ..prep import prepare_videos
 
     summary = prepare_videos(
@@ -240,7 +230,6 @@ def run_videos(args) -> int:
 
 
 def run_views(args) -> int:
-    _positive(args, "max_pairs")
     from ..prep import prepare_views
 
     summary = prepare_views(
@@ -252,14 +241,11 @@ def run_views(args) -> int:
 
 
 def run_caption(args) -> int:
-    from ..prep import Captioner, caption_manifest
-    from ..prep.split import process_device
+    from ..prep import caption_manifest
 
-    part = _part(args)
-    captioner = None if args.from_column else Captioner.from_pretrained(args.model, process_device())
     summary = caption_manifest(
-        args.manifest, None if args.in_place else args.out, captioner=captioner, from_column=args.from_column,
-        batch_size=args.batch_size, part=part, overwrite=args.overwrite,
+        args.manifest, None if args.in_place else args.out, model=None if args.from_column else args.model,
+        from_column=args.from_column, batch_size=args.batch_size, part=_part(args), overwrite=args.overwrite,
     )  # fmt: skip
     print(summary.line("caption", "rows", "rows"))
     return 0

@@ -12,6 +12,7 @@ The model is any Qwen2-VL-family checkpoint (Qwen2-VL, Qwen2.5-VL) that transfor
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -20,12 +21,15 @@ from ..errors import FlexIPError
 from ..manifest import PATH_FIELDS, read_manifest_records
 from .folders import relative
 from .pictures import Unusable, open_picture
-from .progress import Outcome, Summary, check_output, problem, run_items
-from .split import Part
+from .progress import Outcome, Summary, check_output, check_resume, problem, run_items
+from .split import Part, process_device
 
 PROMPT = "Describe this picture in one sentence: the main subject, what it looks like and does, and the setting."
 # Qwen2-VL spends one token per 28x28 pixels; a caption gains nothing from more than ~450 px a side.
 MAX_PIXELS = 448 * 448
+# Targets are shrunk as they are opened to the most the processor could use (MAX_PIXELS at 4:1, the widest
+# `to_rgb` leaves a picture), so a batch holds a few megapixels whatever the photos' size.
+OPENED_SIDE = 2 * 448
 MAX_NEW_TOKENS = 77  # the text encoder reads at most 77 tokens of it
 
 
@@ -80,7 +84,7 @@ def caption_manifest(
     manifest: Path,
     out: Path | None,
     *,
-    captioner: Captioner | None = None,
+    model: str | None = None,
     from_column: str | None = None,
     batch_size: int = 8,
     part: Part = Part(),
@@ -88,17 +92,23 @@ def caption_manifest(
 ) -> Summary:
     """Caption every uncaptioned row of `manifest` into `out` (None: rewrite `manifest` itself, atomically).
 
-    Give exactly one of `captioner` and `from_column` (a field of the rows holding existing captions).
+    Give exactly one of `model` (a Qwen2-VL-family hub id or folder) and `from_column` (a field of the rows
+    holding existing captions).
     """
-    if (captioner is None) == (from_column is None):
+    if (model is None) == (from_column is None):
         raise FlexIPError("give a caption model or --from-column (one of them)")
+    if batch_size < 1:
+        raise FlexIPError(f"--batch-size {batch_size}: give 1 or more")
     manifest = Path(manifest)
     rows = read_manifest_records(manifest)
     in_place = out is None
     out = manifest if in_place else Path(out)
     check_output(out, part, overwrite or in_place)
-    if batch_size < 1:
-        raise FlexIPError(f"--batch-size {batch_size}: give 1 or more")
+    settings = {"MANIFEST": str(manifest.resolve()),
+                "MANIFEST sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                "--model": model, "--from-column": from_column}  # fmt: skip
+    check_resume(out, part, overwrite, settings)
+    captioner = Captioner.from_pretrained(model, process_device()) if model else None
 
     def rebase(row: dict) -> dict:
         """The row with its paths relative to `out`'s folder instead of the input manifest's."""
@@ -124,9 +134,12 @@ def caption_manifest(
             if str(target) in images:
                 continue
             try:
-                images[str(target)] = open_picture(target, min_size=1).image
+                image = open_picture(target, min_size=1).image
             except Unusable as e:
                 outcomes[key].problems.append(problem(target, e.kind, f"{e}; left uncaptioned"))
+                continue
+            image.thumbnail((OPENED_SIDE, OPENED_SIDE))
+            images[str(target)] = image
         captions = dict(zip(images, captioner(list(images.values())) if images else []))
         for key in todo:
             caption = captions.get(str(manifest.parent / rows[int(key)]["target"]))
@@ -136,6 +149,7 @@ def caption_manifest(
 
     return run_items(
         out, [str(i) for i in range(len(rows))], work, part=part, restart=overwrite, batch_size=batch_size,
+        settings=settings,
         desc=f"captions{part.label}", unit="row",
     )  # fmt: skip
 

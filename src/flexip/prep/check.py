@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import FlexIPError
 from ..manifest import PATH_FIELDS, read_manifest_records
 from ..models.gate import MODALITIES
-from .shards import INDEX, shard_name
+from .shards import INDEX, read_index, shard_name
 
 SHOWN = 3  # example problems named per input
 
@@ -63,7 +63,7 @@ def check_manifest(path: Path) -> Check:
                     missing.append(f"line {number}: {name} {row[name]} not found")
                 files.add(file)
     size = sum(f.stat().st_size for f in files if f.is_file())
-    kinds = Counter(row.get("kind", "unknown") for row in rows)
+    kinds = Counter(str(row.get("kind", "unknown")) for row in rows)  # a field readers ignore: any JSON value
     captioned = sum(bool(row["caption"].strip()) for row in rows)
     result.facts = (
         f"{len(rows)} pairs: {_mix(Counter(r['modality'] for r in rows), len(rows), captioned)}; kinds "
@@ -81,10 +81,20 @@ def check_shards(path: Path) -> Check:
         tars = sorted(path.glob("*.tar"))
         index = path / INDEX
         if index.is_file():
-            plan = json.loads(index.read_text())
-            absent = [shard_name(i) for i in range(plan["shards"]) if not (path / shard_name(i)).is_file()]
-            if absent:
-                result.errors.append(f"{len(absent)} of {plan['shards']} planned shards missing, e.g. {', '.join(absent[:SHOWN])}")
+            try:
+                plan = read_index(index)
+            except FlexIPError as e:
+                result.errors.append(str(e))
+            else:
+                # Counted from the shards present, not by visiting every planned one: the count may be edited.
+                planned = plan["shards"]
+                indices = (int(tar.stem) for tar in tars if tar.stem.isdigit())
+                present = {shard_name(i) for i in indices if i < planned} & {tar.name for tar in tars}
+                if missing := planned - len(present):
+                    first = range(min(planned, len(present) + SHOWN))  # holds SHOWN missing ones, or all
+                    names = [shard_name(i) for i in first if shard_name(i) not in present]
+                    example = ", ".join(names[:SHOWN])
+                    result.errors.append(f"{missing} of {planned} planned shards missing, e.g. {example}")
         if not tars:
             result.errors.append(f"no .tar shards in {path}")
             return result
@@ -95,7 +105,7 @@ def check_shards(path: Path) -> Check:
         try:
             with tarfile.open(tar) as archive:
                 groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for member in archive.getmembers():
+                for member in (m for m in archive.getmembers() if m.isfile()):
                     key, _, extension = member.name.partition(".")
                     groups.setdefault(key, {})[extension] = member
                 for key, members in groups.items():
@@ -105,6 +115,9 @@ def check_shards(path: Path) -> Check:
                         bad.append(f"{tar.name}:{key} lacks its target or json")
                         continue
                     meta = json.loads(archive.extractfile(members["json"]).read())
+                    if not isinstance(meta, dict):
+                        bad.append(f"{tar.name}:{key} json is not an object")
+                        continue
                     if meta.get("modality") not in MODALITIES or not isinstance(meta.get("caption"), str):
                         bad.append(f"{tar.name}:{key} json needs a caption and a modality in {MODALITIES}")
                         continue

@@ -9,8 +9,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ..errors import FlexIPError
 from .pictures import hamming
 from .progress import problem
+
+BITS = 64  # of a difference hash
+
+
+def check_distance(distance: int) -> None:
+    if not -1 <= distance <= BITS:
+        raise FlexIPError(
+            f"--dedup-distance {distance}: a distance between {BITS}-bit hashes is 0 .. {BITS}; give one, "
+            "or -1 to turn deduplication off"
+        )
 
 
 class NearDuplicates:
@@ -18,7 +29,7 @@ class NearDuplicates:
 
     def __init__(self, distance: int):
         self.distance = distance
-        bounds = [round(64 * i / (distance + 1)) for i in range(distance + 2)]
+        bounds = [round(BITS * i / (distance + 1)) for i in range(distance + 2)]
         self.masks = [(low, (1 << (high - low)) - 1) for low, high in zip(bounds, bounds[1:])]
         self.index: list[dict[int, list[tuple[int, str]]]] = [defaultdict(list) for _ in self.masks]
 
@@ -38,7 +49,7 @@ class NearDuplicates:
 def drop_duplicates(rows: list[dict], distance: int) -> tuple[list[dict], list[dict]]:
     """Rows whose `dhash` is within `distance` bits of an earlier kept row's are dropped and reported.
 
-    A negative distance keeps everything (deduplication off).
+    A distance of -1 keeps everything (deduplication off).
     """
     if distance < 0:
         return rows, []

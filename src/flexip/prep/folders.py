@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..atomic import atomic_write_bytes
 from ..errors import FlexIPError
+from .progress import written_by
 
 SIDECAR = ".txt"  # `photo.jpg` + `photo.txt`: an existing caption, imported instead of generated
 
@@ -27,18 +28,24 @@ def check_input_folder(folder: Path, what: str) -> Path:
     return folder
 
 
-def scan_files(folder: Path, exclude: tuple[Path, ...] = ()) -> list[str]:
-    """Every file under `folder` except hidden ones and caption sidecars, as sorted relative POSIX paths.
+def scan_files(folder: Path, exclude: tuple[Path, ...] = (), out: Path | None = None) -> list[str]:
+    """Every regular file under `folder` but hidden ones and caption sidecars, as sorted relative POSIX paths.
 
-    Output folders inside the input (`exclude`) are skipped, so a re-run never takes its own outputs as input.
+    Regular files only: opening a named pipe or a device found in the folder would wait forever or never end.
+    Output folders inside the input (`exclude`) and the manifest `out` with the files written beside it (its
+    report, progress and part files) are skipped: a re-run or a resumed run never takes its outputs as input.
     """
     skip = {p.resolve() for p in exclude}
+    beside_out = out.resolve().parent if out is not None else None
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() not in skip)
+        outputs_here = beside_out is not None and Path(root).resolve() == beside_out
         for name in files:
-            if not name.startswith(".") and not name.endswith(SIDECAR):
-                found.append((Path(root) / name).relative_to(folder).as_posix())
+            if name.startswith(".") or name.endswith(SIDECAR) or (outputs_here and written_by(out, name)):
+                continue
+            if (path := Path(root) / name).is_file():
+                found.append(path.relative_to(folder).as_posix())
     return sorted(found)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dedup import drop_duplicates
+from ..errors import FlexIPError
+from .dedup import check_distance, drop_duplicates
 from .folders import (
     check_input_folder,
     files_dir,
@@ -21,9 +22,9 @@ from .folders import (
     write_png,
 )
 from .masks import SubjectSegmenter
-from .pictures import Unusable, dhash, open_mask, open_picture
-from .progress import Outcome, Summary, check_output, problem, run_items
-from .split import Part
+from .pictures import Unusable, check_min_size, dhash, open_mask, open_picture
+from .progress import Outcome, Summary, check_output, check_resume, problem, run_items
+from .split import Part, process_device
 
 
 def prepare_images(
@@ -31,20 +32,32 @@ def prepare_images(
     out: Path,
     *,
     masks: Path | None = None,
-    segmenter: SubjectSegmenter | None = None,
+    mask_model: str | None = None,
     min_size: int = 256,
     dedup_distance: int = 4,
     part: Part = Part(),
     overwrite: bool = False,
 ) -> Summary:
-    """Write the invariant pairs of every usable photo under `folder` to the manifest `out`."""
+    """Write the invariant pairs of every usable photo under `folder` to the manifest `out`.
+
+    Masks come from the folder `masks` (named like the photos) or are computed by `mask_model` (`masks.py`).
+    """
+    check_min_size(min_size)
+    check_distance(dedup_distance)
     folder, out = check_input_folder(Path(folder), "photos"), Path(out)
+    if masks is not None and Path(masks).resolve() == folder.resolve():
+        raise FlexIPError(f"--masks {masks} is the photos folder itself; give the folder holding the masks")
     check_output(out, part, overwrite)
     written = files_dir(out)
-    items = scan_files(folder, exclude=(written, *([masks] if masks else [])))
+    items = scan_files(folder, exclude=(written, *([masks] if masks else [])), out=out)
     if not items:
         raise no_files(folder, "photos")
     mask_files = _index_masks(check_input_folder(Path(masks), "masks")) if masks else {}
+    settings = {"input folder": str(folder.resolve()),
+                "--masks": str(Path(masks).resolve()) if masks else None, "--mask-model": mask_model,
+                "--min-size": min_size, "--dedup-distance": dedup_distance}  # fmt: skip
+    check_resume(out, part, overwrite, settings)
+    segmenter = SubjectSegmenter.from_pretrained(mask_model, process_device()) if mask_model else None
 
     def one(rel: str) -> Outcome:
         path = folder / rel
@@ -77,6 +90,7 @@ def prepare_images(
 
     return run_items(
         out, items, lambda keys: [one(key) for key in keys], part=part, restart=overwrite,
+        settings=settings,
         desc=f"photos{part.label}", unit="photo", finish=lambda rows: _drop_duplicates(folder, rows, dedup_distance),
     )  # fmt: skip
 

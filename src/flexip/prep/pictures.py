@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..pipeline.images import to_rgb
+from ..errors import FlexIPError
+from ..pipeline.images import padded_size, to_rgb
 
-# Decompression-bomb guard: the header's size is checked before any pixel is decoded. 64 megapixels is
-# above any camera's photo and far below what would exhaust a worker's memory (4 bytes x 64M per copy).
+# Decompression-bomb guard: the header's size, padded as `to_rgb` pads it, is checked before any pixel is
+# decoded. 64 megapixels is above any camera's photo and far below what would exhaust a worker's memory
+# (4 bytes x 64M per copy).
 MAX_PIXELS = 64_000_000
 # Modes the trainer's `convert("RGB")` reads correctly as they are; others are written as a flattened copy.
 PLAIN_MODES = ("RGB", "L")
@@ -35,20 +37,37 @@ class Picture:
     needs_copy: bool  # the file as it is would train differently: write `image` as a PNG and point there
 
 
+def check_min_size(min_size: int) -> None:
+    if min_size < 0:
+        raise FlexIPError(f"--min-size {min_size}: give a short side in pixels, 0 or more")
+
+
+def check_pixels(width: int, height: int) -> None:
+    """Raise `Unusable` if a picture of this size would be over `MAX_PIXELS` once padded for the encoders."""
+    padded = padded_size(width, height)
+    if padded[0] * padded[1] > MAX_PIXELS:
+        shown = f"{width}x{height}"
+        if padded != (width, height):
+            shown += f" (padded {padded[0]}x{padded[1]})"
+        raise Unusable("too-large", f"{shown} is over {MAX_PIXELS} pixels (decompression-bomb guard)")
+
+
 def open_picture(path: Path, min_size: int) -> Picture:
     """Decode `path` fully; raise `Unusable` if it is not an image, damaged, too small or too large."""
     try:
-        with Image.open(path) as file, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            width, height = file.size
-            if width * height > MAX_PIXELS:
-                raise Unusable("too-large", f"{width}x{height} is over {MAX_PIXELS} pixels (decompression-bomb guard)")
-            orientation = file.getexif().get(0x0112, 1)  # EXIF Orientation; 1 = as stored
-            mode, animated = file.mode, getattr(file, "n_frames", 1) > 1
-            file.load()  # decode now: a truncated file fails here
-            image = to_rgb(file, name=str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower, limit follows
+            with Image.open(path) as file:
+                width, height = file.size
+                check_pixels(width, height)
+                orientation = file.getexif().get(0x0112, 1)  # EXIF Orientation; 1 = as stored
+                mode, animated = file.mode, getattr(file, "is_animated", False)
+                file.load()  # decode now: a truncated file fails here
+                image = to_rgb(file, name=str(path))
     except Unusable:
         raise
+    except Image.DecompressionBombError as e:
+        raise Unusable("too-large", str(e)) from None
     except UnidentifiedImageError:
         raise Unusable("not-an-image", "not an image PIL can read") from None
     except Exception as e:  # PIL reports damaged data with many types (OSError, SyntaxError, struct.error...)
@@ -65,11 +84,18 @@ def open_mask(path: Path) -> tuple[Image.Image, bool]:
     A picture with transparency (a cut-out) gives its alpha channel.
     """
     try:
-        with Image.open(path) as file:
-            orientation = file.getexif().get(0x0112, 1)
-            mode = file.mode
-            image = ImageOps.exif_transpose(file)
-            mask = image.getchannel("A") if "A" in image.getbands() else image.convert("L")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower, limit follows
+            with Image.open(path) as file:
+                if file.width * file.height > MAX_PIXELS:
+                    limit = f"over {MAX_PIXELS} pixels (decompression-bomb guard)"
+                    raise Unusable("bad-mask", f"mask {path} is {file.width}x{file.height}, {limit}")
+                orientation = file.getexif().get(0x0112, 1)
+                mode = file.mode
+                image = ImageOps.exif_transpose(file)
+                mask = image.getchannel("A") if "A" in image.getbands() else image.convert("L")
+    except Unusable:
+        raise
     except Exception as e:
         raise Unusable("bad-mask", f"mask {path} is unreadable ({type(e).__name__}: {e})") from None
     return mask, orientation != 1 or mode not in ("L", "1")

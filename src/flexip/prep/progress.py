@@ -1,15 +1,18 @@
 """Resumable runs over a list of work items: the progress file, the outputs, the report, the summary.
 
-Each finished item is appended to `<target>.progress.jsonl` (its rows and its problems) before the next one
-starts, so a crash loses at most the item in hand and a re-run continues after the last line. Only at the end
-are the manifest and its report `<out>.report.jsonl` written, each in one atomic rename; the progress file is
-then removed. Nothing the run did not create is replaced unless the caller says so.
+The progress file `<target>.progress.jsonl` starts with the run's settings; each finished item is appended
+to it (its rows and its problems) before the next one starts, so a crash loses at most the item in hand and a
+re-run continues after the last line. A re-run under other settings is refused: one manifest never mixes
+media judged two ways. Only at the end are the manifest and its report `<out>.report.jsonl` written, each in
+one atomic rename; the progress file is then removed (a launched part's once rank 0 has merged it). Nothing
+the run did not create is replaced unless the caller says so.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +68,13 @@ def progress_path(target: Path) -> Path:
     return target.with_name(f"{target.name}.progress.jsonl")
 
 
+def written_by(out: Path, name: str) -> bool:
+    """Whether the file `name` beside `out` is one a run writing `out` makes: it, its parts, their reports and
+    progress files."""
+    pattern = re.escape(out.name) + r"(\.part-\d+-of-\d+)?(\.report\.jsonl|\.progress\.jsonl)?"
+    return re.fullmatch(pattern, name) is not None
+
+
 def check_output(out: Path, part: Part, overwrite: bool) -> None:
     """Refuse, before any work, an output that exists from an earlier finished run, or cannot be written."""
     check_writable(out, "--out")
@@ -77,6 +87,15 @@ def check_output(out: Path, part: Part, overwrite: bool) -> None:
         )
 
 
+def check_resume(out: Path, part: Part, restart: bool, settings: dict) -> None:
+    """Refuse, before any work (a model to load...), to continue a run of `out` made under other settings."""
+    if not restart:
+        journal = progress_path(part.output(out))
+        earlier, _ = _load_journal(journal)
+        if earlier is not None:
+            _check_same_settings(earlier, _as_stored(settings), journal)
+
+
 def run_items(
     out: Path,
     items: Sequence[str],
@@ -84,6 +103,7 @@ def run_items(
     *,
     part: Part,
     restart: bool,
+    settings: dict,
     desc: str,
     unit: str,
     batch_size: int = 1,
@@ -93,7 +113,8 @@ def run_items(
 
     `items` are stable string keys (paths, row numbers) of the whole input, in output order. `finish` sees all
     rows of the whole input at once (the merged ones under a launcher) and may drop some, with their problems
-    (deduplication). `restart` discards an earlier run's progress.
+    (deduplication). `settings` (JSON values, keyed by the option that sets them) must be those of the run an
+    earlier progress file belongs to. `restart` discards an earlier run's progress.
     """
     target = part.output(out)
     journal = progress_path(target)
@@ -101,16 +122,21 @@ def run_items(
         journal.unlink(missing_ok=True)
         if part.launched:
             target.unlink(missing_ok=True)
+    settings = _as_stored(settings)
+    earlier, done = _load_journal(journal)
+    if earlier is not None:
+        _check_same_settings(earlier, settings, journal)
     block = list(part.block(len(items)))
-    if part.launched and target.exists() and not journal.exists():
+    if part.launched and target.exists():
         rows, problems = _read_jsonl(target), _read_jsonl(report_path(target))  # finished by an earlier run
         resumed = len(block)
     else:
-        done = _load_journal(journal)
         resumed = sum(items[i] in done for i in block)
         todo = [items[i] for i in block if items[i] not in done]
         journal.parent.mkdir(parents=True, exist_ok=True)
         with open(journal, "a") as log, tqdm(total=len(block), initial=resumed, desc=desc, unit=unit) as bar:
+            if earlier is None:
+                log.write(json.dumps({"settings": settings}) + "\n")
             for start in range(0, len(todo), batch_size):
                 keys = todo[start : start + batch_size]
                 for key, outcome in zip(keys, work(keys), strict=True):
@@ -126,7 +152,8 @@ def run_items(
             rows, dropped = finish(rows)
             problems += dropped
         _write_outputs(target, rows, problems)
-        journal.unlink()
+        if not part.launched:
+            journal.unlink()  # a launched part's stays beside it, so that a relaunch checks its settings
     if part.launched and part.rank == 0:
         parts = [part_path(out, rank, part.world_size) for rank in range(part.world_size)]
         wait_for_parts(parts, progress_path)
@@ -141,6 +168,7 @@ def run_items(
         for path in parts:
             path.unlink()
             report_path(path).unlink(missing_ok=True)
+            progress_path(path).unlink(missing_ok=True)
         target = out
     complete = not part.launched or part.rank == 0
     return Summary(target, len(block), resumed, len(rows), Counter(p["kind"] for p in problems), complete)
@@ -166,14 +194,54 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _load_journal(journal: Path) -> dict[str, dict]:
-    """Finished items by key; a last line cut short by a crash is dropped (and cut off, so appends stay whole)."""
+def _load_journal(journal: Path) -> tuple[dict | None, dict[str, dict]]:
+    """(the earlier run's settings or None, its finished items by key).
+
+    A last line cut short by a crash is dropped (and cut off, so appends stay whole); other damage is refused.
+    """
     if not journal.exists():
-        return {}
+        return None, {}
     data = journal.read_bytes()
     whole = data[: data.rfind(b"\n") + 1]
     if len(whole) != len(data):
         with open(journal, "r+b") as file:
             file.truncate(len(whole))
-    entries = [json.loads(line) for line in whole.decode().splitlines() if line.strip()]
-    return {entry["key"]: entry for entry in entries}
+    lines = whole.decode(errors="replace").splitlines()
+    if not lines:
+        return None, {}
+    done = {}
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+            if number == 1:
+                settings = entry["settings"]
+                if not isinstance(settings, dict):
+                    raise TypeError("settings are not an object")
+            else:
+                key, rows, problems = entry["key"], list(entry["rows"]), list(entry["problems"])
+                done[key] = {"key": key, "rows": rows, "problems": problems}
+        except (ValueError, KeyError, TypeError) as e:
+            raise FlexIPError(
+                f"progress file {journal} is damaged at line {number} ({type(e).__name__}: {e}); pass "
+                "--overwrite to start over, or choose another --out"
+            ) from None
+    return settings, done
+
+
+def _as_stored(settings: dict) -> dict:
+    return json.loads(json.dumps(settings))  # as the progress file holds them (tuples become lists...)
+
+
+def _check_same_settings(earlier: dict, settings: dict, journal: Path) -> None:
+    for name in [*settings, *(name for name in earlier if name not in settings)]:
+        old, new = earlier.get(name), settings.get(name)
+        if old != new:
+            raise FlexIPError(
+                f"{name} {_shown(new)} differs from the earlier run's {name} {_shown(old)} ({journal}); "
+                "run it again with the same settings to resume, pass --overwrite to start over, or choose "
+                "another --out"
+            )
+
+
+def _shown(value) -> str:
+    return "(none)" if value is None else str(value)

@@ -46,6 +46,9 @@ def write_shards(
     out = check_writable(Path(out), "--out")
     if out.exists() and not out.is_dir():
         raise FlexIPError(f"--out {out} is a file; give a folder for the shards")
+    given = [Path(m).resolve() for m in manifests]
+    if twice := next((m for i, m in enumerate(manifests) if given[i] in given[:i]), None):
+        raise FlexIPError(f"manifest {twice} is given twice: its pairs would be packed twice; give it once")
     entries = [(Path(m).parent, row) for m in manifests for row in read_manifest_records(m)]
     order = np.random.default_rng(SHUFFLE_SEED).permutation(len(entries))
     count = math.ceil(len(entries) / shard_size)
@@ -89,15 +92,26 @@ def write_shards(
     return Summary(out, len(block), len(done), written + planned_done, problems, complete=True)
 
 
+def read_index(path: Path) -> dict:
+    """A shard folder's `shards.json`, checked enough to be read; FlexIPError naming it if it is damaged."""
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FlexIPError(f"{path} is damaged ({e}); write them again: prep shards --overwrite") from e
+    if not isinstance(plan, dict) or not isinstance(plan.get("shards"), int) or plan["shards"] < 0:
+        raise FlexIPError(f"{path} is damaged (not a shard plan); write them again: prep shards --overwrite")
+    return plan
+
+
 def _claim(out: Path, plan: dict, overwrite: bool) -> None:
     """Write `shards.json`, or check that the one there is this plan's: a re-run must not mix two corpora."""
     index = out / INDEX
     if index.exists() and not overwrite:
-        earlier = json.loads(index.read_text())
+        earlier = read_index(index)
         if earlier != plan:
             raise FlexIPError(
-                f"--out {out} holds shards of other inputs or another --shard-size ({index}); pass --overwrite "
-                "to replace them, or choose another folder"
+                f"{_difference(earlier, plan)} ({index}); run it again with the same manifests and "
+                "--shard-size to resume, pass --overwrite to replace the shards, or choose another folder"
             )
         return
     if not index.exists() and not overwrite and out.is_dir():
@@ -107,6 +121,21 @@ def _claim(out: Path, plan: dict, overwrite: bool) -> None:
                 "or pass --overwrite"
             )
     atomic_write_bytes(index, (json.dumps(plan, indent=1) + "\n").encode())
+
+
+def _difference(earlier: dict, plan: dict) -> str:
+    """What differs between the plan of the shards in a folder and this run's, for the refusal."""
+    size, earlier_size = plan["shard_size"], earlier.get("shard_size")
+    if earlier_size != size:
+        return f"--shard-size {size} differs from the earlier run's --shard-size {earlier_size}"
+    names = ", ".join(entry["manifest"] for entry in plan["inputs"])
+    inputs = earlier.get("inputs") if isinstance(earlier.get("inputs"), list) else []
+    earlier_names = ", ".join(str(entry.get("manifest")) for entry in inputs if isinstance(entry, dict))
+    if earlier_names != names:
+        return f"manifests {names} differ from the earlier run's manifests {earlier_names}"
+    if earlier.get("inputs") != plan["inputs"]:
+        return f"manifests {names} changed since the earlier run packed them"
+    return f"the shards there follow another plan (format version {earlier.get('format_version')})"
 
 
 def _sample(position: int, root: Path, row: dict) -> dict:

@@ -46,6 +46,11 @@ class Part:
         except ValueError as e:
             raise FlexIPError(f"RANK/WORLD_SIZE in the environment are not integers ({e}); unset them") from e
         if env_world > 1:
+            if not 0 <= env_rank < env_world:
+                raise FlexIPError(
+                    f"RANK {env_rank} is outside 0 .. {env_world - 1} for WORLD_SIZE {env_world} in the "
+                    "environment; start the processes with accelerate launch or torchrun, or unset both"
+                )
             return cls(env_rank, env_world, launched=True)
         return cls()
 

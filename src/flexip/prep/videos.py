@@ -5,22 +5,26 @@ are drawn only inside a shot, never across a cut, farthest apart in time first, 
 near-identical (nothing moved: the pair would teach copying), at most `max_pairs` per clip. Only frames that
 end up in a pair are written, as JPEG (the clip is lossy already; PNG would be ~10x the disk).
 
-Sampled frames are kept for the clip in hand as JPEG bytes, so memory grows with a clip's length / `min_gap`.
+Memory and the work of pairing grow with `max_pairs`, not with a clip's length: a shot keeps only its first
+and last `max_pairs` sampled frames (see `choose_pairs`), and a clip only the frames of its best pairs so far.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, check_writable
 from ..errors import FlexIPError
+from .dedup import check_distance
 from .folders import check_input_folder, no_files, relative, scan_files, sidecar_caption, with_caption
-from .pictures import Unusable, dhash, hamming
+from .pictures import Unusable, check_min_size, check_pixels, dhash, hamming
 from .progress import Outcome, Summary, check_output, problem, progress_path, run_items
 from .split import Part
 
@@ -33,6 +37,7 @@ TRUNCATED_SHARE = 0.9
 
 @dataclass(frozen=True)
 class Sample:
+    index: int  # among the clip's sampled frames
     time: float  # seconds
     shot: int  # scene-cut count before this frame
     jpeg: bytes  # encoded right away: a long clip's sampled frames would not fit in memory as pixels
@@ -59,7 +64,8 @@ def sample_clip(path: Path, min_gap: float, cut_threshold: float, min_size: int)
     import av
 
     try:
-        container = av.open(str(path))
+        # A damaged tag is no reason to refuse the frames: its undecodable bytes are replaced.
+        container = av.open(str(path), metadata_errors="replace")
     except (av.error.FFmpegError, OSError) as e:
         if _looks_like_a_container(path):
             raise Unusable("damaged", f"a video container that cannot be opened: truncated or damaged ({e})") from None
@@ -69,12 +75,15 @@ def sample_clip(path: Path, min_gap: float, cut_threshold: float, min_size: int)
             raise Unusable("not-a-video", "holds no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        declared = float(stream.duration * stream.time_base) if stream.duration else None
-        shot, last, previous, time = 0, None, None, None
+        if stream.codec_context is not None:  # none for a codec FFmpeg lacks: decoding then fails below
+            check_pixels(stream.codec_context.width, stream.codec_context.height)  # before a frame is decoded
+        declared = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+        shot, last, previous, time, index = 0, None, None, None, 0
         try:
             for frame in container.decode(stream):
                 if min(frame.width, frame.height) < min_size:
                     raise Unusable("too-small", f"{frame.width}x{frame.height} is under --min-size {min_size}")
+                check_pixels(frame.width, frame.height)
                 time = float(frame.time) if frame.time is not None else 0.0
                 thumb = frame.reformat(width=THUMBNAIL, height=THUMBNAIL, format="rgb24").to_ndarray()
                 histogram = colour_histogram(thumb)
@@ -87,7 +96,8 @@ def sample_clip(path: Path, min_gap: float, cut_threshold: float, min_size: int)
                     image = frame.to_image()
                     buffer = io.BytesIO()
                     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-                    yield Sample(time, shot, buffer.getvalue(), dhash(image))
+                    yield Sample(index, time, shot, buffer.getvalue(), dhash(image))
+                    index += 1
         except av.error.FFmpegError as e:
             raise Unusable("damaged", f"decoding failed at {time or 0:.2f} s ({e})") from None
         if time is None:
@@ -103,16 +113,39 @@ def _looks_like_a_container(path: Path) -> bool:
     return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or head[:4] == b"RIFF"
 
 
-def choose_pairs(samples: list[Sample], max_pairs: int, distance: int) -> list[tuple[int, int]]:
-    """(reference, target) sample indices: same shot, not near-identical, the farthest apart in time first."""
-    candidates = [
-        (i, j)
-        for i in range(len(samples))
-        for j in range(i + 1, len(samples))
-        if samples[i].shot == samples[j].shot and hamming(samples[i].dhash, samples[j].dhash) > distance
-    ]
-    candidates.sort(key=lambda pair: (samples[pair[0]].time - samples[pair[1]].time, pair))
-    return candidates[:max_pairs]
+Pair = tuple[Sample, Sample]
+
+
+def choose_pairs(samples: Iterable[Sample], max_pairs: int, distance: int) -> tuple[list[Pair], int]:
+    """((reference, target) samples, how many samples there were): pairs of one shot, not near-identical, the
+    farthest apart in time first.
+
+    A shot's `max_pairs` farthest pairs all lie among its first and last `max_pairs` samples: a pair with
+    another frame has `max_pairs` pairs at least as far apart beside it. So each shot keeps only those samples
+    and pairs are drawn among them (where near-identical pairs are skipped, that may give fewer pairs than all
+    of the shot's frames would): the work is bounded by `max_pairs`, whatever the clip's length.
+    """
+    chosen: list[Pair] = []
+    first: list[Sample] = []
+    last: deque[Sample] = deque(maxlen=max_pairs)
+
+    def close_shot() -> list[Pair]:
+        shot = [*first, *last]
+        pairs = [
+            (a, b) for i, a in enumerate(shot) for b in shot[i + 1 :] if hamming(a.dhash, b.dhash) > distance
+        ]  # fmt: skip
+        pairs += chosen
+        pairs.sort(key=lambda pair: (pair[0].time - pair[1].time, pair[0].index, pair[1].index))
+        return pairs[:max_pairs]
+
+    count = 0
+    for sample in samples:
+        count += 1
+        if first and sample.shot != first[0].shot:
+            chosen = close_shot()
+            first, last = [], deque(maxlen=max_pairs)
+        (first if len(first) < max_pairs else last).append(sample)
+    return close_shot(), count
 
 
 def prepare_videos(
@@ -129,9 +162,22 @@ def prepare_videos(
     overwrite: bool = False,
 ) -> Summary:
     """Write the variant pairs of every clip under `folder` to `out`, their frames under `frames_dir`."""
+    if not (math.isfinite(min_gap) and min_gap >= 0):
+        raise FlexIPError(f"--min-gap {min_gap}: give the seconds between sampled frames, 0 or more")
+    if not 0 <= cut_threshold <= 1:
+        raise FlexIPError(f"--cut-threshold {cut_threshold}: give a share of colour between 0 and 1")
+    if max_pairs < 1:
+        raise FlexIPError(f"--max-pairs {max_pairs}: give 1 or more")
+    check_min_size(min_size)
+    check_distance(dedup_distance)
     folder, out, frames_dir = check_input_folder(Path(folder), "clips"), Path(out), Path(frames_dir)
     check_output(out, part, overwrite)
-    items = scan_files(folder, exclude=(frames_dir,))
+    if frames_dir.exists() and not frames_dir.is_dir():
+        raise FlexIPError(f"--frames-dir {frames_dir} is a file; give a folder for the frames")
+    if frames_dir.resolve() == folder.resolve():
+        raise FlexIPError(f"--frames-dir {frames_dir} is the clips folder itself; give another folder")
+    check_writable(frames_dir, "--frames-dir")
+    items = scan_files(folder, exclude=(frames_dir,), out=out)
     if not items:
         raise no_files(folder, "clips")
     if not overwrite and not progress_path(part.output(out)).exists():
@@ -146,29 +192,32 @@ def prepare_videos(
     def one(rel: str) -> Outcome:
         path = folder / rel
         try:
-            samples = list(sample_clip(path, min_gap, cut_threshold, min_size))
+            samples = sample_clip(path, min_gap, cut_threshold, min_size)
+            pairs, sampled = choose_pairs(samples, max_pairs, dedup_distance)
         except Unusable as e:
             return Outcome(problems=[problem(path, e.kind, str(e))])
-        pairs = choose_pairs(samples, max_pairs, dedup_distance)
         if not pairs:
-            shots = samples[-1].shot + 1
-            return Outcome(problems=[problem(path, "no-pairs", f"{len(samples)} sampled frames in {shots} shot(s) "
-                "give no pair of one shot that is not near-identical; lower --min-gap or --dedup-distance")])  # fmt: skip
+            return Outcome(problems=[problem(path, "no-pairs", f"{sampled} sampled frames give no pair of "
+                "one shot that is not near-identical; lower --min-gap or --dedup-distance")])  # fmt: skip
         names = {}
-        for index in sorted({i for pair in pairs for i in pair}):
-            name = frames_dir / rel / f"{index:06d}.jpg"  # the clip's file name is its folder: a.mp4 and a.mov differ
-            atomic_write_bytes(name, samples[index].jpeg)
-            names[index] = relative(name, out.parent)
+        for sample in {sample.index: sample for pair in pairs for sample in pair}.values():
+            # The clip's file name is its folder: a.mp4 and a.mov differ.
+            name = frames_dir / rel / f"{sample.index:06d}.jpg"
+            atomic_write_bytes(name, sample.jpeg)
+            names[sample.index] = relative(name, out.parent)
         caption = sidecar_caption(path)
         rows = [
-            with_caption({"reference": names[i], "target": names[j], "modality": "video", "source": rel,
-                          "kind": "frames", "times": [round(samples[i].time, 3), round(samples[j].time, 3)]},
+            with_caption({"reference": names[a.index], "target": names[b.index], "modality": "video",
+                          "source": rel, "kind": "frames", "times": [round(a.time, 3), round(b.time, 3)]},
                          caption)  # fmt: skip
-            for i, j in pairs
+            for a, b in pairs
         ]
         return Outcome(rows=rows)
 
     return run_items(
         out, items, lambda keys: [one(key) for key in keys], part=part, restart=overwrite,
+        settings={"input folder": str(folder.resolve()), "--frames-dir": str(frames_dir.resolve()),
+                  "--min-size": min_size, "--dedup-distance": dedup_distance, "--max-pairs": max_pairs,
+                  "--min-gap": min_gap, "--cut-threshold": cut_threshold},
         desc=f"clips{part.label}", unit="clip",
     )  # fmt: skip
