@@ -7,11 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-import pytest
-
 from fixtures import train_on_the_kit
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(tiny_models, run: Path, *extra: str) -> int:

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from fixtures import train_on_the_kit as train
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def snapshot(run: Path) -> dict[str, bytes]:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
@@ -21,8 +20,6 @@ from flexip.training.data import size_conditioning
 from flexip.training.trainer import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-sdxl.yaml"
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_size_conditioning_is_the_original_size_the_crop_and_the_target_size():

@@ -29,8 +29,6 @@ from recipes.demo.manifest import ManifestConfig, write_manifest
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def four_pairs(tmp_path_factory) -> Path:

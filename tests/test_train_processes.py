@@ -23,8 +23,6 @@ CONFIG = CONFIGS / "tiny.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # one thread each: two cores are shared
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def four_pairs(tmp_path_factory) -> Path:

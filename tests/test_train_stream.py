@@ -20,8 +20,6 @@ from flexip.training.stream import ShardBatches, key_number, pair_of, shard_samp
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture
 def shards(twelve_pair_shards) -> Path:

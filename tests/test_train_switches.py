@@ -17,8 +17,6 @@ from flexip.training.optimization import learning_rate
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -92,9 +90,23 @@ def test_bad_switches_fail_in_one_line_before_any_model_loads(tmp_path, tiny_mod
     assert re.search(message, error[0]), error[0]
 
 
-def test_tf32_is_switched_on_only_when_asked(tmp_path, tiny_models, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+@pytest.fixture
+def tf32_off():
+    """TF32 switched off for the test and put back as it was after it.
+
+    Saved and restored by hand: the switches are properties computed by torch's backend modules, which
+    `monkeypatch.setattr` cannot undo on every pytest (it may try to delete an attribute that never existed).
+    """
+    switches = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [switch.allow_tf32 for switch in switches]
+    for switch in switches:
+        switch.allow_tf32 = False
+    yield
+    for switch, value in zip(switches, saved):
+        switch.allow_tf32 = value
+
+
+def test_tf32_is_switched_on_only_when_asked(tmp_path, tiny_models, tf32_off):
     assert train(tiny_models, tmp_path / "off", "--max-steps", "1") == 0
     assert not torch.backends.cuda.matmul.allow_tf32
     assert train(tiny_models, tmp_path / "on", "--max-steps", "1", "--set", "tf32=true") == 0

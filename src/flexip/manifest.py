@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from .errors import FlexIPError
@@ -25,7 +26,9 @@ def read_manifest_records(path: str | os.PathLike, check_files: bool = False) ->
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        # utf-8-sig: also as editors that add a BOM save it. Lines end at \n, \r\n or \r only (never inside
+        # JSON), not at the other separators `splitlines` knows, which a JSON string may hold as is (U+2028).
+        lines = re.split(r"\r\n?|\n", path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as e:
         raise FlexIPError(f"manifest {path}: cannot read it ({e}); give a JSONL file (docs/formats.md)") from e
     records = []

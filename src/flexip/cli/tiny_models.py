@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -18,7 +19,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "directory", help="where to write the model set (created; parts already there are kept as they are)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed of the weights, from 0 to 2**32 - 1 (default: 0)"
+    )
     parser.add_argument(
         "--family", choices=("sd15", "sdxl"), default="sd15",
         help="the base model's family: sd15 (Stable Diffusion 1.5's shape, the default) or sdxl (two text "
@@ -33,13 +36,20 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
+    from ..errors import FlexIPError
     from ..families import family_named
     from ..tiny import existing_parts, save_tiny_model_set
 
+    if not 0 <= args.seed < 2**32:
+        raise FlexIPError(f"--seed {args.seed} must be an integer from 0 to 2**32 - 1")
+    if Path(args.directory).exists() and not Path(args.directory).is_dir():
+        raise FlexIPError(f"DIR {args.directory} is a file; give a folder to write the model set into")
     kept = [] if args.overwrite else existing_parts(check_writable(args.directory, "DIR"))
     family = family_named(args.family)
     models = save_tiny_model_set(args.directory, seed=args.seed, overwrite=args.overwrite, family=family)
-    print(f"wrote the tiny {family.title} model set to {models.root}: base/, image_encoder/, dinov2/, adapter/, data/")
+    print(
+        f"wrote the tiny {family.title} model set to {models.root}: base/, image_encoder/, dinov2/, adapter/, data/"
+    )
     if kept:
         print(f"kept what was already there: {', '.join(kept)} (pass --overwrite to replace them)")
     return 0

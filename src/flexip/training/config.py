@@ -144,6 +144,11 @@ class TrainConfig:
             if value < 1:
                 raise FlexIPError(f"config {key}: {value} must be at least 1")
         data = self.data
+        if data.resolution % 8:
+            raise FlexIPError(
+                f"config data.resolution: {data.resolution} must be a multiple of 8 (the VAE's and the "
+                f"pipelines' grid), e.g. {max(8, data.resolution // 8 * 8)}"
+            )
         shares = {"video_fraction": data.video_fraction, "swap_captions": data.swap_captions}
         for key, value in shares.items():
             if not 0.0 <= value <= 1.0:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from PIL import Image
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from tqdm import tqdm
@@ -86,10 +87,19 @@ class FeatureCache:
                 f"config data.cache: {folder} is not a feature cache ({INDEX} is missing or unreadable: {e}); make "
                 "one with `flexip prep cache`"
             ) from e
-        if index.get("format") != FORMAT or index.get("format_version") != FORMAT_VERSION:
+        version = (index.get("format"), index.get("format_version")) if isinstance(index, dict) else None
+        if version != (FORMAT, FORMAT_VERSION):
             raise FlexIPError(
                 f"config data.cache: {folder / INDEX} is not a {FORMAT} version {FORMAT_VERSION} index; make the "
                 "cache again with this flexip's `flexip prep cache`"
+            )
+        least = {"shards": 1, "variants": 1, "seed": 0}  # whole numbers at least this
+        damaged = [k for k, low in least.items() if type(index.get(k)) is not int or index[k] < low]
+        damaged += [] if isinstance(index.get("settings"), dict) else ["settings"]
+        if damaged:
+            raise FlexIPError(
+                f"config data.cache: {folder / INDEX} is damaged ({', '.join(damaged)} missing or invalid); "
+                "make the cache again with `flexip prep cache --overwrite`"
             )
         return cls(folder, index)
 
@@ -97,8 +107,13 @@ class FeatureCache:
     def variants(self) -> int:
         return self.index["variants"]
 
-    def check(self, config: TrainConfig) -> None:
-        """Refuse a config whose encoders or sizes are not the cache's, in one line."""
+    def check(self, config: TrainConfig, urls: list[str]) -> None:
+        """Refuse, in one line, a config whose encoders or sizes are not the cache's, or a cache of which `urls`
+        (its shards found) are not all the shards it was made of.
+
+        Another training seed is allowed: the cache's augmentation draws stay those of its own seed, and the
+        run's seed still draws its order, noise, timesteps and dropout (several seeds share one costly cache).
+        """
         ours = encoder_settings(config)
         for key, value in self.index["settings"].items():
             if ours.get(key) != value:
@@ -106,6 +121,11 @@ class FeatureCache:
                     f"config {key}: {ours.get(key)!r}, but the cache {self.folder} was made with {value!r}; train "
                     f"with the config the cache was made with, or make it again: flexip prep cache --config ..."
                 )
+        if len(urls) != self.index["shards"]:
+            raise FlexIPError(
+                f"config data.cache: {self.folder} holds {len(urls)} of the {self.index['shards']} shards of "
+                f"its {INDEX}; finish it with `flexip prep cache` (every part), or make it again"
+            )
 
 
 def write_cache(
@@ -227,19 +247,67 @@ def _write_batch(tar, pending: list[tuple[dict, list[dict]]], models: FrozenMode
     return len(pending)
 
 
-def load_cached(sample: dict, pass_: int, rng: np.random.Generator, variants: int, subject: bool) -> dict:
+@torch.no_grad()
+def feature_shapes(models: FrozenModels, resolution: int, device: torch.device) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor a cache sample holds for these models and resolution, `clip_embeds` and
+    `dino_tokens` without their variant axis: what `load_cached` checks every sample against. The reference
+    encoders run once on a blank picture, as their token count depends on their processors."""
+    grid = resolution // 2 ** (len(models.vae.config.block_out_channels) - 1)
+    text = models.family.encode_captions(models.text, [""], torch.zeros(1, 6), device)
+    reference = models.encoder([Image.new("RGB", (resolution, resolution))])
+    shapes = {
+        "moments": (2 * models.vae.config.latent_channels, grid, grid),
+        "embeds": tuple(text.embeds.shape[1:]),
+        "clip_embeds": tuple(reference.clip_embeds.shape[1:]),
+        "dino_tokens": tuple(reference.dino_tokens.shape[1:]),
+        "subject": (1, grid, grid),
+    }
+    shapes.update({f"added.{name}": tuple(value.shape[1:]) for name, value in (text.added or {}).items()})
+    return shapes
+
+
+def _damage(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple], variants: int) -> str | None:
+    """Why a sample's features cannot be trained on, or None: a tensor missing, of another shape than `shapes`
+    (per variant), not floating point, or not finite."""
+    for name, shape in shapes.items():
+        if name not in tensors:
+            if name == "subject":  # only pairs with a mask have one
+                continue
+            return f"it has no {name!r} tensor"
+        tensor = tensors[name]
+        per_variant = name in ("clip_embeds", "dino_tokens")
+        found = tuple(tensor.shape[1:] if per_variant else tensor.shape)
+        if found != shape or (per_variant and len(tensor) != len(tensors["clip_embeds"])):
+            return f"its {name!r} is {tuple(tensor.shape)}, not {('V', *shape) if per_variant else shape}"
+        if per_variant and len(tensor) not in (1, variants):
+            return f"its {name!r} holds {len(tensor)} variants, not 1 or the cache's {variants}"
+        if not tensor.is_floating_point():
+            return f"its {name!r} is {tensor.dtype}, not floating point"
+        if not torch.isfinite(tensor).all():
+            return f"its {name!r} holds NaN or infinite values"
+    return None
+
+
+def load_cached(
+    sample: dict, pass_: int, rng: np.random.Generator, variants: int, subject: bool,
+    shapes: dict[str, tuple[int, ...]],
+) -> dict:  # fmt: skip
     """One training sample from a cache sample: its features, the variant of pass `pass_` (`rng` is unused:
-    the draws are in the cache)."""
+    the draws are in the cache). ValueError for a sample whose features are missing or damaged (`shapes`:
+    `feature_shapes`)."""
     if FEATURES not in sample:
         raise ValueError(f"the sample has no {FEATURES}: is this folder a feature cache?")
     try:
         tensors = load_tensors(sample[FEATURES])
     except Exception as e:  # safetensors raises its own error types for damaged bytes
         raise ValueError(f"{FEATURES} is unreadable ({e})") from e
+    problem = _damage(tensors, shapes, variants)
+    if problem is not None:
+        raise ValueError(f"{FEATURES} does not fit the configured models: {problem}")
     variant = pass_ % variants if len(tensors["clip_embeds"]) == variants else 0
     loaded = {
         "moments": tensors["moments"], "embeds": tensors["embeds"],
-        "added": {k.removeprefix("added."): v for k, v in tensors.items() if k.startswith("added.")},
+        "added": {k.removeprefix("added."): tensors[k] for k in shapes if k.startswith("added.")},
         "clip_embeds": tensors["clip_embeds"][variant], "dino_tokens": tensors["dino_tokens"][variant],
         "modality": sample_modality(sample),
     }  # fmt: skip

@@ -38,6 +38,7 @@ class Source:
     stream: MixedStream | None = None
     urls: list[str] | None = None
     cache: FeatureCache | None = None
+    shapes: dict[str, tuple] | None = None  # a cache's features for the loaded models (feature_shapes)
 
     @property
     def encode(self) -> Callable:
@@ -50,11 +51,10 @@ def open_source(config: TrainConfig, num_processes: int) -> Source:
     data = config.data
     if data.shards or data.cache:
         key = "data.cache" if data.cache else "data.shards"
-        cache = None
-        if data.cache:
-            cache = FeatureCache.open(data.cache)
-            cache.check(config)
+        cache = FeatureCache.open(data.cache) if data.cache else None
         urls = shard_urls(data.cache or data.shards)
+        if cache is not None:
+            cache.check(config, urls)
         check_lanes(urls, data.lanes, num_processes * max(data.num_workers, 1), key)
         return Source(config, urls=urls, cache=cache)
     pairs = read_manifest(data.manifest)
@@ -78,7 +78,10 @@ def validation_pairs(source: Source) -> list[Pair]:
         # A damaged shard or sample: the data loader reports it; the sheet takes the next one.
         with contextlib.suppress(*SHARD_ERRORS):
             for sample in itertools.islice(shard_samples(url), 64):
-                pair = pair_of(sample)
+                try:
+                    pair = pair_of(sample)
+                except ValueError:
+                    continue
                 if pair.modality not in seen:
                     seen.add(pair.modality)
                     pairs.append(pair)
@@ -107,7 +110,9 @@ def data_loader(source: Source, accelerator, state: TrainingState) -> torch.util
                 f"lanes; resume with --set data.lanes={state.stream['lanes']}"
             )
         if source.cache is not None:
-            load = functools.partial(load_cached, variants=source.cache.variants, subject=target_masks)
+            load = functools.partial(
+                load_cached, variants=source.cache.variants, subject=target_masks, shapes=source.shapes
+            )
             collate_batch = collate_cached
         else:
             load = functools.partial(_load_images, resolution=data.resolution, target_masks=target_masks)

@@ -111,14 +111,17 @@ def sample_modality(sample: dict) -> int:
 
 def pair_of(sample: dict) -> Pair:
     """The training pair a shard sample holds (docs/formats.md: an invariant pair stores its target only);
-    ValueError for a sample without a target, a caption or a known modality."""
+    ValueError for a sample without a target, a caption or a known modality, or a video pair without its
+    reference."""
     files = {name.split(".", 1)[0]: data for name, data in sample.items() if not name.startswith("__") and "." in name}
     if "target" not in files:
         raise ValueError("the sample has no target image")
-    caption = _field(sample, "caption")
+    caption, modality = _field(sample, "caption"), sample_modality(sample)
+    if modality != MODALITIES.index("image") and "reference" not in files:
+        raise ValueError(f"the {MODALITIES[modality]} pair has no reference image")
     return Pair(
         reference=files.get("reference", files["target"]), target=files["target"], caption=caption,
-        modality=sample_modality(sample), mask=files.get("mask"),
+        modality=modality, mask=files.get("mask"),
     )  # fmt: skip
 
 

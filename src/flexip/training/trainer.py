@@ -39,6 +39,7 @@ from .checkpoint import (
 )
 from .components import DTYPES, FrozenModels, absolute_reference, load_frozen_models, prepare_tiny_models
 from .config import TrainConfig, config_to_yaml
+from .feature_cache import feature_shapes
 from .objective import FlexIPTrainingModel
 from .optimization import build_optimizer, check_optimizer, learning_rate, set_learning_rate
 from .run_folder import check_run_folder, delete_outputs, resume_from_checkpoint
@@ -204,8 +205,9 @@ def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> R
     with accelerator.main_process_first():
         if accelerator.is_main_process and previous:
             delete_outputs(run_dir, previous)
-        _prepare_inputs(config)
+        # The checkpoint first: a bad --resume is refused before the tiny kit is written.
         resume_from = resume_from_checkpoint(run_dir, resume, accelerator.is_main_process) if resume else None
+        _prepare_inputs(config)
     return Run(config, accelerator, run_dir, resume_from)
 
 
@@ -216,6 +218,8 @@ def build(run: Run) -> Built:
     models = load_frozen_models(config.model, DTYPES[config.mixed_precision])
     for module in models.modules():
         module.to(run.accelerator.device)
+    if source.cache is not None:
+        source.shapes = feature_shapes(models, config.data.resolution, run.accelerator.device)
     if not config.gradient_checkpointing:
         _check_memory(config, models.unet, run.accelerator.device)
     set_seed(config.seed)  # the adapter starts from the same weights on every process and every run
@@ -273,20 +277,45 @@ def _tenths(coverage: dict[str, list[float]]) -> dict[str, float]:
 
 
 def validate(run: Run, built: Built, references: list, step: int) -> None:
-    """The dial's contact sheet at this step (main process), written to samples/step-N.png."""
+    """The dial's contact sheet at this step (main process), written to samples/step-N.png.
+
+    The sheet is a view of the run, not part of it: a sheet that cannot be made is logged, and training goes
+    on.
+    """
     accelerator, adapter = run.accelerator, built.adapter
+    if not references:
+        logger.warning(f"step {step}: no contact sheet, as no training pair's reference could be read")
+        return
     with full_parameters(accelerator, built.model):  # FSDP2: every process gathers, the main one samples
         if accelerator.is_main_process:
             adapter.eval()
-            with accelerator.autocast():
-                rows = sweep(
-                    built.models, adapter, references, run.config.validation, run.config.data.resolution,
-                    accelerator.device,
-                )  # fmt: skip
-            sheet = sweep_sheet(references, run.config.validation.prompts, run.config.validation.preservation, rows)
-            atomic_write_bytes(run.run_dir / "samples" / f"step-{step:08d}.png", png_bytes(sheet))
-            adapter.train()
+            try:
+                with accelerator.autocast():
+                    rows = sweep(
+                        built.models, adapter, references, run.config.validation, run.config.data.resolution,
+                        accelerator.device,
+                    )  # fmt: skip
+                validation = run.config.validation
+                sheet = sweep_sheet(references, validation.prompts, validation.preservation, rows)
+                atomic_write_bytes(run.run_dir / "samples" / f"step-{step:08d}.png", png_bytes(sheet))
+            except Exception as e:  # noqa: BLE001 (whatever the sampling raised, the steps trained are kept)
+                logger.warning(f"step {step}: no contact sheet ({type(e).__name__}: {e}); training goes on")
+            finally:
+                adapter.train()
         accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _batches(loader: torch.utils.data.DataLoader):
+    """The loader's batches; its worker processes stop when the loop ends, however it ends. They ignore
+    SIGTERM (signals.py), so the interpreter's exit, which stops the workers still running with SIGTERM and
+    waits for them, would wait forever after an error."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        if hasattr(batches, "_shutdown_workers"):  # workers run (num_workers > 0)
+            batches._shutdown_workers()
 
 
 def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool:
@@ -310,10 +339,22 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
     step_coverage = torch.zeros(len(MODALITIES), COVERAGE_BINS, device=device, dtype=torch.long)
     window_coverage = torch.zeros_like(step_coverage)
     interrupted = False
-    batches = iter(loader)
-    with StopSignals() as stop:
+    stepped = state.samples, dict(places)  # where the stream stood after the last optimizer step
+    with StopSignals() as stop, _batches(loader) as batches:
         while state.step < config.max_steps:
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except FlexIPError as e:
+                # The data gave out (too many unreadable samples in a row): the steps done are kept. With
+                # several processes the others wait in the step's all-reduce, so only a lone process can save.
+                if world == 1 and state.step:
+                    state.samples, places = stepped
+                    with stop.saving():
+                        checkpoint_and_export(run, model, optimizer, adapter, state, places)
+                progress.close()  # before the error's line
+                # From a worker process, torch puts the worker's traceback before the message's own line.
+                line = str(e).strip().splitlines()[-1]
+                raise FlexIPError(line.removeprefix(f"{FlexIPError.__module__}.FlexIPError: ")) from e
             for message in batch["skipped"]:
                 logger.warning(f"skipped an unreadable training pair: {message}", main_process_only=False)
             skipped += len(batch["skipped"])
@@ -353,6 +394,7 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
             loss_sum.zero_()
             step_coverage.zero_()
             micro_steps = skipped = 0
+            stepped = state.samples, dict(places)
             progress.update(1)
             gate = adapter.gate.learned_values()
             progress.set_postfix(loss=f"{step_loss:.4f}", **{f"g_{m}": f"{gate[m]:.2f}" for m in MODALITIES})
@@ -371,15 +413,14 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
                         f.write(json.dumps({"step": state.step, **metrics, **coverage}) + "\n")
                 window_start, window_samples, window_losses = time.perf_counter(), 0, []
                 window_coverage.zero_()
+            # The checkpoint first: whatever happens while sampling the contact sheet, the step is kept.
+            if stopping or state.step % config.checkpoint_every == 0 or last:
+                with stop.saving():
+                    checkpoint_and_export(run, model, optimizer, adapter, state, places)
             if state.step % config.validation.every == 0 or last:
                 validate(run, built, references, state.step)
             if stopping:
                 interrupted = True
-                with stop.saving():
-                    checkpoint_and_export(run, model, optimizer, adapter, state, places)
                 break
-            if state.step % config.checkpoint_every == 0 or last:
-                with stop.saving():
-                    checkpoint_and_export(run, model, optimizer, adapter, state, places)
     progress.close()
     return interrupted

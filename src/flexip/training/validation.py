@@ -9,8 +9,10 @@ what a user of the exported adapter gets.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 from diffusers import DDIMScheduler
 from PIL import Image
 
@@ -19,7 +21,9 @@ from ..models.adapter import FlexIPAdapter
 from ..pipeline import FlexIPInjection, flexip_pipeline_for
 from .components import FrozenModels
 from .config import ValidationConfig
-from .data import Pair, load_rgb
+from .data import UNREADABLE, Pair, load_rgb
+
+logger = get_logger(__name__)
 
 MIN_CELL = 128  # px: tiny models' 32 px images are upscaled so the sheet stays readable
 
@@ -73,12 +77,14 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def validation_references(pairs: list[Pair]) -> list[Image.Image]:
-    """The reference of the first readable pair of each modality: fixed for the whole run."""
+    """The reference of the first readable pair of each modality: fixed for the whole run. An unreadable one
+    is logged and the next pair of its modality taken (the data loader counts it)."""
     references = {}
     for pair in pairs:
         if pair.modality not in references:
             try:
                 references[pair.modality] = load_rgb(pair.reference)
-            except OSError:
-                continue  # the data loader reports unreadable files; the sweep just takes the next pair
+            except UNREADABLE as e:
+                where = pair.reference if isinstance(pair.reference, Path) else "a shard sample's reference"
+                logger.warning(f"the contact sheet skips {where}: {e}")
     return [references[m] for m in sorted(references)]
