@@ -4,7 +4,8 @@ Counted once per setting, and the same on every machine with the same torch: the
 (each one a kernel launch on a GPU), its FLOPs (`torch.utils.flop_counter`, which counts matmuls,
 convolutions and attention) and the peak bytes of the tensors it allocates. Timed: settings run interleaved,
 round after round, so that a load change on the machine slows all of them alike, and each ratio is taken
-within a round (paired), then summarised by its median and a bootstrap interval.
+within a round (paired), then summarised by its median and a bootstrap interval, or, from fewer than
+`BOOTSTRAP_ROUNDS` rounds, by the smallest and largest ratio (`interval_name` says which a table shows).
 """
 
 from __future__ import annotations
@@ -111,20 +112,36 @@ def interleaved_times(
     return times
 
 
+# Below this many rounds a percentile bootstrap of the median has too few distinct resamples to be a 95%
+# interval: the range of the rounds' ratios is reported instead, and named so.
+BOOTSTRAP_ROUNDS = 5
+
+
+def interval_name(rounds: int, confidence: float = 0.95) -> str:
+    """What `paired_ratio`'s interval is for `rounds` rounds, as a table's column header says it."""
+    return f"{confidence:.0%} CI" if rounds >= BOOTSTRAP_ROUNDS else "min–max"
+
+
 def paired_ratio(
     numerator: list[float], denominator: list[float], confidence: float = 0.95, resamples: int = 10_000
 ) -> tuple[float, float, float]:
-    """Median of the per-round ratios and a percentile-bootstrap interval of that median."""
+    """Median of the per-round ratios and an interval: a percentile-bootstrap interval of that median from
+    `BOOTSTRAP_ROUNDS` rounds on, the smallest and largest ratio below that."""
     ratios = [a / b for a, b in zip(numerator, denominator)]
+    if len(ratios) < BOOTSTRAP_ROUNDS:
+        return statistics.median(ratios), min(ratios), max(ratios)
     draw = random.Random(0)
     medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(resamples))
     tail = (1 - confidence) / 2
     return statistics.median(ratios), medians[int(tail * resamples)], medians[int((1 - tail) * resamples) - 1]
 
 
-def verdict(low: float, high: float, resolution: float = 0.03) -> str:
+def verdict(low: float, high: float, rounds: int, resolution: float = 0.03) -> str:
     """What an interval of a time ratio allows one to say: a side, when it excludes 1; that the difference
-    is under `resolution` (3%, the issue's bound), when it is that narrow; otherwise nothing."""
+    is under `resolution` (3%, the time target), when it is that narrow; otherwise nothing. From fewer than
+    `BOOTSTRAP_ROUNDS` rounds the interval is only their range: nothing."""
+    if rounds < BOOTSTRAP_ROUNDS:
+        return "too few rounds"
     if low > 1:
         return "slower"
     if high < 1:

@@ -17,10 +17,11 @@ each one call generating from one reference with guidance:
   flexip-5        FlexIP, five values in one call (one batch from one noise)
 
 Times are interleaved rounds and each ratio to `sd` is the median of per-round ratios with a bootstrap 95%
-interval (bench/measure.py); peak memory is the CUDA allocator's peak during one call, weights included (on a
-CPU, the peak of the tensors the call allocates, weights not included). Then
-FlexIP's image under `enable_model_cpu_offload()` and `enable_sequential_cpu_offload()` is compared with
-the plain path's, with its latency and peak (offload needs an accelerator: skipped on a CPU).
+interval (the smallest and largest ratio below 5 rounds: bench/measure.py). Peak memory is the CUDA allocator's
+peak during one call with only that setting's weights on the GPU (every other pipeline's on the CPU), weights
+included; on a CPU, the peak of the tensors the call allocates, weights not included. Then FlexIP's image under
+`enable_model_cpu_offload()` and `enable_sequential_cpu_offload()` is compared with the plain path's, with its
+latency and peak, nothing else left on the GPU (offload needs an accelerator: skipped on a CPU).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import gc
 import platform
 import statistics
 import time
@@ -47,7 +49,7 @@ from transformers import (
     Dinov2Model,
 )
 
-from bench.measure import PeakTensorBytes, interleaved_times, paired_ratio, verdict
+from bench.measure import PeakTensorBytes, interleaved_times, interval_name, paired_ratio, verdict
 from bench.step_cost import IP_ADAPTER_PLUS, SD15_UNET, ip_adapter_plus
 from flexip import FlexIPAdapter, FlexIPPipeline
 from flexip.pipeline import FlexIPInjection
@@ -70,7 +72,9 @@ DINOV2_L = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads":
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--size", type=int, default=512, help="image size in pixels (default: 512)")
@@ -88,7 +92,13 @@ def build_models(tiny: bool) -> dict:
         base = build_tiny_base()
         clip, clip_processor, dino, dino_processor = build_tiny_image_encoders()
         parts = {name: base.components[name] for name in ("unet", "vae", "text_encoder", "tokenizer")}
-        return {**parts, "clip": clip, "clip_processor": clip_processor, "dino": dino, "dino_processor": dino_processor}
+        return {
+            **parts,
+            "clip": clip,
+            "clip_processor": clip_processor,
+            "dino": dino,
+            "dino_processor": dino_processor,
+        }
     tokenizer = byte_level_tokenizer()
     text = CLIPTextConfig(**CLIP_L_TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
@@ -153,7 +163,12 @@ def pipelines(models: dict, device: torch.device, dtype: torch.dtype, tiny: bool
 
 def settings(pipes: dict, args, reference: Image.Image) -> dict:
     """name -> a call making that setting's images."""
-    common = {"height": args.size, "width": args.size, "num_inference_steps": args.steps, "output_type": "pil"}
+    common = {
+        "height": args.size,
+        "width": args.size,
+        "num_inference_steps": args.steps,
+        "output_type": "pil",
+    }
     prompt = "a photo of a dog on the beach"
     flexip = pipes["flexip"]
 
@@ -167,11 +182,15 @@ def settings(pipes: dict, args, reference: Image.Image) -> dict:
         images = []
         for scale in scales:
             pipes["ip-adapter-plus"].set_ip_adapter_scale(scale)
-            images += pipes["ip-adapter-plus"](prompt, ip_adapter_image=reference, generator=seed(), **common).images
+            images += pipes["ip-adapter-plus"](
+                prompt, ip_adapter_image=reference, generator=seed(), **common
+            ).images
         return images
 
     def flexip_call(values):
-        flexip.flexip.reference_cache = ReferenceCache(flexip.flexip.reference_encoder)  # encode in every call
+        flexip.flexip.reference_cache = ReferenceCache(
+            flexip.flexip.reference_encoder
+        )  # encode in every call
         return flexip(prompt, reference=reference, preservation=values, generator=seed(), **common).images
 
     return {
@@ -187,28 +206,57 @@ def images_made(name: str) -> int:
     return 5 if name.endswith("5") else 1
 
 
-def peak_bytes(call, cuda: bool) -> int:
-    """The CUDA allocator's peak during one call (weights included); on a CPU, the peak bytes held by the
-    tensors the call allocates (weights not included: bench/measure.py)."""
+def modules_of(pipe) -> list[torch.nn.Module]:
+    """Every module whose weights a pipeline's call uses: its components, and FlexIP's adapter and encoders."""
+    modules = [part for part in pipe.components.values() if isinstance(part, torch.nn.Module)]
+    if isinstance(pipe, FlexIPPipeline):
+        modules += [pipe.flexip.adapter, pipe.flexip.reference_encoder]
+    return modules
+
+
+def resident(pipe, every_pipe, device: torch.device) -> None:
+    """Only `pipe`'s weights on `device` (none with `pipe` None), every other pipeline's on the CPU: the parts
+    pipelines share (VAE, text encoder, image encoders) are moved with whichever pipeline holds the device."""
+    for other in every_pipe:
+        for module in modules_of(other):
+            module.to("cpu")
+    if pipe is not None:
+        for module in modules_of(pipe):
+            module.to(device)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def peak_bytes(call, cuda: bool) -> tuple[int, int]:
+    """(bytes allocated before the call, peak bytes during it): on a GPU the CUDA allocator's, weights
+    included; on a CPU (0, the peak bytes held by the tensors the call allocates: bench/measure.py)."""
     if not cuda:
         with PeakTensorBytes() as memory:
             call()
-        return memory.peak
+        return 0, memory.peak
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
     call()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
+    return before, torch.cuda.max_memory_allocated()
 
 
 def offload_checks(models: dict, args, reference: Image.Image, expected: np.ndarray) -> list[str]:
     """FlexIP under model and sequential CPU offload: the image against the plain path's, latency, peak."""
     lines = []
-    for kind in ("model", "sequential"):  # each on copies: offload hooks must not reach another pipeline's parts
-        pipe = pipelines(copy.deepcopy(models), torch.device("cpu"), getattr(torch, args.dtype), args.tiny)["flexip"]
+    for kind in (
+        "model",
+        "sequential",
+    ):  # each on copies: offload hooks must not reach another pipeline's parts
+        pipe = pipelines(copy.deepcopy(models), torch.device("cpu"), getattr(torch, args.dtype), args.tiny)[
+            "flexip"
+        ]
         getattr(pipe, f"enable_{kind}_cpu_offload")(device=args.device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()  # what the offload hooks placed: no other pipeline's weights
         start = time.perf_counter()
         image = pipe("a photo of a dog on the beach", reference=reference, preservation=0.5,
                      generator=torch.Generator().manual_seed(0), height=args.size, width=args.size,
@@ -216,7 +264,9 @@ def offload_checks(models: dict, args, reference: Image.Image, expected: np.ndar
         torch.cuda.synchronize()
         seconds, peak = time.perf_counter() - start, torch.cuda.max_memory_allocated()
         difference = float(np.abs(image - expected).max())
-        lines.append(f"| {kind} offload | {seconds:.2f} | {peak / 2**20:.0f} | {difference:.2e} |")
+        lines.append(
+            f"| {kind} offload | {seconds:.2f} | {before / 2**20:.0f} | {peak / 2**20:.0f} | {difference:.2e} |"
+        )
         del pipe
         torch.cuda.empty_cache()
     return lines
@@ -224,7 +274,11 @@ def offload_checks(models: dict, args, reference: Image.Image, expected: np.ndar
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device, dtype, cuda = torch.device(args.device), getattr(torch, args.dtype), args.device.startswith("cuda")
+    device, dtype, cuda = (
+        torch.device(args.device),
+        getattr(torch, args.dtype),
+        args.device.startswith("cuda"),
+    )
     models = build_models(args.tiny)
     pipes = pipelines(models, device, dtype, args.tiny)
     reference = Image.fromarray(np.random.default_rng(0).integers(0, 256, (384, 320, 3), dtype=np.uint8))
@@ -241,7 +295,19 @@ def main(argv=None) -> dict:
             generator=torch.Generator().manual_seed(0), height=args.size, width=args.size,
             num_inference_steps=args.steps,
         ).images  # fmt: skip
-    peaks = {name: peak_bytes(call, cuda) for name, call in calls.items()}  # also the warm-up
+    owner = {"sd": pipes["sd"], "ip-adapter-plus": pipes["ip-adapter-plus"], "ip-adapter-x5": pipes["ip-adapter-plus"],
+             "flexip-1": pipes["flexip"], "flexip-5": pipes["flexip"]}  # fmt: skip
+    if args.compile:
+        owner["flexip-1-compiled"] = compiled
+    every_pipe = list({id(pipe): pipe for pipe in owner.values()}.values())
+    peaks = {}
+    for setting, call in calls.items():  # also the warm-up
+        if cuda:
+            resident(owner[setting], every_pipe, device)
+        peaks[setting] = peak_bytes(call, cuda)
+    for pipe in every_pipe:  # timed together: a load change slows every setting alike
+        for module in modules_of(pipe):
+            module.to(device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = interleaved_times(calls, args.rounds, sync)
 
@@ -249,29 +315,40 @@ def main(argv=None) -> dict:
     print(f"# {'tiny kit' if args.tiny else 'SD1.5'} pipelines, {args.size} px, {args.steps} steps, guidance on, "
           f"{args.device} ({name}) {args.dtype}, {args.rounds} rounds, torch {torch.__version__}, "
           f"{datetime.date.today()}")  # fmt: skip
-    peak = "peak MiB (allocator, weights included)" if cuda else "peak MiB (tensors allocated)"
-    print(f"| setting | images | median s | images/s | time / sd [95% CI] | verdict | {peak} |")
-    print("|---|---|---|---|---|---|---|")
+    memory = (
+        "weights MiB | peak MiB (allocator, this setting's weights alone)"
+        if cuda
+        else "peak MiB (tensors allocated)"
+    )
+    print(
+        f"| setting | images | median s | images/s | time / sd [{interval_name(args.rounds)}] | verdict | {memory} |"
+    )
+    print("|---|---|---|---|---|---|---|" + ("---|" if cuda else ""))
     results = {}
     for setting, seconds in times.items():
         median = statistics.median(seconds)
-        row = {"median_s": median, "images_per_s": images_made(setting) / median, "peak_bytes": peaks[setting]}
+        weights, peak = peaks[setting]
+        row = {"seconds": seconds, "median_s": median, "images_per_s": images_made(setting) / median,
+               "resident_bytes": weights, "peak_bytes": peak}  # fmt: skip
         cells = "1 | |"
         if setting != "sd":
             ratio, low, high = paired_ratio(seconds, times["sd"])
             row.update(ratio=ratio, low=low, high=high)
-            cells = f"{ratio:.3f} [{low:.3f}, {high:.3f}] | {verdict(low, high)} |"
-        peak = f"{peaks[setting] / 2**20:.0f}"
-        print(f"| {setting} | {images_made(setting)} | {median:.3f} | {row['images_per_s']:.2f} | {cells} {peak} |")
+            cells = f"{ratio:.3f} [{low:.3f}, {high:.3f}] | {verdict(low, high, args.rounds)} |"
+        mib = (f"{weights / 2**20:.0f} | " if cuda else "") + f"{peak / 2**20:.0f}"
+        print(
+            f"| {setting} | {images_made(setting)} | {median:.3f} | {row['images_per_s']:.2f} | {cells} {mib} |"
+        )
         results[setting] = row
     if cuda:
         expected = pipes["flexip"]("a photo of a dog on the beach", reference=reference, preservation=0.5,
                                    generator=torch.Generator().manual_seed(0), height=args.size, width=args.size,
                                    num_inference_steps=args.steps, output_type="np").images  # fmt: skip
-        del pipes, calls
-        torch.cuda.empty_cache()
-        print("| FlexIP, one value | s | peak MiB | max abs difference to the plain path |")
-        print("|---|---|---|---|")
+        resident(None, every_pipe, device)  # the offload checks start from an empty GPU
+        print(
+            "| FlexIP, one value | s | MiB on the GPU before | peak MiB | max abs difference to the plain path |"
+        )
+        print("|---|---|---|---|---|")
         for line in offload_checks(models, args, reference, expected):
             print(line)
     else:

@@ -3,7 +3,8 @@
     python -m bench.reuse                         # the tiny random model set, on CPU
     python -m bench.reuse --base stable-diffusion-v1-5/stable-diffusion-v1-5 --adapter path/to/flexip --device cuda
 
-Three pairs, each timed interleaved with the others (bench/measure.py), each ratio with its 95% interval:
+Three pairs, each timed interleaved with the others (bench/measure.py), each ratio with its 95% interval
+(the smallest and largest ratio below 5 rounds):
 
   kv-off / kv-on          one sweep of 5 values, branch K/V projected every step / once per generation
   5-calls / sweep-of-5    five calls of one value each / one call with the five values (one batch sharing
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.measure import interleaved_times, paired_ratio, verdict
+from bench.measure import interleaved_times, interval_name, paired_ratio, verdict
 from flexip import FlexIPPipeline
 from flexip.reference import ReferenceCache
 from flexip.tiny import save_tiny_model_set
@@ -108,7 +109,8 @@ def main(argv=None) -> dict:
     print(f"# {args.base}, {args.device} {args.dtype}, {args.steps} steps, guidance on, {args.rounds} rounds, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     print(
-        "| pair | median s | ratio [95% CI] | verdict | encoder passes | text encoder passes | UNet calls |"
+        f"| pair | median s | ratio [{interval_name(args.rounds)}] | verdict | encoder passes | text encoder passes "
+        "| UNet calls |"
     )
     print("|---|---|---|---|---|---|---|")
     results = {}
@@ -117,7 +119,7 @@ def main(argv=None) -> dict:
         medians = [float(np.median(times[name])) for name in (slow, fast)]
         cells = [f"{counted[slow][k]} / {counted[fast][k]}" for k in ("encoders", "text encoder", "UNet")]
         print(f"| {slow} / {fast} | {medians[0]:.3f} / {medians[1]:.3f} | {ratio:.3f} [{low:.3f}, {high:.3f}] | "
-              f"{verdict(low, high)} | " + " | ".join(cells) + " |")  # fmt: skip
+              f"{verdict(low, high, args.rounds)} | " + " | ".join(cells) + " |")  # fmt: skip
         results[f"{slow}/{fast}"] = (ratio, low, high)
     return results
 

@@ -18,8 +18,10 @@ swapped before each call (so SDXL's 2.6B parameters are in memory once):
   ip-adapter-plus diffusers' IP-Adapter Plus (its resampler runs inside every step, as diffusers does it)
 
 Counts (ops, FLOPs, peak bytes of the tensors a step allocates) are exact; times are interleaved rounds,
-and each ratio to `bare` is the median of per-round ratios with a bootstrap 95% interval (bench/measure.py).
-The adapters' parameter counts (what an adapter file holds) are printed too.
+and each ratio to `bare` is the median of per-round ratios with a bootstrap 95% interval (the smallest and
+largest ratio below 5 rounds: bench/measure.py).
+The adapters' parameter counts (what an adapter file holds) are printed too, and IP-Adapter Plus's extra ops
+split into its resampler (counted alone) and the rest, per cross-attention layer.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import IPAdapterPlusImageProjection, MultiIPAdapterImageProjection
 
-from bench.measure import counts, interleaved_times, paired_ratio, verdict
+from bench.measure import counts, interleaved_times, interval_name, paired_ratio, verdict
 from flexip import FlexIPAdapter
 from flexip.training.config import load_config
 
@@ -77,7 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--family", default="sd15", choices=sorted(FAMILIES), help="the base's UNet architecture")
+    parser.add_argument(
+        "--family", default="sd15", choices=sorted(FAMILIES), help="the base's UNet architecture"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--size", type=int, default=512, help="image size in pixels; latents are size / 8")
@@ -107,9 +111,10 @@ def parameters(*modules) -> int:
     return sum(p.numel() for module in modules for p in module.parameters())
 
 
-def settings(args) -> tuple[dict, dict]:
-    """(name -> a call running one step of that setting, name -> adapter parameters); `flexip-first` builds
-    its condition inside."""
+def settings(args) -> tuple[dict, dict, int]:
+    """(name -> a call running one step of that setting, name -> adapter parameters, the UNet's cross-attention
+    layers); `flexip-first` builds its condition inside, `ip-adapter-resampler` is IP-Adapter Plus's image
+    projection alone."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     unet_config, recipe, _ = FAMILIES[args.family]
     torch.manual_seed(0)
@@ -117,12 +122,17 @@ def settings(args) -> tuple[dict, dict]:
     bare_processors = dict(unet.attn_processors)
     ip_processors, ip_projection = ip_adapter_plus(unet, args.family)
     model = load_config(RECIPES / recipe).model
-    sizes = {part: dataclasses.asdict(getattr(model, part)) for part in ("preservation", "personalization", "gate")}
-    adapter = FlexIPAdapter.for_unet(unet, CLIP_EMBED_DIM, DINO_TOKENS[1], **sizes).eval().requires_grad_(False)
+    sizes = {
+        part: dataclasses.asdict(getattr(model, part)) for part in ("preservation", "personalization", "gate")
+    }
+    adapter = (
+        FlexIPAdapter.for_unet(unet, CLIP_EMBED_DIM, DINO_TOKENS[1], **sizes).eval().requires_grad_(False)
+    )
     adapter.attach(unet)
     flexip_processors = dict(unet.attn_processors)
     FlexIPAdapter.detach(unet)
     ip_modules = [p for p in ip_processors.values() if isinstance(p, torch.nn.Module)]
+    layers = len(ip_modules)  # one IP-Adapter processor per cross-attention layer
     counted = {"flexip": parameters(adapter), "ip-adapter-plus": parameters(ip_projection, *ip_modules)}
     for module in (unet, adapter, ip_projection, *ip_modules):
         module.to(device, dtype)
@@ -171,23 +181,31 @@ def settings(args) -> tuple[dict, dict]:
     @torch.no_grad()
     def flexip_uncached():
         use(flexip_processors)
-        return unet(latents, t, encoder_hidden_states=(text, adapter(clip, dino, text, 0.5)), added_cond_kwargs=added)
+        return unet(
+            latents, t, encoder_hidden_states=(text, adapter(clip, dino, text, 0.5)), added_cond_kwargs=added
+        )
 
     @torch.no_grad()
     def ip_adapter():
         use(ip_processors, ip_projection)
         return unet(latents, t, encoder_hidden_states=text, added_cond_kwargs=ip_added)
 
+    @torch.no_grad()
+    def ip_resampler():
+        return ip_projection(ip_added["image_embeds"])
+
     calls = {"bare": bare, "flexip-cached": flexip_cached, "flexip-first": flexip_first,
-             "flexip-uncached": flexip_uncached, "ip-adapter-plus": ip_adapter}  # fmt: skip
-    return calls, counted
+             "flexip-uncached": flexip_uncached, "ip-adapter-plus": ip_adapter,
+             "ip-adapter-resampler": ip_resampler}  # fmt: skip
+    return calls, counted, layers
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    calls, sizes = settings(args)
+    calls, sizes, layers = settings(args)
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    resampler = counts(calls.pop("ip-adapter-resampler"))["ops"]
     counted = {name: counts(call) for name, call in calls.items()}  # also touches every weight once
     if cuda:  # warm-up (kernel selection), then the caching allocator's own peak, weights included
         for name, call in calls.items():
@@ -204,7 +222,10 @@ def main(argv=None) -> dict:
           f"{args.device} {args.dtype}, {args.rounds} rounds, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"{datetime.date.today()}")  # fmt: skip
-    print("| setting | ops | +ops | GFLOPs | +FLOPs | peak MiB | median s | time / bare [95% CI] | verdict |")
+    print(
+        f"| setting | ops | +ops | GFLOPs | +FLOPs | peak MiB | median s | time / bare [{interval_name(args.rounds)}] "
+        "| verdict |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     results = {}
     for name, c in counted.items():
@@ -215,7 +236,9 @@ def main(argv=None) -> dict:
             ratio, low, high = paired_ratio(times[name], times["bare"])
             row.update(ratio=ratio, low=low, high=high)
             median = sorted(times[name])[len(times[name]) // 2]
-            line += f" {median:.3f} | {ratio:.3f} [{low:.3f}, {high:.3f}] | {verdict(low, high)} |"
+            line += (
+                f" {median:.3f} | {ratio:.3f} [{low:.3f}, {high:.3f}] | {verdict(low, high, args.rounds)} |"
+            )
         elif name == "bare":
             line += f" {sorted(times[name])[len(times[name]) // 2]:.3f} | 1 | |"
         else:
@@ -227,6 +250,13 @@ def main(argv=None) -> dict:
         for name, count in sizes.items()
     ))  # fmt: skip
     results["parameters"] = sizes
+    ip_extra = counted["ip-adapter-plus"]["ops"] - bare["ops"]
+    per_layer = (ip_extra - resampler) / layers
+    print(
+        f"IP-Adapter Plus's +{ip_extra} ops: its resampler {resampler} (every step), and {per_layer:g} per "
+        f"cross-attention layer over {layers} layers"
+    )
+    results["ip-adapter-plus-ops"] = {"resampler": resampler, "per_layer": per_layer, "layers": layers}
     if cuda:
         print("CUDA peak allocated (weights included), MiB: "
               + ", ".join(f"{n} {c['cuda_peak_bytes'] / 2**20:.0f}" for n, c in counted.items()))  # fmt: skip

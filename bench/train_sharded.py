@@ -10,10 +10,13 @@ killed with SIGKILL after a checkpoint and resumed; per strategy it checks and r
     python bench/train_sharded.py --family sdxl --strategies fsdp deepspeed-zero2
     python bench/train_sharded.py --dry-run --num-processes 8   # print the launches; runs and writes nothing
 
-DeepSpeed is not a flexip dependency: `pip install deepspeed` first (without it, ZeRO-2 is reported as skipped).
+Each strategy's status is `passed` (every check held), `FAILED`, or `NOT RUN` with the reason: DeepSpeed not
+installed (`pip install deepspeed`; it is not a flexip dependency), FSDP or DeepSpeed without a GPU (accelerate
+enables them only there), or accelerate running the launch as another kind than the strategy's (each process
+records the kind it trained under). The exit code is 0 only when every strategy asked for passed.
 The kit is written under --out (no downloads); bf16; the batch fills the kit's 8 pairs. NOT YET RUN ON A GPU.
-Its DDP leg ran on a CPU machine (`--strategies ddp --num-processes 2`, gloo), where accelerate enables neither
-FSDP nor DeepSpeed; tests/test_train_sharded.py runs their checkpoint paths on two gloo CPU processes.
+Its DDP leg ran on a CPU machine (`--strategies ddp --num-processes 2`, gloo); tests/test_train_sharded.py runs
+the FSDP and DeepSpeed checkpoint paths on two gloo CPU processes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import shlex
 import signal
@@ -38,7 +42,11 @@ KIT_PAIRS = 8  # the tiny kit's data set: the global batch must fit it
 # GPU kernels (cuDNN's backward convolutions, atomics) need not be deterministic, so resumed and uninterrupted
 # runs may differ in the last bits; the CPU tests check bit-exactness.
 LOSS_RTOL = 1e-3
-CHECKPOINT_ADAPTERS = 8  # a checkpoint may hold this many adapters' worth of numbers (weights, masters, moments)
+CHECKPOINT_ADAPTERS = (
+    8  # a checkpoint may hold this many adapters' worth of numbers (weights, masters, moments)
+)
+# accelerate's DistributedType each strategy must train under (DDP over gloo on CPUs is MULTI_CPU)
+RUNS_AS = {"ddp": ("MULTI_GPU", "MULTI_CPU"), "deepspeed-zero2": ("DEEPSPEED",), "fsdp": ("FSDP",)}
 
 
 def train_args(kit: Path, family: str, run: Path, batch_size: int, resume: bool) -> list[str]:
@@ -67,8 +75,10 @@ def launch(strategy: str, processes: int, port: int, run: Path, train: list[str]
 
 
 def worker(directory: Path, argv: list[str]) -> int:
-    """One training process: its pid (for the kill) before, its peak GPU memory after."""
+    """One training process: its pid (for the kill) before; after, the kind of run accelerate made of it and its
+    peak GPU memory (None on CPUs, where DDP runs over gloo)."""
     import torch
+    from accelerate.state import AcceleratorState
 
     from flexip.cli import main
 
@@ -76,8 +86,9 @@ def worker(directory: Path, argv: list[str]) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"pid-{rank}").write_text(str(os.getpid()))
     code = main(argv)
-    if torch.cuda.is_available():  # the DDP strategy also runs on CPUs (gloo), without a peak to report
-        (directory / f"peak-{rank}.json").write_text(json.dumps({"bytes": torch.cuda.max_memory_allocated()}))
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    ran_as = AcceleratorState().distributed_type.value
+    (directory / f"ran-{rank}.json").write_text(json.dumps({"peak_bytes": peak, "distributed_type": ran_as}))
     return code
 
 
@@ -88,10 +99,10 @@ def kill_after(command: list[str], run: Path, checkpoint: Path, timeout: float =
     deadline = time.monotonic() + timeout
     while not checkpoint.is_dir():
         if process.poll() is not None:
-            raise SystemExit(f"{run}: training ended (exit {process.returncode}) before {checkpoint.name}")
+            raise RuntimeError(f"{run}: training ended (exit {process.returncode}) before {checkpoint.name}")
         if time.monotonic() > deadline:
             os.killpg(process.pid, signal.SIGKILL)
-            raise SystemExit(f"{run}: no {checkpoint.name} within {timeout:.0f} s")
+            raise RuntimeError(f"{run}: no {checkpoint.name} within {timeout:.0f} s")
         time.sleep(0.05)
     # torchrun starts each worker in its own session: kill them by pid, then the launcher.
     for pid_file in (run / "workers").glob("pid-*"):
@@ -145,10 +156,24 @@ def check(strategy: str, reference: Path, resumed: Path, start: int, processes: 
     from flexip.models.adapter import FlexIPAdapter
     from flexip.training.checkpoint import list_checkpoints, parameter_hash
 
+    ran = [
+        json.loads(f.read_text())
+        for run in (reference, resumed)
+        for f in (run / "workers").glob("ran-*.json")
+    ]
+    kinds = sorted({record["distributed_type"] for record in ran})
+    if not ran or not set(kinds) <= set(RUNS_AS[strategy]):
+        return not_run(
+            strategy, f"accelerate ran it as {kinds or 'nothing recorded'}, not {'/'.join(RUNS_AS[strategy])}"
+        )
     expected, got = losses(reference), losses(resumed)
     checkpoints = list_checkpoints(resumed)
     steps = [step for step in expected if step > start]
-    worst = max(abs(got[s] - expected[s]) / max(abs(expected[s]), 1e-12) for s in steps)
+    # A step the resumed run did not log is a failed resume, as is a resume with no step to compare.
+    worst = max(
+        (abs(got.get(s, math.inf) - expected[s]) / max(abs(expected[s]), 1e-12) for s in steps),
+        default=math.inf,
+    )
 
     exported = FlexIPAdapter.from_pretrained(resumed / "adapter")
     adapter_numel = sum(p.numel() for p in exported.parameters())
@@ -164,22 +189,40 @@ def check(strategy: str, reference: Path, resumed: Path, start: int, processes: 
     checkpoint_ok = not unet_keys and per_checkpoint <= CHECKPOINT_ADAPTERS * adapter_numel
     sample_ok = (resumed / "samples" / f"step-{STEPS:08d}.png").is_file()
 
-    peaks = [json.loads(f.read_text())["bytes"] for f in (reference / "workers").glob("peak-*.json")]
+    peaks = [record["peak_bytes"] for record in ran if record["peak_bytes"] is not None]
     records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     # A step's time window holds the previous step's checkpoint: only the steps after one without are timed.
-    step_seconds = statistics.median(
+    step_seconds = [
         batch_size * processes / r["samples_per_second"]
         for r in records if r["step"] > 2 and (r["step"] - 1) % CHECKPOINT_EVERY
-    )  # fmt: skip
+    ]  # fmt: skip
+    passed = worst <= LOSS_RTOL and export_ok and checkpoint_ok and sample_ok
     return {
-        "strategy": strategy, "ok": worst <= LOSS_RTOL and export_ok and checkpoint_ok and sample_ok,
+        "strategy": strategy, "status": "passed" if passed else "FAILED",
         "resumed_from": start, "loss_max_rel_diff": worst, "export_hash_matches": export_ok,
         "validation_sample": sample_ok,
         "checkpoint_elements": per_checkpoint, "adapter_elements": adapter_numel, "unet_keys": unet_keys[:3],
         "files": {str(f.relative_to(checkpoints[-1])): f.stat().st_size
                   for f in sorted(checkpoints[-1].rglob("*")) if f.is_file()},
-        "peak_gib": max(peaks) / 2**30 if peaks else None, "step_ms": 1000 * step_seconds,
+        "peak_gib": max(peaks) / 2**30 if peaks else None,
+        "step_ms": 1000 * statistics.median(step_seconds) if step_seconds else None,
     }  # fmt: skip
+
+
+def not_run(strategy: str, reason: str) -> dict:
+    """The report's row for a strategy that could not run as itself: never counted as passing."""
+    return {"strategy": strategy, "status": "NOT RUN", "reason": reason}
+
+
+def cannot_run(strategy: str) -> str | None:
+    """Why `strategy` cannot run on this machine, before anything is launched; None when it can."""
+    import torch
+
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        return "DeepSpeed is not installed (pip install deepspeed)"
+    if strategy != "ddp" and not torch.cuda.is_available():
+        return "no GPU: accelerate enables FSDP and DeepSpeed only on GPUs (on CPUs it would train plain DDP)"
+    return None
 
 
 def run_strategy(strategy: str, args, kit: Path, batch_size: int, port: int) -> dict:
@@ -196,23 +239,32 @@ def run_strategy(strategy: str, args, kit: Path, batch_size: int, port: int) -> 
         print(shlex.join(uninterrupted))
         print(shlex.join(interrupted), f"  # SIGKILL once {second.name} is complete")
         print(shlex.join(resumed))
-        return {"strategy": strategy, "ok": True, "dry_run": True}
-    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
-        return {"strategy": strategy, "ok": True, "skipped": "DeepSpeed is not installed (pip install deepspeed)"}
-    subprocess.run(uninterrupted, check=True)
-    start = kill_after(interrupted, killed, second)
-    subprocess.run(resumed, check=True)
+        return {"strategy": strategy, "status": "dry run"}
+    reason = cannot_run(strategy)
+    if reason:
+        return not_run(strategy, reason)
+    try:
+        subprocess.run(uninterrupted, check=True)
+        start = kill_after(interrupted, killed, second)
+        subprocess.run(resumed, check=True)
+    except (
+        subprocess.CalledProcessError,
+        RuntimeError,
+    ) as e:  # a run that broke: this strategy failed, go on
+        return {"strategy": strategy, "status": "FAILED", "reason": str(e)}
     return check(strategy, reference, killed, start, args.num_processes, batch_size)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-sharded", help="runs and report")
     parser.add_argument("--num-processes", type=int, help="processes (GPUs) per run; default: every GPU")
-    parser.add_argument("--family", choices=["sd15", "sdxl"], default="sd15", help="the tiny kit's base family")
+    parser.add_argument(
+        "--family", choices=["sd15", "sdxl"], default="sd15", help="the tiny kit's base family"
+    )
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--dry-run", action="store_true", help="print the launches; run and write nothing")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.num_processes is None:
         import torch
 
@@ -220,7 +272,9 @@ def main() -> int:
     if args.num_processes < 1:
         parser.error("--num-processes: no GPU found; give the number of processes (or run with --dry-run)")
     if args.num_processes > KIT_PAIRS:
-        parser.error(f"--num-processes: at most {KIT_PAIRS} (a batch of one pair each fills the tiny kit's data set)")
+        parser.error(
+            f"--num-processes: at most {KIT_PAIRS} (a batch of one pair each fills the tiny kit's data set)"
+        )
     batch_size = KIT_PAIRS // args.num_processes
     kit = args.out / f"kit-{args.family}"
     if not args.dry_run:
@@ -235,9 +289,10 @@ def main() -> int:
         return 0
     (args.out / "report.json").write_text(json.dumps(rows, indent=2) + "\n")
     for row in rows:
+        print(f"{row['strategy']}: {row['status']}" + (f" ({row['reason']})" if "reason" in row else ""))
         print(json.dumps(row))
     print(f"report: {args.out / 'report.json'}")
-    return 0 if all(row["ok"] for row in rows) else 1
+    return 0 if all(row["status"] == "passed" for row in rows) else 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ shards (`flexip prep shards`) and a feature cache of those shards (`flexip prep 
 runs as `flexip train` runs it (the source's data loader, its encode function, the UNet's forward and backward
 with the adapter attached, AdamW), the three sources interleaved round after round (bench/measure.py); each
 round gives samples/s per source and the ratios to files in that round, summarised by their median and a
-bootstrap interval. The real architecture (random weights, built in code: nothing downloaded) is saved once
+bootstrap 95% interval (the smallest and largest ratio below 5 rounds: bench/measure.py). The real architecture (random weights, built in code: nothing downloaded) is saved once
 under --work and loaded back through the trainer's own loading path; at --resolution 128 the frozen encoders
 (CLIP ViT-H/14 and DINOv2-L at 224 px, the VAE, the text encoder) cost more than the UNet, as at scale they
 cost as much as it. The cache's size on disk per sample is reported too.
@@ -34,14 +34,14 @@ import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-from bench.measure import interleaved_times, paired_ratio, verdict
+from bench.measure import interleaved_times, interval_name, paired_ratio, verdict
 from flexip import FlexIPAdapter
 from flexip.prep import Part, write_shards
 from flexip.tiny import ModelSet, save_tiny_model_set
 from flexip.training.checkpoint import TrainingState
 from flexip.training.components import load_frozen_models
 from flexip.training.config import load_config
-from flexip.training.feature_cache import write_cache
+from flexip.training.feature_cache import feature_shapes, write_cache
 from flexip.training.objective import FlexIPTrainingModel
 from flexip.training.optimization import build_optimizer
 from flexip.training.sources import data_loader, open_source
@@ -50,18 +50,31 @@ from recipes.demo.manifest import ManifestConfig, write_manifest
 CONFIGS = ROOT / "configs" / "train"
 SOURCES = ("files", "shards", "cache")
 # stable-diffusion-v1-5's scheduler/scheduler_config.json
-SD15_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+SD15_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", choices=["tiny", "sd15", "both"], default="both")
-    parser.add_argument("--work", type=Path, help="where the real-architecture models are saved once (default: a temp dir)")
-    parser.add_argument("--resolution", type=int, default=128, help="target size at the real architecture (default 128)")
+    parser.add_argument(
+        "--work", type=Path, help="where the real-architecture models are saved once (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=128, help="target size at the real architecture (default 128)"
+    )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=16, help="generated pairs in the data set (default 16)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--steps", type=int, default=2, help="training steps per source and round (default 2)")
+    parser.add_argument(
+        "--steps", type=int, default=2, help="training steps per source and round (default 2)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
     return parser.parse_args(argv)
 
@@ -79,7 +92,10 @@ def save_real_models(folder: Path) -> ModelSet:
         scheduler=DDPMScheduler(**SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     ).save_pretrained(models.base)  # fmt: skip
-    for model, processor, where in (("clip", "clip_processor", models.image_encoder), ("dino", "dino_processor", models.dinov2)):
+    for model, processor, where in (
+        ("clip", "clip_processor", models.image_encoder),
+        ("dino", "dino_processor", models.dinov2),
+    ):
         parts[processor].save_pretrained(where)
         parts[model].save_pretrained(where)  # its config.json last: the mark that the set is whole
     return models
@@ -122,7 +138,12 @@ def measure(name: str, config_file: Path, models: ModelSet, args, resolution: in
     for source, override in sources.items():
         config = load_config(config_file, [*overrides, override])
         opened = open_source(config, 1)
-        batches[source], encode[source] = iter(data_loader(opened, accelerator, TrainingState())), opened.encode
+        if opened.cache is not None:  # as the trainer does: the features the loaded models expect
+            opened.shapes = feature_shapes(frozen, resolution, accelerator.device)
+        batches[source], encode[source] = (
+            iter(data_loader(opened, accelerator, TrainingState())),
+            opened.encode,
+        )
 
     def steps(source: str):
         def run():
@@ -146,8 +167,16 @@ def measure(name: str, config_file: Path, models: ModelSet, args, resolution: in
     rows = {}
     for source in SOURCES:
         rate = samples / statistics.median(times[source])
-        ratio, low, high = paired_ratio(times["files"], times[source])  # files' time / this source's: a speed-up
-        rows[source] = {"samples_per_s": rate, "ratio": ratio, "low": low, "high": high}
+        ratio, low, high = paired_ratio(
+            times["files"], times[source]
+        )  # files' time / this source's: a speed-up
+        rows[source] = {
+            "seconds": times[source],
+            "samples_per_s": rate,
+            "ratio": ratio,
+            "low": low,
+            "high": high,
+        }
     rows["cache_bytes_per_sample"] = sum(f.stat().st_size for f in cache_files) / pairs
     return rows
 
@@ -171,14 +200,19 @@ def main(argv=None) -> dict:
             results[name] = measure(name, config_file, models, args, resolution, work)
             print(f"\n## {name} ({resolution} px, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps, "
                   f"{time.perf_counter() - started:.0f} s)\n")  # fmt: skip
-            print("| source | samples/s | speed-up over files [95% interval] | time ratio to files |\n|---|---|---|---|")
+            print(
+                f"| source | samples/s | speed-up over files [{interval_name(args.rounds)}] | time ratio to files |\n"
+                "|---|---|---|---|"
+            )
             for source in SOURCES:
                 row = results[name][source]
-                told = "" if source == "files" else verdict(1 / row["high"], 1 / row["low"])
+                told = "" if source == "files" else verdict(1 / row["high"], 1 / row["low"], args.rounds)
                 print(f"| {source} | {row['samples_per_s']:.3g} | {row['ratio']:.2f} [{row['low']:.2f}, {row['high']:.2f}] | "
                       f"{told} |")  # fmt: skip
-            print(f"\ncache on disk: {results[name]['cache_bytes_per_sample'] / 1024:.1f} KiB per sample "
-                  f"({results[name]['cache_bytes_per_sample'] * 1e6 / 1e12:.2f} TB per million samples at this size)")
+            print(
+                f"\ncache on disk: {results[name]['cache_bytes_per_sample'] / 1024:.1f} KiB per sample "
+                f"({results[name]['cache_bytes_per_sample'] * 1e6 / 1e12:.2f} TB per million samples at this size)"
+            )
     return results
 
 

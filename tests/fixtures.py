@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
@@ -127,3 +128,15 @@ def tiny_flexip_pipe(request, family: str):
     pipe = FlexIPPipeline.from_pretrained(base=models.base, adapter=load())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def need_shared(path: str | os.PathLike) -> Path:
+    """`path`, a part of the project's shared data (`../shared` beside the repository), or a skip saying it is
+    absent; with FLEXIP_REQUIRE_SHARED=1 (as CI sets it) a failure instead, so that tests never skip silently."""
+    path = Path(path)
+    if path.exists():
+        return path
+    reason = f"{path} is absent (the project's shared data: ../shared beside the repository)"
+    if os.environ.get("FLEXIP_REQUIRE_SHARED") == "1":
+        pytest.fail(f"{reason}; FLEXIP_REQUIRE_SHARED=1 requires it")
+    pytest.skip(reason)

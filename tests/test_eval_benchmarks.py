@@ -8,12 +8,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fixtures import need_shared
 from flexip.errors import FlexIPError
 from flexip.evaluation.benchmarks import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 DREAMBENCH = REPO.parent / "shared" / "data" / "dreambench"
-needs_dreambench = pytest.mark.skipif(not DREAMBENCH.is_dir(), reason=f"{DREAMBENCH} is absent")
+needs_dreambench = pytest.mark.usefixtures("dreambench")
+
+
+@pytest.fixture
+def dreambench() -> Path:
+    return need_shared(DREAMBENCH)
 
 
 @needs_dreambench

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from fixtures import save_tiny_eval_models, save_tiny_ip_adapter
+from fixtures import need_shared, save_tiny_eval_models, save_tiny_ip_adapter
 from flexip.cli import main
 
 # The module itself: `flexip.evaluation` exports a function of the same name.
@@ -25,18 +24,13 @@ generate_module = importlib.import_module("flexip.evaluation.generate")
 
 REPO = Path(__file__).resolve().parents[1]
 DREAMBENCH = REPO.parent / "shared" / "data" / "dreambench"
-pytestmark = pytest.mark.skipif(not DREAMBENCH.is_dir(), reason=f"{DREAMBENCH} is absent")
 SUBJECTS = "bear_plushie,dog"  # an object and a live subject
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as in each torchrun process (CPU float sums depend on the thread count); it is also
-    the fastest on a shared 2-core machine, where two threads spin against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def dreambench() -> Path:
+    return need_shared(DREAMBENCH)
+
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def test_each_method_checks_its_own_options():
             build_method(name, sampling)
     with pytest.raises(FlexIPError, match="--preservation values must lie in"):
         build_method("flexip", sampling, adapter="a", preservation=(1.5,))
-    with pytest.raises(FlexIPError, match="--scale values must be >= 0"):
+    with pytest.raises(FlexIPError, match=r"--scale=-1.0 must be a number from 0 to 10"):
         build_method("ip-adapter", sampling, ip_adapter="a", scale=(-1.0,))
     with pytest.raises(FlexIPError, match="unknown --method"):
         build_method("dreambooth", sampling)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, CLIPModel
 
-from fixtures import save_tiny_eval_models
+from fixtures import need_shared, save_tiny_eval_models
 from flexip.errors import FlexIPError
 from flexip.evaluation import metrics
 from flexip.evaluation.aesthetic import AestheticHead
@@ -202,10 +202,10 @@ def test_clip_iqa_equals_torchmetrics(aligned_clip):
 # --- the LAION aesthetic head ------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not LAION_HEAD.is_file(), reason=f"{LAION_HEAD} is absent")
 def test_aesthetic_head_loads_the_laion_weights_strictly(tmp_path):
     from safetensors.torch import save_file
 
+    need_shared(LAION_HEAD)
     head = AestheticHead.from_file(LAION_HEAD)  # load_state_dict(strict=True): every key and shape
     assert head.embed_dim == 768
     embeds = torch.randn(2, 768, generator=torch.Generator().manual_seed(0))
@@ -231,3 +231,38 @@ def test_aesthetic_head_refuses_other_architectures(tmp_path):
     save_file(state, tmp_path / "bad.safetensors")
     with pytest.raises(FlexIPError, match="do not match"):
         AestheticHead.from_file(tmp_path / "bad.safetensors")
+
+
+# --- CLIP-T against each image's own prompt ----------------------------------------------------------------
+
+
+def test_clip_t_scores_each_image_against_its_own_prompt(tmp_path):
+    """A batch of images with different prompts: each image's CLIP-T is its cosine with its own prompt, and
+    with any other prompt of the batch it would differ (so one prompt for all, or prompts shifted by one, fail)."""
+    from flexip.evaluation.results import PlannedImage
+    from flexip.evaluation.score import Scorer
+    from flexip.evaluation.score_config import ScoreConfig
+
+    root = save_tiny_eval_models(tmp_path)
+    clip = str(root / "clip")
+    config = ScoreConfig(aesthetic_head=str(root / "aesthetic.safetensors"), clip_model=clip,
+                         dino_model=str(root / "dino"), iqa_model=clip, aesthetic_model=clip)  # fmt: skip
+    scorer = Scorer(config)
+    images, _ = _fixtures(4)
+    images[0].save(tmp_path / "reference.png")
+    prompts = ["a stuffed animal in the jungle", "a red cube", "a dog on the beach", "a cat, oil painting"]
+    reference = str(tmp_path / "reference.png")
+    planned = [
+        PlannedImage(f"images/{i}.png", "dog", "live", i, prompt, reference, (reference,), "0", None)
+        for i, prompt in enumerate(prompts)
+    ]
+    scored = [row["CLIP-T"] for row in scorer.score(images, planned)]
+    # Each pair scored on its own: the cosine of one image with one prompt.
+    alone = [
+        [metrics.cosine_similarity(scorer.clip.image_embeds([image]), scorer.clip.text_embeds([p])).item()
+         for p in prompts]
+        for image in images
+    ]  # fmt: skip
+    for i, row in enumerate(alone):
+        assert scored[i] == pytest.approx(row[i], abs=1e-5)
+        assert all(abs(row[i] - other) > 1e-4 for j, other in enumerate(row) if j != i), row

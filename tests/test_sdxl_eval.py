@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import save_tiny_ip_adapter
+from fixtures import need_shared, save_tiny_ip_adapter
 from flexip.cli import main
 from flexip.families import SDXL
 
 REPO = Path(__file__).resolve().parents[1]
 DREAMBENCH = REPO.parent / "shared" / "data" / "dreambench"
-pytestmark = [
-    pytest.mark.skipif(not DREAMBENCH.is_dir(), reason=f"{DREAMBENCH} is absent"),
-    pytest.mark.usefixtures("one_thread"),
-]
+
+@pytest.fixture(autouse=True, scope="module")
+def dreambench() -> Path:
+    return need_shared(DREAMBENCH)
 
 
 def generate(models, out: Path, *extra: str) -> list[str]:

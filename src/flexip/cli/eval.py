@@ -19,7 +19,9 @@ def _names(text: str) -> list[str]:
 
 def _add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
-        "--overwrite", action="store_true", help=f"replace {what} of an earlier run (without it they are refused)"
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} of an earlier run (without it they are refused)",
     )
 
 
@@ -27,6 +29,8 @@ def _refuse_earlier_outputs(folder: Path, names: list[str], overwrite: bool, com
     """Refuse, before any work, to replace files an earlier run wrote, unless --overwrite says so."""
     from ..errors import FlexIPError
 
+    if folder.exists() and not folder.is_dir():
+        raise FlexIPError(f"--out {folder} is a file; give a directory for the {command} outputs")
     found = [name for name in names if (folder / name).exists()]
     if found and not overwrite:
         raise FlexIPError(
@@ -221,7 +225,7 @@ def run_score(args: argparse.Namespace) -> int:
     from ..evaluation.score_config import ScoreConfig
 
     for directory in args.results:
-        check_results(directory)
+        check_results(directory, args.identity)
         outputs = [SCORES_FILE, f"{SUMMARY_FILE}.csv", f"{SUMMARY_FILE}.md"]
         _refuse_earlier_outputs(Path(directory), outputs, args.overwrite, "score")
     config = ScoreConfig(

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -54,7 +55,12 @@ class AestheticHead(nn.Module):
                 "(sac+logos+ava1-l14-linearMSE.pth) or a safetensors copy of it"
             )
         if path.suffix == ".safetensors":
-            state_dict = load_file(path)
+            try:
+                state_dict = load_file(path)
+            except (SafetensorError, OSError) as e:
+                raise FlexIPError(
+                    f"{path}: not a readable safetensors file ({e}); give the aesthetic head again"
+                ) from None
         else:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest != KNOWN_PTH_SHA256:

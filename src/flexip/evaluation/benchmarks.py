@@ -10,13 +10,13 @@ The protocol, written into every result file:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import FlexIPError
+from .results import read_json_object, read_jsonl, read_text, readable_image
 
 BENCHMARKS = ("dreambench", "dreambench++", "jsonl")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -49,6 +49,32 @@ def _images_in(directory: Path) -> list[Path]:
     return sorted(path for path in directory.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _dreambench_spec(prompts_file: Path) -> dict:
+    """prompts.json, checked: `classes` (subject -> class token), `live_subjects`, and the two prompt lists."""
+    fix = "it holds classes, live_subjects, live_subject_prompts and object_prompts (DreamBench's own file)"
+    spec = read_json_object(prompts_file, fix)
+    kinds = {"classes": dict, "live_subjects": list, "live_subject_prompts": list, "object_prompts": list}
+    for key, kind in kinds.items():
+        if key not in spec:
+            raise FlexIPError(f"{prompts_file} has no {key!r}; {fix}")
+        values = spec[key].values() if isinstance(spec[key], dict) else spec[key]
+        if not isinstance(spec[key], kind) or not all(isinstance(value, str) for value in values):
+            raise FlexIPError(f"{prompts_file}: {key} must be a {kind.__name__} of text, got {spec[key]!r}")
+    return spec
+
+
+def _zero_shot(template: str, class_token: str, prompts_file: Path) -> str:
+    """A DreamBench prompt with the unique token dropped (and the space it leaves)."""
+    try:
+        prompt = template.format(unique_token="", class_token=class_token)
+    except (KeyError, IndexError, ValueError):
+        raise FlexIPError(
+            f"{prompts_file}: the prompt {template!r} has placeholders other than {{unique_token}} and "
+            "{class_token}; use only those"
+        ) from None
+    return re.sub(r"\s+", " ", prompt).strip()
+
+
 def load_dreambench(root: str | os.PathLike, reference_image: str = "00.jpg") -> Benchmark:
     """The DreamBooth dataset: images/<subject>/NN.jpg and prompts.json (classes, live_subjects, prompt
     lists)."""
@@ -59,12 +85,16 @@ def load_dreambench(root: str | os.PathLike, reference_image: str = "00.jpg") ->
             f"{root} is not a DreamBench copy: {prompts_file.name} is missing "
             "(expected images/<subject>/NN.jpg and prompts.json)"
         )
-    spec = json.loads(prompts_file.read_text())
+    spec = _dreambench_spec(prompts_file)
     live = set(spec["live_subjects"])
     cases = []
     for subject, class_token in spec["classes"].items():
-        real_images = _images_in(root / "images" / subject)
-        reference = root / "images" / subject / reference_image
+        _check_subject(subject, prompts_file)
+        folder = root / "images" / subject
+        if not folder.is_dir():
+            raise FlexIPError(f"{folder} does not exist; {prompts_file.name} names subject {subject!r}")
+        real_images = _images_in(folder)
+        reference = folder / reference_image
         if reference not in real_images:
             raise FlexIPError(
                 f"{reference} does not exist; pick --reference-image among "
@@ -72,14 +102,12 @@ def load_dreambench(root: str | os.PathLike, reference_image: str = "00.jpg") ->
             )
         templates = spec["live_subject_prompts"] if subject in live else spec["object_prompts"]
         for index, template in enumerate(templates):
-            # Zero-shot methods have no unique token: drop it and the space it leaves.
-            prompt = re.sub(r"\s+", " ", template.format(unique_token="", class_token=class_token)).strip()
             cases.append(
                 Case(
                     subject,
                     "live" if subject in live else "object",
                     index,
-                    prompt,
+                    _zero_shot(template, class_token, prompts_file),
                     str(reference),
                     tuple(str(path) for path in real_images),
                 )
@@ -106,7 +134,10 @@ def load_dreambench_plus(root: str | os.PathLike) -> Benchmark:
             caption_file = root / "captions" / category_dir.name / f"{image.stem}.txt"
             if not caption_file.is_file():
                 raise FlexIPError(f"{image} has no caption file {caption_file}")
-            lines = [line.strip() for line in caption_file.read_text().splitlines() if line.strip()]
+            fix = "line 1 is the subject's name, then one prompt per line"
+            lines = [line.strip() for line in read_text(caption_file, fix).splitlines() if line.strip()]
+            if len(lines) < 2:
+                raise FlexIPError(f"{caption_file} has no prompts; {fix}")
             subject = f"{category_dir.name}_{image.stem}"
             for index, prompt in enumerate(lines[1:]):
                 cases.append(Case(subject, category_dir.name, index, prompt, str(image), (str(image),)))
@@ -123,33 +154,40 @@ def load_jsonl(path: str | os.PathLike) -> Benchmark:
     path = Path(path).resolve()
     if not path.is_file():
         raise FlexIPError(f"benchmark file {path} does not exist")
+    fix = "each line is an object with subject, reference and prompt (text), optionally category"
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FlexIPError(f"{path}:{number}: not valid JSON: {e}") from e
+    for where, row in read_jsonl(path, fix):
         missing = {"subject", "reference", "prompt"} - set(row)
         if missing:
             raise FlexIPError(
-                f"{path}:{number}: missing {sorted(missing)}; each line needs subject, reference, prompt"
+                f"{where}: missing {sorted(missing)}; each line needs subject, reference, prompt"
             )
+        for key in ("subject", "reference", "prompt", "category"):
+            if key in row and not isinstance(row[key], str):
+                raise FlexIPError(f"{where}: {key} is {row[key]!r}, not text; {fix}")
         reference = (path.parent / row["reference"]).resolve()
         if not reference.is_file():
-            raise FlexIPError(f"{path}:{number}: reference image {reference} does not exist")
-        rows.append((row["subject"], row.get("category", "all"), row["prompt"], str(reference)))
+            raise FlexIPError(f"{where}: reference image {reference} does not exist")
+        rows.append((row["subject"], row.get("category", "all"), row["prompt"], str(reference), where))
     real_images: dict[str, dict[str, None]] = {}  # an ordered set per subject
-    for subject, _, _, reference in rows:
+    for subject, _, _, reference, where in rows:
+        _check_subject(subject, where)
         real_images.setdefault(subject, {})[reference] = None
     counts: dict[str, int] = {}
     cases = []
-    for subject, category, prompt, reference in rows:
+    for subject, category, prompt, reference, where in rows:
+        if not prompt.strip():
+            raise FlexIPError(f"{where}: prompt {prompt!r} is empty; give the prompt to generate from")
         index = counts[subject] = counts.get(subject, -1) + 1
         cases.append(Case(subject, category, index, prompt, reference, tuple(real_images[subject])))
     protocol = {"reference": "the line's reference", "prompts": "as written"}
     return Benchmark("jsonl", {"data": str(path), **protocol}, tuple(cases))
+
+
+def _check_subject(subject: str, where: str | os.PathLike) -> None:
+    """A subject names a folder of every results directory (and of a folder of images made elsewhere)."""
+    if not subject or subject in (".", "..") or "/" in subject or "\\" in subject:
+        raise FlexIPError(f"{where}: subject {subject!r} is not a plain name; name it without / or \\")
 
 
 def load_benchmark(
@@ -174,6 +212,13 @@ def load_benchmark(
     if max_prompts is not None and max_prompts < 1:
         raise FlexIPError(f"--max-prompts must be at least 1, got {max_prompts}")
     known = benchmark.subjects
+    if not benchmark.cases:
+        raise FlexIPError(f"{data} has no prompts for any subject; give a {name} benchmark with some")
+    if subjects is not None and not subjects:
+        raise FlexIPError("--subjects names no subject; give comma-separated names, or leave it out for all")
+    twice = sorted({subject for subject in subjects or [] if subjects.count(subject) > 1})
+    if twice:
+        raise FlexIPError(f"--subjects names {', '.join(twice)} twice; name each subject once")
     if subjects:
         unknown = [subject for subject in subjects if subject not in known]
         if unknown:
@@ -186,6 +231,11 @@ def load_benchmark(
         subject: [case for case in benchmark.cases if case.subject == subject] for subject in subjects
     }
     cases = tuple(case for subject in subjects for case in by_subject[subject][:max_prompts])
+    for reference in dict.fromkeys(case.reference for case in cases):
+        if not readable_image(Path(reference)):
+            raise FlexIPError(
+                f"{reference} is not a whole image file; replace it with the subject's reference"
+            )
     protocol = {**benchmark.protocol, "subjects": subjects, "max_prompts": max_prompts}
     return Benchmark(benchmark.name, protocol, cases)
 

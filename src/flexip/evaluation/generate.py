@@ -26,7 +26,7 @@ from .methods import Method, Unit
 from .results import (
     GENERATION_FILE,
     PlannedImage,
-    read_generation,
+    read_settings,
     readable_image,
     write_json,
     write_manifest,
@@ -63,7 +63,7 @@ def _check_resume(out: Path, settings: dict) -> None:
     """Refuse to mix settings in one results directory: its images would not be comparable."""
     if not (out / GENERATION_FILE).is_file():
         return
-    previous, _ = read_generation(out)
+    previous = read_settings(out)
     changed = sorted(
         key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key)
     )
@@ -81,6 +81,8 @@ def generate(method: Method, benchmark: Benchmark, out: str | os.PathLike) -> in
     """Make (or finish making) every image of `method` on `benchmark` under `out`; returns how many this
     process made. Run it in every process of an accelerate launch: the work is shared between them."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FlexIPError(f"--out {out} is a file; give a results directory (new, or one to finish)")
     # accelerate spreads processes without a GPU (over gloo) only when told they are CPU processes.
     state = PartialState(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
     # Every process does all that can fail (the settings, the plan, the resume check, loading the models)

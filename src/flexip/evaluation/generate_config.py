@@ -6,11 +6,15 @@ Kept free of torch, like `methods`, so that the command line can offer the choic
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from ..errors import FlexIPError
 
 DTYPES = ("float32", "float16", "bfloat16")
+
+
+MAX_SEEDS = 1000
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,12 @@ class Sampling:
     def __post_init__(self):
         if self.seeds < 1 or self.steps < 1:
             raise FlexIPError(f"--seeds and --steps must be at least 1, got {self.seeds} and {self.steps}")
+        if self.seeds > MAX_SEEDS:  # the plan lists every image before the first is made
+            raise FlexIPError(f"--seeds {self.seeds}: give at most {MAX_SEEDS} images per prompt (papers use 4 to 10)")
+        if not math.isfinite(self.guidance):
+            raise FlexIPError(
+                f"--guidance={self.guidance} must be finite (7.5 is usual; <= 1 turns guidance off)"
+            )
         if self.dtype not in DTYPES:
             raise FlexIPError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 

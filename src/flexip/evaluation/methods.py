@@ -95,7 +95,13 @@ class _Sampled(Method):
 
     def settings(self) -> dict:
         shared = self.sampling.settings()
-        return {"method": self.name, "base": self.base, **self._options(), **shared, "dial_name": self.dial_name}
+        return {
+            "method": self.name,
+            "base": self.base,
+            **self._options(),
+            **shared,
+            "dial_name": self.dial_name,
+        }
 
     def samples(self, case: Case) -> list[str]:
         return [f"{seed}.png" for seed in range(self.sampling.seeds)]
@@ -105,7 +111,10 @@ class _Sampled(Method):
         from diffusers import DDIMScheduler
         from PIL import Image
 
+        from ..pipeline.checks import check_steps
+
         pipe = self._pipeline(getattr(torch, self.sampling.dtype))
+        check_steps(self.sampling.steps, "--steps", most=pipe.scheduler.config.num_train_timesteps)
         pipe.safety_checker = None
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.to(device)
@@ -151,12 +160,18 @@ def _stable_diffusion(base: str, dtype: torch.dtype):
     try:
         return load_base(family, base, torch_dtype=dtype)
     except (OSError, ValueError, TypeError) as e:
-        raise FlexIPError(f"cannot load a {family.title} base model from {base!r}: {str(e).splitlines()[0]}") from e
+        raise FlexIPError(
+            f"cannot load a {family.title} base model from {base!r}: {str(e).splitlines()[0]}"
+        ) from e
 
 
 def _check_scales(scale: tuple[float, ...]) -> None:
-    if any(value < 0 for value in scale):
-        raise FlexIPError(f"--scale values must be >= 0, got {list(scale)}")
+    """The bounds the pipelines hold the adapters' strength to, so that no value is taken here that a pipeline
+    would refuse (or, in diffusers' IP-Adapter, silently turn into a blank image)."""
+    from ..pipeline.checks import check_scale  # brings torch: only once a method is built, never for --help
+
+    for value in scale:
+        check_scale(value, "--scale")
 
 
 @dataclass(frozen=True)
@@ -308,14 +323,14 @@ class FolderMethod(Method):
                 f"--images {self.images}: no images for subject {case.subject}, prompt {case.prompt_index} "
                 f"({case.prompt!r}); expected {directory}/<name>.png"
             )
+        for name in found:  # before anything is written, as generating methods check their models
+            if not readable_image(directory / name):
+                raise FlexIPError(f"{directory / name} is not a whole image file; replace it or move it away")
         return found
 
     def load(self, device: torch.device) -> Callable[[Unit], list[bytes]]:
         def copy(unit: Unit) -> list[bytes]:
-            path = self._directory(unit.case) / unit.file
-            if not readable_image(path):
-                raise FlexIPError(f"{path} is not a whole image file; replace it and run again (the others are kept)")
-            return [path.read_bytes()]
+            return [(self._directory(unit.case) / unit.file).read_bytes()]
 
         return copy
 

@@ -29,10 +29,17 @@ def mrank(table: dict[str, dict[str, float]], metrics: tuple[str, ...] = METRICS
     missing = [(method, metric) for method in methods for metric in metrics if metric not in table[method]]
     if missing:
         raise FlexIPError(f"mRank needs every metric for every method; missing {missing[:5]}")
-    broken = [(method, metric) for method in methods for metric in metrics if not math.isfinite(table[method][metric])]
+    broken = [
+        (method, metric)
+        for method in methods
+        for metric in metrics
+        if not math.isfinite(table[method][metric])
+    ]
     if broken:
         method, metric = broken[0]
-        raise FlexIPError(f"{method}: {metric} is {table[method][metric]}, which cannot be ranked; give a number")
+        raise FlexIPError(
+            f"{method}: {metric} is {table[method][metric]}, which cannot be ranked; give a number"
+        )
     totals = dict.fromkeys(methods, 0.0)
     for metric in metrics:
         for method, rank in zip(methods, ranks([table[method][metric] for method in methods])):
@@ -41,7 +48,8 @@ def mrank(table: dict[str, dict[str, float]], metrics: tuple[str, ...] = METRICS
 
 
 def read_published_csv(path: str | os.PathLike) -> dict[str, dict[str, float]]:
-    """Published numbers: a CSV with columns `method,CLIP-T,CLIP-I,DINO-I,CLIP-IQA,Aesthetic`, UTF-8.
+    """Published numbers: a CSV with columns `method,CLIP-T,CLIP-I,DINO-I,CLIP-IQA,Aesthetic`, UTF-8 (with or
+    without the BOM spreadsheets write).
 
     Every row must be whole: a short or long row, a stray quote, an empty or repeated method name or a value
     that is not a finite number is an error naming the line, never a row silently dropped or mis-ranked.
@@ -49,7 +57,7 @@ def read_published_csv(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     path = Path(path)
     expected = f"expected method,{','.join(METRICS)}"
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, strict=True)
             header = next(reader, [])
             missing = {"method", *METRICS} - set(header)
@@ -74,7 +82,9 @@ def read_published_csv(path: str | os.PathLike) -> dict[str, dict[str, float]]:
     except UnicodeDecodeError as e:
         raise FlexIPError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 CSV") from e
     except csv.Error as e:
-        raise FlexIPError(f"{path}:{reader.line_num}: not valid CSV ({e}); quote fields with \"...\" in pairs") from e
+        raise FlexIPError(
+            f'{path}:{reader.line_num}: not valid CSV ({e}); quote fields with "..." in pairs'
+        ) from e
     return table
 
 

@@ -11,9 +11,11 @@ summary.csv/.md   metric means per dial value and subject category
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from PIL import Image
@@ -60,8 +62,45 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in rows).encode())
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_text(path: str | os.PathLike, remake: str) -> str:
+    """A text file's content, as an editor or a spreadsheet may have saved it (UTF-8, with or without a BOM);
+    `remake` says how to make a good one, for the error."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise FlexIPError(
+            f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8, or {remake}"
+        ) from None
+    except OSError as e:
+        raise FlexIPError(f"cannot read {path} ({e.strerror}); {remake}") from None
+
+
+def read_json_object(path: Path, remake: str) -> dict:
+    """A JSON file that must hold one object (a settings file)."""
+    try:
+        data = json.loads(read_text(path, remake))
+    except json.JSONDecodeError as e:
+        raise FlexIPError(f"{path}: not valid JSON ({e}); {remake}") from None
+    if not isinstance(data, dict):
+        raise FlexIPError(f"{path} holds a JSON {type(data).__name__}, not an object; {remake}")
+    return data
+
+
+def read_jsonl(path: Path, remake: str) -> list[tuple[str, dict]]:
+    """The objects of a JSONL file, each with where it is (`path:line`) for errors; blank lines are skipped."""
+    rows = []
+    for number, line in enumerate(read_text(path, remake).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FlexIPError(f"{where}: not valid JSON ({e}); {remake}") from None
+        if not isinstance(row, dict):
+            raise FlexIPError(f"{where}: not a JSON object but a {type(row).__name__}; {remake}")
+        rows.append((where, row))
+    return rows
 
 
 def write_manifest(directory: Path, images: list[PlannedImage]) -> None:
@@ -71,27 +110,144 @@ def write_manifest(directory: Path, images: list[PlannedImage]) -> None:
     )
 
 
-def read_generation(directory: str | os.PathLike) -> tuple[dict, list[PlannedImage]]:
-    """The generation settings and the manifest of a results directory."""
+REMAKE = "run the same `flexip eval generate` again to write it anew (it keeps the images)"
+# generation.json's keys that scoring reads, and the type each must have
+SETTINGS_TYPES = {"label": str, "method": str, "dial_name": (str, type(None)), "benchmark": dict}
+
+
+def read_settings(directory: str | os.PathLike) -> dict:
+    """A results directory's generation.json, checked for what scoring reads."""
     directory = Path(directory)
     if not (directory / GENERATION_FILE).is_file() or not (directory / MANIFEST_FILE).is_file():
         raise FlexIPError(
             f"{directory} is not a results directory ({GENERATION_FILE} or {MANIFEST_FILE} is "
             "missing); make one with `flexip eval generate --out DIR`"
         )
-    settings = json.loads((directory / GENERATION_FILE).read_text())
-    images = [
-        PlannedImage(**{**row, "real_images": tuple(row["real_images"])})
-        for row in read_jsonl(directory / MANIFEST_FILE)
-    ]
-    return settings, images
+    path = directory / GENERATION_FILE
+    settings = read_json_object(path, REMAKE)
+    for key, kind in SETTINGS_TYPES.items():
+        if key not in settings:
+            raise FlexIPError(f"{path} has no {key!r}; {REMAKE}")
+        if not isinstance(settings[key], kind):
+            raise FlexIPError(f"{path}: {key} is {settings[key]!r}, of the wrong type; {REMAKE}")
+    if not isinstance(settings["benchmark"].get("name"), str):
+        raise FlexIPError(f"{path}: benchmark has no name; {REMAKE}")
+    return settings
+
+
+def _text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _index(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _paths(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, str) for item in value)
+
+
+def _dial(value) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value is None or (number and math.isfinite(value))
+
+
+def _inside(value) -> bool:
+    return isinstance(value, str) and not Path(value).is_absolute() and ".." not in Path(value).parts
+
+
+# Each manifest field: (a check of its value, what the value must be)
+FIELD_CHECKS = {
+    "image": (_inside, "a path inside the results directory"),
+    "subject": (_text, "text"),
+    "category": (_text, "text"),
+    "prompt_index": (_index, "an integer >= 0"),
+    "prompt": (_text, "text"),
+    "reference": (_text, "a path"),
+    "real_images": (_paths, "a list of paths"),
+    "sample": (_text, "text"),
+    "dial": (_dial, "a finite number or null"),
+}
+
+
+def _planned_image(row: dict, where: str) -> PlannedImage:
+    names = [field.name for field in fields(PlannedImage)]
+    missing = [name for name in names if name not in row]
+    unknown = [name for name in row if name not in names]
+    if missing or unknown:
+        problem = f"missing {missing}" if missing else f"unknown {unknown}"
+        raise FlexIPError(f"{where}: {problem}; each line has {', '.join(names)}; {REMAKE}")
+    for name, (check, meaning) in FIELD_CHECKS.items():
+        if not check(row[name]):
+            raise FlexIPError(f"{where}: {name} is {row[name]!r}, not {meaning}; {REMAKE}")
+    return PlannedImage(**{**row, "real_images": tuple(row["real_images"])})
+
+
+def read_manifest(directory: str | os.PathLike) -> list[PlannedImage]:
+    """The images a results directory's manifest.jsonl lists, each line checked. Two lines naming the same
+    image are refused, as a hand edit that would count the image twice in every mean."""
+    path = Path(directory) / MANIFEST_FILE
+    images, first = [], {}
+    for where, row in read_jsonl(path, REMAKE):
+        image = _planned_image(row, where)
+        if image.image in first:
+            raise FlexIPError(
+                f"{where} lists {image.image} again (first on line {first[image.image]}); keep one line per "
+                f"image, or {REMAKE}"
+            )
+        first[image.image] = where.rpartition(":")[2]
+        images.append(image)
+    return images
+
+
+def read_generation(directory: str | os.PathLike) -> tuple[dict, list[PlannedImage]]:
+    """The generation settings and the manifest of a results directory."""
+    return read_settings(directory), read_manifest(directory)
 
 
 def read_summary(directory: str | os.PathLike) -> list[dict]:
-    """The rows of summary.csv over all categories, dial values as floats (None without a dial)."""
+    """The rows of summary.csv over all categories (`category` = `all`), one per dial value: dial values and
+    metrics as floats (the dial None without one). A spreadsheet's re-save (a BOM, CRLF) reads as written."""
+    # Imported here: they bring torch, which rank and curve (the readers of summaries) load anyway.
+    from .metrics import METRICS
+    from .score import SUMMARY_HEADER
+
     path = Path(directory) / f"{SUMMARY_FILE}.csv"
+    if Path(directory).is_file():
+        raise FlexIPError(f"{directory} is a file; give a results directory scored by `flexip eval score`")
     if not path.is_file():
         raise FlexIPError(f"{path} does not exist; run `flexip eval score {directory}` first")
-    with path.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row["category"] == "all"]
-    return [{**row, "dial": float(row["dial"]) if row["dial"] else None} for row in rows]
+    rescore = f"run `flexip eval score {directory} --overwrite` to write it anew"
+    reader = csv.DictReader(io.StringIO(read_text(path, rescore), newline=""))
+    missing = [column for column in SUMMARY_HEADER if column not in (reader.fieldnames or [])]
+    if missing:
+        raise FlexIPError(f"{path}: missing columns {missing}; {rescore}")
+    rows, dials = [], set()
+    for row in reader:
+        if row["category"] != "all":
+            continue
+        where = f"{path}:{reader.line_num}"
+        dial = _number(row["dial"], "dial", where, rescore) if row["dial"] else None
+        if dial in dials:
+            raise FlexIPError(f"{where}: dial {dial} again; keep one row per dial value, or {rescore}")
+        dials.add(dial)
+        rows.append(
+            {
+                **row,
+                "dial": dial,
+                **{metric: _number(row[metric], metric, where, rescore) for metric in METRICS},
+            }
+        )
+    if not rows:
+        raise FlexIPError(f"{path} has no rows over all categories (category all); {rescore}")
+    return rows
+
+
+def _number(text: str, column: str, where: str, fix: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise FlexIPError(f"{where}: {column} {text!r} is not a finite number; {fix}")
+    return value

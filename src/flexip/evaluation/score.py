@@ -16,7 +16,16 @@ from ..errors import FlexIPError
 from . import metrics
 from .aesthetic import AestheticHead
 from .extractors import ClipFeatures, DinoFeatures
-from .results import SCORES_FILE, SUMMARY_FILE, PlannedImage, read_generation, readable_image, write_jsonl
+from .results import (
+    MANIFEST_FILE,
+    REMAKE,
+    SCORES_FILE,
+    SUMMARY_FILE,
+    PlannedImage,
+    read_generation,
+    readable_image,
+    write_jsonl,
+)
 from .score_config import ScoreConfig
 from .tables import markdown_table, write_csv
 
@@ -36,6 +45,7 @@ class Scorer:
 
     def __init__(self, config: ScoreConfig, device: torch.device | str = "cpu"):
         self.config = config
+        self.aesthetic = AestheticHead.from_file(config.aesthetic_head)  # first: a small file, quick to check
         clips: dict[str, ClipFeatures] = {}
         for name in (config.clip_model, config.iqa_model, config.aesthetic_model):
             if name not in clips:
@@ -46,7 +56,6 @@ class Scorer:
             clips[config.aesthetic_model],
         )
         self.dino = DinoFeatures.from_pretrained(config.dino_model, device)
-        self.aesthetic = AestheticHead.from_file(config.aesthetic_head)
         if self.aesthetic.embed_dim != self.aesthetic_clip.model.config.projection_dim:
             raise FlexIPError(
                 f"the aesthetic head {config.aesthetic_head} reads {self.aesthetic.embed_dim}-d embeddings "
@@ -98,22 +107,36 @@ class Scorer:
         return [{name: float(values[i]) for name, values in columns.items()} for i in range(len(images))]
 
 
-def check_results(directory: str | os.PathLike) -> tuple[dict, list[PlannedImage]]:
-    """The settings and images of a complete results directory (checked before any model is loaded)."""
+def check_results(
+    directory: str | os.PathLike, identity: str = "reference"
+) -> tuple[dict, list[PlannedImage]]:
+    """The settings and images of a complete results directory, with the real images the `identity` mode
+    compares with (checked before any model is loaded)."""
     settings, planned = read_generation(directory)
+    if not planned:
+        raise FlexIPError(f"{directory}: {MANIFEST_FILE} lists no images; {REMAKE}")
     missing = [item.image for item in planned if not readable_image(Path(directory) / item.image)]
     if missing:
         raise FlexIPError(
             f"{directory}: {len(missing)} of {len(planned)} images are missing or damaged (first: {missing[0]}); "
             "run the same `flexip eval generate` again: it makes them again and keeps the others"
         )
+    real = {item.reference: None for item in planned}
+    if identity == "all":
+        real.update(dict.fromkeys(path for item in planned for path in item.real_images))
+    for path in real:
+        if not readable_image(Path(path)):
+            raise FlexIPError(
+                f"{path} is not a whole image file (missing or damaged), and {directory} compares with it; "
+                "put the benchmark's image back where it was generated from"
+            )
     return settings, planned
 
 
 def score_results(directory: str | os.PathLike, scorer: Scorer) -> list[dict]:
     """Score every image of a results directory; writes scores.jsonl and summary.csv / summary.md."""
     directory = Path(directory)
-    settings, planned = check_results(directory)
+    settings, planned = check_results(directory, scorer.config.identity)
     record = {
         "label": settings["label"],
         "method": settings["method"],
