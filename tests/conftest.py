@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before any Hugging Face import: tests never reach a hub
+# One torch thread in this process and in every process a test starts: the models are tiny, so threads cost
+# more than they give, and two test processes on a shared two-core machine would oversubscribe it.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from PIL import Image
 from flexip import FlexIPAdapter
 from flexip.families import SDXL
 from flexip.tiny import ModelSet, save_tiny_model_set
+
+torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):
@@ -28,15 +33,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture
-def one_thread():
-    """Run the test with one torch thread: on a shared two-core machine two threads make tiny models slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

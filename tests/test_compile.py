@@ -27,7 +27,7 @@ def adapter(load_test_adapter):
 
 
 @pytest.mark.parametrize("g", [0.5, torch.tensor([0.0, 0.5, 1.0])], ids=["all-rows", "rows-skipped"])
-def test_one_graph_on_the_cache_filling_step_and_with_a_warm_cache(tiny_models, adapter, g, one_thread):
+def test_one_graph_on_the_cache_filling_step_and_with_a_warm_cache(tiny_models, adapter, g):
     unet = (
         UNet2DConditionModel.from_pretrained(tiny_models.base, subfolder="unet").eval().requires_grad_(False)
     )
@@ -52,7 +52,7 @@ def test_one_graph_on_the_cache_filling_step_and_with_a_warm_cache(tiny_models, 
 
 
 @pytest.mark.parametrize("region", ["whole-unet", "repeated-blocks"])
-def test_a_compiled_unet_generates_the_same_image(tiny_models, adapter, one_thread, region):
+def test_a_compiled_unet_generates_the_same_image(tiny_models, adapter, region):
     reference = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
 
     def generate(pipe):

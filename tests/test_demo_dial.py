@@ -12,8 +12,6 @@ from recipes.demo.dial import DialScores, dial_pairs, main, spearman, summarize
 from recipes.demo.judge import Judge
 from recipes.demo.world import caption
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_spearman_ranks_with_ties():
     assert spearman([0, 1, 2, 3], [0.1, 0.5, 0.6, 0.9]) == pytest.approx(1.0)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from diffusers import DDPMScheduler
 from safetensors import safe_open
@@ -27,8 +26,6 @@ from recipes.demo.manifest import ManifestConfig, write_manifest
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "recipes" / "demo" / "adapter.yaml"
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_embedded_default_is_the_shipped_model_and_it_is_small():

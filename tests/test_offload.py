@@ -46,7 +46,7 @@ def placements(pipe) -> set:
 
 
 @pytest.mark.parametrize("offload", ["sequential", "model"])
-def test_cpu_offload_generates_the_same_images(tiny_models, adapter, reference, offload, one_thread):
+def test_cpu_offload_generates_the_same_images(tiny_models, adapter, reference, offload):
     """Sequential offload keeps the UNet's weights on the meta device between layers: following its weights
     would move the adapter there. On this CPU-only machine the execution device is the CPU."""
     expected = generate(load(tiny_models, adapter), reference)
@@ -61,7 +61,7 @@ def test_cpu_offload_generates_the_same_images(tiny_models, adapter, reference, 
 
 
 def test_the_adapter_and_encoders_follow_the_unet_dtype_at_every_call(
-    tiny_models, load_test_adapter, reference, one_thread
+    tiny_models, load_test_adapter, reference
 ):
     pipe = load(tiny_models, load_test_adapter())  # its own: casts round the weights
     kv_dtypes = []

@@ -26,7 +26,7 @@ def test_model_settings_are_checked_when_built():
         ModelSettings(scheduler="fast")
 
 
-def test_a_front_end_generates_from_the_settings_alone(tiny_models, one_thread):
+def test_a_front_end_generates_from_the_settings_alone(tiny_models):
     """What the command line does, from Python: the same settings give the same image, and say how it was made."""
     models = ModelSettings(adapter=str(tiny_models.adapter), device="cpu", scheduler="dpm++")
     sampling = SamplingSettings(steps=2, guidance=3.0, seed=5)

@@ -30,7 +30,7 @@ def count_encoder_runs(encoder) -> list[str]:
     return runs
 
 
-def test_the_pipeline_encodes_a_repeated_reference_once(pipe, tmp_path, one_thread):
+def test_the_pipeline_encodes_a_repeated_reference_once(pipe, tmp_path):
     runs = count_encoder_runs(pipe.flexip.reference_encoder)
     path = tmp_path / "dog.png"
     picture(0).save(path)

@@ -15,8 +15,6 @@ from PIL import Image
 import flexip
 from flexip import FlexIPPipeline
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def references():

@@ -37,7 +37,7 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask):
     assert mode(tmp_path / "a.bin") == 0o640 and (tmp_path / "a.bin").read_bytes() == b"again"
 
 
-def test_adapters_and_images_follow_the_umask(tmp_path, umask, tiny_models, one_thread):
+def test_adapters_and_images_follow_the_umask(tmp_path, umask, tiny_models):
     FlexIPAdapter.from_pretrained(tiny_models.adapter).save_pretrained(tmp_path / "adapter")
     assert mode(tmp_path / "adapter") == 0o777 & ~umask
     assert {mode(p) for p in (tmp_path / "adapter").iterdir()} == {0o666 & ~umask}

@@ -13,8 +13,6 @@ from flexip.cli import main
 from flexip.families import SD15, SDXL, family_of_base
 from ldm_checkpoint import save_single_file
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module", params=["sd15", "sdxl"])
 def kit(request):

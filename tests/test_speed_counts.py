@@ -57,7 +57,7 @@ def step_ops(unet, latents, encoder_hidden_states) -> DispatchedOps:
     ids=["all-rows", "rows-skipped"],
 )
 def test_extra_ops_per_cross_attention_layer(
-    unet, adapter, g, cached_per_layer, filling_per_layer, one_thread
+    unet, adapter, g, cached_per_layer, filling_per_layer
 ):
     """Both branches active: with K/V cached, an SDPA and one addcmul per branch (a gather, an SDPA, a
     multiply and an index_put where rows are skipped); filling the cache adds each branch's two projections
@@ -76,7 +76,7 @@ def test_extra_ops_per_cross_attention_layer(
         assert cached["addcmul"] == 2 * layers  # the branch weight is folded into one multiply-add
 
 
-def test_uncached_costs_the_projections_and_nothing_else(unet, adapter, one_thread):
+def test_uncached_costs_the_projections_and_nothing_else(unet, adapter):
     clip, dino, text, latents = inputs(adapter, 2)
     condition = adapter(clip, dino, text, 0.5, cache=True)
     step_ops(unet, latents, (text, condition))
@@ -169,7 +169,7 @@ def generate(pipe, reference, preservation, **kwargs):
     ).images  # fmt: skip
 
 
-def test_a_sweep_encodes_once_and_projects_each_branch_once(pipe, one_thread):
+def test_a_sweep_encodes_once_and_projects_each_branch_once(pipe):
     encoder = pipe.flexip.reference_encoder
     projections = [
         linear for layer in pipe.flexip.adapter.layers.values()
@@ -192,7 +192,7 @@ def test_a_sweep_encodes_once_and_projects_each_branch_once(pipe, one_thread):
             hook.remove()
 
 
-def test_images_equal_with_and_without_every_cache(pipe, one_thread):
+def test_images_equal_with_and_without_every_cache(pipe):
     values = [0.0, 0.4, 1.0]
     warm = generate(pipe, picture(31), values)
     warm = generate(pipe, picture(31), values)  # features from the reference cache
