@@ -1,4 +1,4 @@
-"""Issue 23's controls on the demo model: a contact sheet for each form, and a schedule measured by the judge.
+"""The controls on the demo model: a contact sheet for each form, and a schedule measured by the judge.
 
 The sheets show two references of one subject, the dial per block, the dial over the steps, and two masked
 subjects in one picture. The measurement generates the dial pairs of `recipes.demo.dial` at constant dials and

@@ -38,7 +38,7 @@ from recipes.demo.world import (
 )
 
 DEFAULT_VALUES = (0.0, 0.25, 0.5, 0.75, 1.0)
-# The acceptance targets of issue 7: (summary key, comparison, threshold).
+# The demo model's acceptance targets (docs/demo-model.md): (summary key, comparison, threshold).
 TARGETS = (
     ("identity_spearman", ">=", 0.9),
     ("prompt_spearman", "<=", -0.9),

@@ -1,4 +1,4 @@
-"""The dial's forms (issue 23): g as one value, per UNet block, or over the denoising steps; s per block too.
+"""The dial's forms: g as one value, per UNet block, or over the denoising steps; s per block too.
 
 A call's `preservation` is one of these forms, or a list of them (a sweep, one batch):
 
