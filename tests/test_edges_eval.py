@@ -500,6 +500,9 @@ def test_files_saved_with_a_bom_and_crlf_read_as_they_were_meant(good, tmp_path,
     jsonl = copy(good, tmp_path, "bench") / "bench.jsonl"
     _bom_crlf(jsonl)
     assert [case.subject for case in load_benchmark("jsonl", jsonl).cases] == ["mug"]
+    # A line break other than \n, \r\n and \r, as an editor may leave inside a prompt, ends no line.
+    jsonl.write_text('{"subject": "mug", "reference": "a.png", "prompt": "a mug\u2028on a table"}\n')
+    assert [case.prompt for case in load_benchmark("jsonl", jsonl).cases] == ["a mug\u2028on a table"]
 
     results = copy(good, tmp_path, "results")
     for name in ("manifest.jsonl", "generation.json", "summary.csv"):

@@ -10,8 +10,7 @@ from ..errors import FlexIPError
 from .curve import CURVE_METRICS, Series, plot_curves, plot_smoothness, smoothness
 from .metrics import METRICS
 from .rank import mrank, read_published_csv
-from .results import read_summary
-from .score import PROVENANCE
+from .score import PROVENANCE, read_summary
 from .tables import markdown_table, write_csv
 
 

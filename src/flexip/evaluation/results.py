@@ -10,11 +10,10 @@ summary.csv/.md   metric means per dial value and subject category
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -89,7 +88,8 @@ def read_json_object(path: Path, remake: str) -> dict:
 def read_jsonl(path: Path, remake: str) -> list[tuple[str, dict]]:
     """The objects of a JSONL file, each with where it is (`path:line`) for errors; blank lines are skipped."""
     rows = []
-    for number, line in enumerate(read_text(path, remake).splitlines(), start=1):
+    # Lines end at \n, \r\n or \r only: a JSON string may hold the other breaks `splitlines` knows (U+2028).
+    for number, line in enumerate(re.split(r"\r\n?|\n", read_text(path, remake)), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -203,51 +203,3 @@ def read_manifest(directory: str | os.PathLike) -> list[PlannedImage]:
 def read_generation(directory: str | os.PathLike) -> tuple[dict, list[PlannedImage]]:
     """The generation settings and the manifest of a results directory."""
     return read_settings(directory), read_manifest(directory)
-
-
-def read_summary(directory: str | os.PathLike) -> list[dict]:
-    """The rows of summary.csv over all categories (`category` = `all`), one per dial value: dial values and
-    metrics as floats (the dial None without one). A spreadsheet's re-save (a BOM, CRLF) reads as written."""
-    # Imported here: they bring torch, which rank and curve (the readers of summaries) load anyway.
-    from .metrics import METRICS
-    from .score import SUMMARY_HEADER
-
-    path = Path(directory) / f"{SUMMARY_FILE}.csv"
-    if Path(directory).is_file():
-        raise FlexIPError(f"{directory} is a file; give a results directory scored by `flexip eval score`")
-    if not path.is_file():
-        raise FlexIPError(f"{path} does not exist; run `flexip eval score {directory}` first")
-    rescore = f"run `flexip eval score {directory} --overwrite` to write it anew"
-    reader = csv.DictReader(io.StringIO(read_text(path, rescore), newline=""))
-    missing = [column for column in SUMMARY_HEADER if column not in (reader.fieldnames or [])]
-    if missing:
-        raise FlexIPError(f"{path}: missing columns {missing}; {rescore}")
-    rows, dials = [], set()
-    for row in reader:
-        if row["category"] != "all":
-            continue
-        where = f"{path}:{reader.line_num}"
-        dial = _number(row["dial"], "dial", where, rescore) if row["dial"] else None
-        if dial in dials:
-            raise FlexIPError(f"{where}: dial {dial} again; keep one row per dial value, or {rescore}")
-        dials.add(dial)
-        rows.append(
-            {
-                **row,
-                "dial": dial,
-                **{metric: _number(row[metric], metric, where, rescore) for metric in METRICS},
-            }
-        )
-    if not rows:
-        raise FlexIPError(f"{path} has no rows over all categories (category all); {rescore}")
-    return rows
-
-
-def _number(text: str, column: str, where: str, fix: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise FlexIPError(f"{where}: {column} {text!r} is not a finite number; {fix}")
-    return value

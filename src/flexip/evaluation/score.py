@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import os
 from collections import defaultdict
 from dataclasses import asdict
@@ -23,6 +26,7 @@ from .results import (
     SUMMARY_FILE,
     PlannedImage,
     read_generation,
+    read_text,
     readable_image,
     write_jsonl,
 )
@@ -206,3 +210,47 @@ def write_summary(directory: Path, rows: list[dict], settings: dict) -> None:
         markdown_table(SUMMARY_HEADER[:10], [row[:10] for row in table]),
     ]
     atomic_write_bytes(directory / f"{SUMMARY_FILE}.md", "\n".join(lines).encode())
+
+
+def read_summary(directory: str | os.PathLike) -> list[dict]:
+    """The rows of summary.csv over all categories (`category` = `all`), one per dial value: dial values and
+    metrics as floats (the dial None without one). A spreadsheet's re-save (a BOM, CRLF) reads as written."""
+    path = Path(directory) / f"{SUMMARY_FILE}.csv"
+    if Path(directory).is_file():
+        raise FlexIPError(f"{directory} is a file; give a results directory scored by `flexip eval score`")
+    if not path.is_file():
+        raise FlexIPError(f"{path} does not exist; run `flexip eval score {directory}` first")
+    rescore = f"run `flexip eval score {directory} --overwrite` to write it anew"
+    reader = csv.DictReader(io.StringIO(read_text(path, rescore), newline=""))
+    missing = [column for column in SUMMARY_HEADER if column not in (reader.fieldnames or [])]
+    if missing:
+        raise FlexIPError(f"{path}: missing columns {missing}; {rescore}")
+    rows, dials = [], set()
+    for row in reader:
+        if row["category"] != "all":
+            continue
+        where = f"{path}:{reader.line_num}"
+        dial = _number(row["dial"], "dial", where, rescore) if row["dial"] else None
+        if dial in dials:
+            raise FlexIPError(f"{where}: dial {dial} again; keep one row per dial value, or {rescore}")
+        dials.add(dial)
+        rows.append(
+            {
+                **row,
+                "dial": dial,
+                **{metric: _number(row[metric], metric, where, rescore) for metric in metrics.METRICS},
+            }
+        )
+    if not rows:
+        raise FlexIPError(f"{path} has no rows over all categories (category all); {rescore}")
+    return rows
+
+
+def _number(text: str, column: str, where: str, fix: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise FlexIPError(f"{where}: {column} {text!r} is not a finite number; {fix}")
+    return value
