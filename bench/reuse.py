@@ -53,10 +53,10 @@ def settings(pipe, steps: int) -> dict:
     injection = pipe.flexip
 
     def generate(preservation, kv_cache=True):
-        injection.cache_kv = kv_cache
+        injection._cache_kv = kv_cache
         pipe("a photo of a dog", reference=picture, preservation=preservation, num_inference_steps=steps,
              generator=torch.Generator().manual_seed(0), output_type="latent")  # fmt: skip
-        injection.cache_kv = True
+        injection._cache_kv = True
 
     def first():
         injection.reference_cache = ReferenceCache(injection.reference_encoder)

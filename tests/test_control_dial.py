@@ -134,11 +134,11 @@ def test_the_kv_cache_stays_valid_under_a_schedule(pipe, reference):
         for hook in hooks:
             hook.remove()
     assert set(runs.values()) == {1}  # each branch of each layer projected once in the generation
-    pipe.flexip.cache_kv = False
+    pipe.flexip._cache_kv = False
     try:
         uncached = generate(pipe, reference, preservation=dial)
     finally:
-        pipe.flexip.cache_kv = True
+        pipe.flexip._cache_kv = True
     np.testing.assert_allclose(cached, uncached, atol=1e-6)
 
 

@@ -10,7 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from flexip import FlexIPAdapter, FlexIPError, ReferenceEncoder
-from flexip.models.attention import FlexIPAttnProcessor
+from flexip.models.processor import FlexIPAttnProcessor
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from flexip import EncodedReference, FlexIPAdapter, FlexIPError, ReferenceEncoder
 from flexip.cli import main
-from flexip.models.adapter import CONFIG_NAME, WEIGHTS_NAME
+from flexip.models.files import CONFIG_NAME, WEIGHTS_NAME
 
 
 @pytest.fixture

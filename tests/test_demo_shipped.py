@@ -12,7 +12,8 @@ from safetensors import safe_open
 
 from flexip.cli import main
 from flexip.cli.demo import DEMO_REFERENCE, demo_reference
-from flexip.models.adapter import WEIGHTS_NAME, FlexIPAdapter
+from flexip.models.adapter import FlexIPAdapter
+from flexip.models.files import WEIGHTS_NAME
 from flexip.pipeline import FlexIPPipeline
 from flexip.pipeline.embedded import DEMO_MODEL_DIR, embedded_model
 from flexip.training.config import load_config

@@ -121,11 +121,11 @@ def test_guidance_off_uses_the_reference_only(pipe, references):
 
 def test_kv_cache_gives_the_same_images(pipe, references):
     cached = generate(pipe, references[0], preservation=[0.2, 0.9], guidance_scale=1.0)
-    pipe.flexip.cache_kv = False
+    pipe.flexip._cache_kv = False
     try:
         uncached = generate(pipe, references[0], preservation=[0.2, 0.9], guidance_scale=1.0)
     finally:
-        pipe.flexip.cache_kv = True
+        pipe.flexip._cache_kv = True
     np.testing.assert_allclose(cached, uncached, atol=1e-6)
 
 

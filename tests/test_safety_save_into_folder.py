@@ -16,7 +16,7 @@ import torch
 from flexip import FlexIPAdapter
 from flexip.atomic import atomic_directory
 from flexip.cli import main
-from flexip.models.adapter import CONFIG_NAME, WEIGHTS_NAME
+from flexip.models.files import CONFIG_NAME, WEIGHTS_NAME
 
 
 def _dead_pid() -> int:

@@ -15,7 +15,8 @@ from PIL import Image
 
 from bench.measure import DispatchedOps
 from flexip import FlexIPPipeline
-from flexip.models.attention import FlexIPCondition, cross_attention_layers
+from flexip.models.attach import cross_attention_layers
+from flexip.models.condition import FlexIPCondition
 from flexip.reference import ReferenceCache
 
 COPIES = {"clone", "copy_", "_to_copy"}  # data moved, not computed
@@ -196,12 +197,12 @@ def test_images_equal_with_and_without_every_cache(pipe):
     values = [0.0, 0.4, 1.0]
     warm = generate(pipe, picture(31), values)
     warm = generate(pipe, picture(31), values)  # features from the reference cache
-    pipe.flexip.cache_kv = False
+    pipe.flexip._cache_kv = False
     cache = pipe.flexip.reference_cache
     pipe.flexip.reference_cache = ReferenceCache(pipe.flexip.reference_encoder, capacity=0)
     try:
         cold = generate(pipe, picture(31), values)
     finally:
-        pipe.flexip.cache_kv, pipe.flexip.reference_cache = True, cache
+        pipe.flexip._cache_kv, pipe.flexip.reference_cache = True, cache
     np.testing.assert_allclose(warm, cold, atol=1e-6)
     assert np.abs(warm[0] - warm[-1]).max() > 1e-3  # the branches act

@@ -210,7 +210,8 @@ def _fsdp_worker(rank: int, world: int, port: int, kit: Path, directory: Path) -
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from flexip.errors import FlexIPError
-    from flexip.models.adapter import WEIGHTS_NAME, FlexIPAdapter
+    from flexip.models.adapter import FlexIPAdapter
+    from flexip.models.files import WEIGHTS_NAME
     from flexip.training.config import TrainConfig
     from flexip.training.optimization import build_optimizer
     from flexip.training.sharded import fsdp_adapter_state, load_fsdp_state, save_fsdp_state, write_adapter

@@ -220,7 +220,7 @@ def check_blocks(adapter: str | None, values: list, scale) -> None:
     the embedded model, or an adapter that cannot be read (loading it says why), the call checks them."""
     import json
 
-    from ..models.adapter import CONFIG_NAME
+    from ..models.files import CONFIG_NAME
     from ..pipeline.dial import check_dials, check_layer_scale
 
     if adapter is None or not any(isinstance(value, dict) for value in [*values, scale]):

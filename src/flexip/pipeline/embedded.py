@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomic import atomic_directory
-from ..models.adapter import CONFIG_NAME
+from ..models.files import CONFIG_NAME
 from ..tiny import ModelSet, save_tiny_model_set
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"

@@ -23,7 +23,10 @@ from torch import nn
 from ..errors import FlexIPError
 from ..families import family_named
 from ..models.adapter import FlexIPAdapter
-from ..models.attention import PLAIN, BranchWeights, FlexIPAttnProcessor, FlexIPCondition, Subject
+from ..models.condition import FlexIPCondition
+from ..models.masks import PLAIN, Subject
+from ..models.processor import FlexIPAttnProcessor
+from ..models.weights import BranchWeights
 from ..reference import EncodedReference, ReferenceCache, ReferenceEncoder
 from .dial import LayerDial
 from .images import load_reference_image
@@ -74,7 +77,7 @@ class FlexIPInjection:
         self.reference_encoder = reference_encoder
         self.follow_unet = follow_unet
         # Branch K/V computed once per generation; switched off only to measure what it saves (bench/reuse.py).
-        self.cache_kv = True
+        self._cache_kv = True
         # A repeated reference image (a web page moving only the dial) is encoded once.
         self.reference_cache = ReferenceCache(reference_encoder)
         self._hook = unet.register_forward_pre_hook(self._add_condition, with_kwargs=True)
@@ -248,7 +251,7 @@ class FlexIPInjection:
         state.condition = FlexIPCondition(
             torch.cat(preservation_tokens, dim=1), torch.cat(personalization_tokens, dim=1), weights, layer_weights,
             subjects=subjects, latent_size=tuple(sample.shape[-2:]), kv_all_rows=state.scheduled,
-            kv_cache={} if self.cache_kv else None,
+            kv_cache={} if self._cache_kv else None,
         )  # fmt: skip
         return state.condition
 

@@ -5,7 +5,7 @@ weight, the weights scaled to sum to 1 (equal by default). With `reference_masks
 its own, acting only inside its mask, at its weight (1 by default: subjects in disjoint masks do not compete).
 docs/design.md ("Several references, masks") says why the branches are summed rather than the tokens
 concatenated or the features pooled. Masks are read with diffusers' `IPAdapterMaskProcessor` (grayscale,
-binarised at 0.5) and resized to every layer's grid inside the attention (`models.attention.Subject`).
+binarised at 0.5) and resized to every layer's grid inside the attention (`models.masks.Subject`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
 from ..errors import FlexIPError
-from ..models.attention import PLAIN, Subject
+from ..models.masks import PLAIN, Subject
 from .checks import MAX_SCALE, as_number
 from .images import mask_to_gray
 

@@ -36,7 +36,8 @@ from torch import nn
 
 from ..atomic import atomic_write_bytes
 from ..errors import FlexIPError
-from ..models.adapter import WEIGHTS_NAME, FlexIPAdapter
+from ..models.adapter import FlexIPAdapter
+from ..models.files import WEIGHTS_NAME
 from .sharded import adapter_state, load_state, save_state, strategy, write_adapter
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")

@@ -21,7 +21,7 @@ import yaml
 from ..defaults import BASE_MODEL, DINO_ENCODER, IMAGE_ENCODER
 from ..errors import FlexIPError
 from ..families import family_named
-from ..models.adapter import GateConfig, PersonalizationConfig, PreservationConfig, check_values
+from ..models.config import GateConfig, PersonalizationConfig, PreservationConfig, check_values
 from ..models.gate import MODALITIES
 
 

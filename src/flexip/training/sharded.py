@@ -30,7 +30,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import FlexIPError
-from ..models.adapter import WEIGHTS_NAME, FlexIPAdapter, FlexIPConfig
+from ..models.adapter import FlexIPAdapter
+from ..models.config import FlexIPConfig
+from ..models.files import WEIGHTS_NAME
 from .config import TrainConfig
 from .objective import FlexIPTrainingModel
 

@@ -1,0 +1,96 @@
+"""An adapter directory on disk: `flexip_config.json` and `flexip_adapter.safetensors` (docs/formats.md).
+
+Writes are atomic (a new directory appears whole; in an existing one each file is replaced on its own), and
+reading checks every tensor against the adapter the config describes before any weight is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from ..atomic import atomic_directory, atomic_write_bytes, recover_directory
+from ..errors import FlexIPError
+from .config import FORMAT_VERSION, FlexIPConfig
+
+CONFIG_NAME = "flexip_config.json"
+WEIGHTS_NAME = "flexip_adapter.safetensors"
+
+
+def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], config: FlexIPConfig) -> None:
+    """Write the config and the weights into `directory`; every other file in it is left alone.
+
+    A new directory appears whole; in an existing one each file is replaced atomically, the weights first: a
+    crash between the two leaves new weights under the old config, which is the same config while training,
+    and otherwise a mismatch loading names.
+    """
+    directory = recover_directory(directory)
+    files = {
+        WEIGHTS_NAME: save(state, metadata={"format": "pt", "flexip_format_version": str(FORMAT_VERSION)}),
+        CONFIG_NAME: (json.dumps(config.to_dict(), indent=2) + "\n").encode(),
+    }
+    if directory.exists() and not directory.is_dir():
+        raise FlexIPError(f"{directory} is a file; save the adapter into a folder")
+    if directory.is_dir():
+        for name, data in files.items():
+            atomic_write_bytes(directory / name, data)
+        return
+    with atomic_directory(directory) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+
+
+def read_config(directory: str | os.PathLike) -> tuple[Path, FlexIPConfig]:
+    """(the directory, its checked config); both files must be there."""
+    directory = recover_directory(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FlexIPError(
+                f"{path} not found: an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+                "(written by FlexIPAdapter.save_pretrained or `flexip train`)"
+            )
+    try:
+        config_data = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FlexIPError(f"{config_path} is not valid JSON ({e}); re-export the adapter") from e
+    if not isinstance(config_data, dict):
+        raise FlexIPError(f"{config_path}: expected a JSON object of settings; re-export the adapter")
+    return directory, FlexIPConfig.from_dict(config_data, source=str(config_path))
+
+
+def read_weights(directory: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights file's tensors, each checked against `expected` (the state dict the config implies): the
+    same names and shapes, floating point, finite."""
+    weights_path = directory / WEIGHTS_NAME
+    try:
+        state = load_file(weights_path)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise FlexIPError(f"{weights_path} is not a readable safetensors file ({e}); re-export the adapter") from e
+    for name, tensor in expected.items():
+        if name not in state:
+            raise FlexIPError(f"{weights_path}: tensor {name} is missing; the file does not match {CONFIG_NAME}")
+        if not state[name].is_floating_point():  # loading would cast it silently into the float parameter
+            raise FlexIPError(
+                f"{weights_path}: tensor {name} holds {str(state[name].dtype).removeprefix('torch.')} values, not "
+                "floating-point weights; the file is not a FlexIP adapter's: re-export the adapter"
+            )
+        if state[name].shape != tensor.shape:
+            raise FlexIPError(
+                f"{weights_path}: tensor {name} has shape {tuple(state[name].shape)}, "
+                f"{CONFIG_NAME} implies {tuple(tensor.shape)}"
+            )
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise FlexIPError(f"{weights_path}: unexpected tensor {unexpected[0]} ({len(unexpected)} in all)")
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        raise FlexIPError(
+            f"{weights_path}: tensor {broken[0]} holds NaN or infinite values ({len(broken)} tensors in all), "
+            "which would give blank images; use an earlier checkpoint of the training run"
+        )
+    return state
