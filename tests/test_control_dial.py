@@ -9,7 +9,8 @@ from PIL import Image
 
 from fixtures import tiny_flexip_pipe
 from flexip import DialSchedule, FlexIPError
-from flexip.pipeline.dial import block_values, check_dials, check_layer_scale, layer_position
+from flexip.denoisers import UNET
+from flexip.pipeline.dial import block_values, check_dials, check_layer_scale
 
 STEPS = 3
 FAMILIES = ["sd15", "sdxl"]
@@ -39,15 +40,15 @@ def one_layer_dict(pipe, value: float, others: float = 0.5) -> tuple[str, dict]:
     """The last up layer of the UNet, and a finer per-block dict giving it `value` and every other layer `others`:
     its block is named attention by attention (diffusers' list form)."""
     layers = layers_of(pipe)
-    ups = [layer for layer in layers if layer_position(layer)[0] == "up"]
+    ups = [layer for layer in layers if UNET.block_of(layer)[0] == "up"]
     chosen = ups[-1]
-    _, block, attention = layer_position(chosen)
-    count = 1 + max(layer_position(layer)[2] for layer in ups if layer_position(layer)[1] == block)
+    _, block, attention = UNET.block_of(chosen)
+    count = 1 + max(UNET.block_of(layer)[2] for layer in ups if UNET.block_of(layer)[1] == block)
     values = [others] * count
     values[attention] = value
     # Every transformer block of the chosen attention shares its value: SDXL's attentions hold several.
-    sharing = [layer for layer in layers if layer_position(layer) == ("up", block, attention)]
-    up = {f"block_{layer_position(layer)[1]}": others for layer in ups}
+    sharing = [layer for layer in layers if UNET.block_of(layer) == ("up", block, attention)]
+    up = {f"block_{UNET.block_of(layer)[1]}": others for layer in ups}
     return sharing, {"down": others, "mid": others, "up": {**up, f"block_{block}": values}}
 
 
@@ -201,17 +202,17 @@ def test_dial_mistakes_are_one_line_errors(tiny_models):
               "up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor",
               "up_blocks.1.attentions.1.transformer_blocks.0.attn2.processor"]  # fmt: skip
     mistakes = {
-        "unknown block 'dwn'": lambda: check_dials({"dwn": 0.5}, layers),
+        "unknown block 'dwn'": lambda: check_dials({"dwn": 0.5}, layers, UNET),
         "'block_3' is not a block with cross-attention; this UNet's are block_1": lambda: check_dials(
-            {"up": {"block_3": 0.5}}, layers),
-        "has 3 values; this block has 2 attentions": lambda: check_dials({"up": {"block_1": [0, 1, 0]}}, layers),
-        "outside [0, 1]": lambda: check_dials({"mid": 1.5}, layers),
+            {"up": {"block_3": 0.5}}, layers, UNET),
+        "has 3 values; this block has 2 attentions": lambda: check_dials({"up": {"block_1": [0, 1, 0]}}, layers, UNET),
+        "outside [0, 1]": lambda: check_dials({"mid": 1.5}, layers, UNET),
         "DialSchedule start=1.2 is outside [0, 1]": lambda: DialSchedule(1.2, 0.0),
         "DialSchedule shape='cubic'": lambda: DialSchedule(0.2, 0.8, "cubic"),
-        "gave 2 at progress 0": lambda: check_dials(lambda progress: 2, layers),
-        "preservation[1]=[0.1]: a sweep cannot hold a list": lambda: check_dials([0.3, [0.1]], layers),
-        "scale=[1, 2]": lambda: check_layer_scale([1, 2], layers),
-        "scale['up']=20.0 is outside [0, 10]": lambda: check_layer_scale({"up": 20.0}, layers),
+        "gave 2 at progress 0": lambda: check_dials(lambda progress: 2, layers, UNET),
+        "preservation[1]=[0.1]: a sweep cannot hold a list": lambda: check_dials([0.3, [0.1]], layers, UNET),
+        "scale=[1, 2]": lambda: check_layer_scale([1, 2], layers, UNET),
+        "scale['up']=20.0 is outside [0, 10]": lambda: check_layer_scale({"up": 20.0}, layers, UNET),
     }  # fmt: skip
     for expected, make in mistakes.items():
         with pytest.raises(FlexIPError) as error:
@@ -227,8 +228,8 @@ def test_block_dicts_expand_as_diffusers_names_them():
               "up_blocks.0.attentions.0.transformer_blocks.1.attn2.processor",
               "up_blocks.0.attentions.1.transformer_blocks.0.attn2.processor"]  # fmt: skip
     # InstantStyle's "style blocks only", in diffusers' set_ip_adapter_scale form
-    assert block_values({"up": {"block_0": [0.0, 1.0]}}, layers, "scale", 1.0, 10.0) == (1, 1, 1, 0, 0, 1)
-    assert block_values({"down": {"block_1": [0.2, 0.3]}, "mid": [0.4]}, layers, "g", 0.5, 1.0) == (
+    assert block_values({"up": {"block_0": [0.0, 1.0]}}, layers, UNET, "scale", 1.0, 10.0) == (1, 1, 1, 0, 0, 1)
+    assert block_values({"down": {"block_1": [0.2, 0.3]}, "mid": [0.4]}, layers, UNET, "g", 0.5, 1.0) == (
         0.2, 0.3, 0.4, 0.5, 0.5, 0.5)  # fmt: skip
 
 
@@ -239,7 +240,7 @@ def test_block_dicts_expand_as_diffusers_names_them():
 def test_a_schedule_has_its_shape_between_its_ends(progress, linear, cosine):
     # g = start + (end - start) * (1 - cos(pi * progress)) / 2 for cosine, by hand at 0.9 -> 0.1; what the layers get.
     for shape, expected in [("linear", linear), ("cosine", cosine)]:
-        dial = check_dials(DialSchedule(0.9, 0.1, shape), ["mid_block.attentions.0.attn2.processor"] * 3)[0]
+        dial = check_dials(DialSchedule(0.9, 0.1, shape), ["mid_block.attentions.0.attn2.processor"] * 3, UNET)[0]
         assert dial.at(progress, 3) == pytest.approx((expected,) * 3, abs=1e-8)
 
 

@@ -12,12 +12,12 @@ from safetensors import safe_open
 
 from flexip.cli import main
 from flexip.cli.demo import DEMO_REFERENCE, demo_reference
+from flexip.denoisers.unet import min_snr_weight
 from flexip.models.adapter import FlexIPAdapter
 from flexip.models.files import WEIGHTS_NAME
 from flexip.pipeline import FlexIPPipeline
 from flexip.pipeline.embedded import DEMO_MODEL_DIR, embedded_model
 from flexip.training.config import load_config
-from flexip.training.objective import min_snr_weight
 from recipes.demo import SHIPPED_DIR
 from recipes.demo import ship as ship_module
 from recipes.demo.dial import dial_pairs, measure, summarize

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bench.measure import DispatchedOps
 from flexip import FlexIPPipeline
-from flexip.models.attach import cross_attention_layers
+from flexip.models.attach import joined_layers
 from flexip.models.condition import FlexIPCondition
 from flexip.reference import ReferenceCache
 
@@ -64,7 +64,7 @@ def test_extra_ops_per_cross_attention_layer(
     multiply and an index_put where rows are skipped); filling the cache adds each branch's two projections
     (a linear and a reshape to heads each: 12 ops) and, where rows are skipped, the gather of its tokens."""
     clip, dino, text, latents = inputs(adapter, 3)
-    layers = len(cross_attention_layers(unet))
+    layers = len(joined_layers(unet))
     bare = step_ops(unet, latents, text).ops
     condition = adapter(clip, dino, text, g, cache=True)
     filling = step_ops(unet, latents, (text, condition)).ops - bare
@@ -84,7 +84,7 @@ def test_uncached_costs_the_projections_and_nothing_else(unet, adapter):
     cached = step_ops(unet, latents, (text, condition)).ops
     uncached = step_ops(unet, latents, (text, adapter(clip, dino, text, 0.5))).ops
     extra = uncached - cached
-    layers = len(cross_attention_layers(unet))
+    layers = len(joined_layers(unet))
     assert extra["mm"] == 4 * layers and sum(extra.values()) == 24 * layers, extra
 
 
@@ -92,7 +92,7 @@ def test_processor_equals_the_equation(unet, adapter):
     """Z = Attn(Q, K_text, V_text) + s·g·Attn(Q, K_P, V_P) + s·(1−g)·Attn(Q, K_S, V_S), before to_out."""
     clip, dino, text, _ = inputs(adapter, 3)
     g, s = torch.tensor([0.0, 0.3, 1.0]), 1.5
-    name, attn = next(iter(cross_attention_layers(unet).items()))
+    name, attn = next(iter(joined_layers(unet).items()))
     layer = adapter.layers[name.removesuffix(".processor").replace(".", "__")]
     hidden = torch.randn(3, 64, attn.to_q.in_features)
     with torch.no_grad():

@@ -209,7 +209,8 @@ class Service:
         values = form if isinstance(form, list) else [form]
         if len(values) > MAX_SWEEP:
             raise FlexIPError(f"dial: a sweep of {len(values)} values; give at most {MAX_SWEEP}")
-        check_dials(values, list(self.loaded.pipe.flexip.adapter.config.layers), name="dial")
+        injection = self.loaded.pipe.flexip
+        check_dials(values, list(injection.adapter.config.layers), injection.denoiser, name="dial")
         if sweep != (len(values) > 1):
             raise FlexIPError(
                 f"dial {text}: " + ("a sweep needs several values, separated by ';' (or ',' between numbers "

@@ -220,17 +220,20 @@ def check_blocks(adapter: str | None, values: list, scale) -> None:
     the embedded model, or an adapter that cannot be read (loading it says why), the call checks them."""
     import json
 
+    from ..families import FAMILIES, SD15
     from ..models.files import CONFIG_NAME
     from ..pipeline.dial import check_dials, check_layer_scale
 
     if adapter is None or not any(isinstance(value, dict) for value in [*values, scale]):
         return
     try:
-        layers = list(json.loads((Path(adapter) / CONFIG_NAME).read_text())["layers"])
-    except (OSError, ValueError, KeyError, TypeError):
+        config = json.loads((Path(adapter) / CONFIG_NAME).read_text())
+        layers = list(config["layers"])
+        family = FAMILIES[config.get("base_family", SD15.name)]  # a file without one is SD1.5's
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
-    check_dials(values, layers, name="--preservation")
-    check_layer_scale(scale, layers, name="--scale")
+    check_dials(values, layers, family.denoiser, name="--preservation")
+    check_layer_scale(scale, layers, family.denoiser, name="--scale")
 
 
 def load_models(models, sampling):

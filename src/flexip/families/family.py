@@ -15,6 +15,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..denoisers import Denoiser
+
 
 @dataclass
 class TextConditioning:
@@ -29,6 +31,7 @@ class Family(ABC):
     the four methods."""
 
     name: ClassVar[str]  # recorded in an adapter's config as `base_family`
+    denoiser: ClassVar[Denoiser]  # the kind of denoiser its pipelines run (flexip.denoisers)
     title: ClassVar[str]  # for messages: "Stable Diffusion 1.5", "SDXL"
     text_to_image: ClassVar[type]  # the diffusers text-to-image pipeline class
     text_parts: ClassVar[dict[str, type]]  # pipeline component name -> class: the text path's tokenizers, encoders

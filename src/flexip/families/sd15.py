@@ -9,11 +9,13 @@ from diffusers import StableDiffusionPipeline
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..denoisers import UNET
 from .family import Family, TextConditioning
 
 
 class StableDiffusion15(Family):
     name = "sd15"
+    denoiser = UNET
     title = "Stable Diffusion 1.5"
     text_to_image = StableDiffusionPipeline
     text_parts: ClassVar[dict[str, type]] = {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel}

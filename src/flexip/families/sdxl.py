@@ -11,12 +11,14 @@ from diffusers import StableDiffusionXLPipeline
 from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from ..denoisers import UNET
 from .family import Family, TextConditioning
 from .sd15 import tokens
 
 
 class StableDiffusionXL(Family):
     name = "sdxl"
+    denoiser = UNET
     title = "SDXL"
     text_to_image = StableDiffusionXLPipeline
     text_parts: ClassVar[dict[str, type]] = {

@@ -7,9 +7,10 @@ import os
 import torch
 from torch import nn
 
+from ..denoisers import denoiser_of
 from ..errors import FlexIPError
 from ..families import family_named, family_of_unet
-from .attach import attach, cross_attention_layers, detach
+from .attach import attach, detach, joined_layers
 from .condition import FlexIPCondition
 from .config import FORMAT_VERSION, FlexIPConfig
 from .files import CONFIG_NAME, read_config, read_weights, write_adapter
@@ -75,13 +76,14 @@ class FlexIPAdapter(nn.Module):
         **overrides,
     ) -> FlexIPAdapter:
         """A fresh adapter sized from `unet`: exactly the base model until trained (`BranchProjections.start_from`)."""
-        layers = cross_attention_layers(unet)
+        layers = joined_layers(unet)
         if not layers:
             raise FlexIPError("the UNet has no cross-attention layers: FlexIP needs a text-conditioned UNet")
         for name, attn in layers.items():
             if attn.to_k.bias is not None or attn.to_v.bias is not None:
                 raise FlexIPError(f"UNet layer {name}: K/V projections with bias are not supported")
-        widths = {attn.to_k.in_features for attn in layers.values()}
+        sizes = {name: denoiser_of(unet).layer_sizes(attn) for name, attn in layers.items()}
+        widths = {text_width for text_width, _ in sizes.values()}
         if len(widths) != 1:
             raise FlexIPError(f"the UNet's cross-attention layers take text of several widths {sorted(widths)}")
         config = FlexIPConfig.from_dict(
@@ -89,7 +91,7 @@ class FlexIPAdapter(nn.Module):
                 "cross_attention_dim": widths.pop(),
                 "clip_embed_dim": clip_embed_dim,
                 "dino_hidden_dim": dino_hidden_dim,
-                "layers": {name: [a.to_k.in_features, a.to_k.out_features] for name, a in layers.items()},
+                "layers": {name: list(size) for name, size in sizes.items()},
                 "base_model": base_model,
                 "base_family": family_of_unet(unet).name,
                 "image_encoder": image_encoder,
@@ -153,7 +155,7 @@ class FlexIPAdapter(nn.Module):
                 f"this adapter was trained for {ours.title} (base_family {ours.name!r}) but the base model is "
                 f"{theirs.title}: use a {ours.title} base, or an adapter trained for {theirs.title}"
             )
-        layers = cross_attention_layers(unet)
+        layers = joined_layers(unet)
         for name, (in_dim, out_dim) in self.config.layers.items():
             if name not in layers:
                 raise FlexIPError(
@@ -161,7 +163,7 @@ class FlexIPAdapter(nn.Module):
                     "base model architecture; use the base model it was trained with"
                 )
             attn = layers[name]
-            base = (attn.to_k.in_features, attn.to_k.out_features)
+            base = denoiser_of(unet).layer_sizes(attn)
             if base != (in_dim, out_dim):
                 raise FlexIPError(
                     f"adapter layer {name} has K/V {in_dim}->{out_dim} but the base UNet's is {base[0]}->{base[1]}: "

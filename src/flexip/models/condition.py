@@ -4,6 +4,7 @@ the cache of each layer's branch keys/values."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,8 @@ class FlexIPCondition:
     layer_weights: dict[nn.Module, BranchWeights] = field(default_factory=dict)  # by the layer's BranchProjections
     subjects: tuple[Subject, ...] = PLAIN
     latent_size: tuple[int, int] | None = None  # (height, width) of the latents: where masks are resized from
+    # The denoiser's grid of a layer (`Denoiser.layer_grid`): (positions, latent size) -> (height, width).
+    grid: Callable[[int, tuple[int, int]], tuple[int, int]] | None = None
     # True when the weights change between calls (a schedule): the cache then holds every row's keys/values
     # and each call takes its active rows from them, since the active rows may change from step to step.
     kv_all_rows: bool = False
@@ -63,6 +66,12 @@ class FlexIPCondition:
     def reweighted(self, weights: BranchWeights, layer_weights: dict[nn.Module, BranchWeights]) -> FlexIPCondition:
         """This condition with other weights, sharing its tokens, subjects and key/value cache."""
         return dataclasses.replace(self, weights=weights, layer_weights=layer_weights)
+
+    def layer_grid(self, positions: int) -> tuple[int, int]:
+        """The (height, width) of a layer with `positions` image positions: where a mask is resized to."""
+        if self.latent_size is None or self.grid is None:
+            raise ValueError("a masked reference needs the latents' size and the denoiser's grid; set both")
+        return self.grid(positions, self.latent_size)
 
     def weights_for(self, projections: nn.Module) -> BranchWeights:
         return self.layer_weights.get(projections, self.weights)

@@ -152,7 +152,7 @@ class FlexIPAttnProcessor:
             # then gives exactly the image once (0.5·A + 0.5·A is A in floating point).
             out = None
             for subject, (key, value) in zip(condition.subjects, keys_values):
-                share = subject.share(query.shape[2], condition.latent_size, query.dtype)
+                share = subject.share(query.shape[2], condition.layer_grid, query.dtype)
                 term = F.scaled_dot_product_attention(query, key, value) * share
                 out = term if out is None else out + term
 

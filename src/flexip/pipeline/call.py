@@ -41,6 +41,7 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from ..errors import FlexIPError
+from .calls import PipelineCall, pipeline_call
 from .checks import check_guidance, check_images_per_prompt, check_steps
 from .dial import check_dials, check_layer_scale
 from .injection import ReferenceInput
@@ -66,8 +67,9 @@ def flexip_call(
     """
     # 1. Validate everything before any model runs.
     layers = list(pipe.flexip.adapter.config.layers)
-    dials = check_dials(preservation, layers)
-    scales = check_layer_scale(scale, layers)
+    dials = check_dials(preservation, layers, pipe.flexip.denoiser)
+    scales = check_layer_scale(scale, layers, pipe.flexip.denoiser)
+    call = pipeline_call(pipe)
     signature = inspect.signature(stock_call)
     arguments = _named_arguments(signature, pipe, args, kwargs)
 
@@ -84,14 +86,14 @@ def flexip_call(
     if not references:
         raise FlexIPError("reference is an empty list: give one or more images of the subject")
     prepared = [pipe.flexip.prepare_reference(item) for item in references]
-    subjects = check_subjects(len(prepared), reference_weights, reference_masks, _image_size(pipe, arguments))
+    subjects = check_subjects(len(prepared), reference_weights, reference_masks, _image_size(pipe, call, arguments))
     scheduled = any(dial.schedule is not None for dial in dials)
     if scheduled and "callback_on_step_end" not in signature.parameters:
         raise FlexIPError(f"{type(pipe).__name__} takes no callback_on_step_end, which a schedule needs; give numbers")
     pipe = per_call(pipe)  # from here on, this call's own copy (threads)
 
     # 2. Encode the prompt and the references once, for all preservation values.
-    guided = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+    guided = call.guided(pipe, guidance_scale)
     embeds = pipe.flexip.family.encode_prompt(pipe, arguments, images_per_prompt, guided)
     encoded = [pipe.flexip.encode_reference(item) for item in prepared]
 
@@ -112,7 +114,7 @@ def flexip_call(
     )
     if latents is not None:
         arguments["latents"] = per_value(latents)
-    if isinstance(arguments["generator"], list) and "strength" in signature.parameters:
+    if isinstance(arguments["generator"], list) and call.starts_from_image:
         # A pipeline that starts from `image` (img2img, inpainting) VAE-encodes it with one generator per
         # image: one copy per sample makes every sample draw from its generator as a call of its own would.
         for name in ("image", "mask_image"):
@@ -122,16 +124,16 @@ def flexip_call(
         _advance_at_each_step(pipe.flexip, arguments)
 
     # 4. The stock pipeline's own loop; the injection's hook gives its UNet P, S and g.
-    with pipe.flexip.generating(encoded, subjects, dials * samples, scales, samples * repeats):
+    with pipe.flexip.generating(encoded, subjects, dials * samples, scales, samples * repeats, guided):
         return stock_call(pipe, **arguments)
 
 
-def _image_size(pipe, arguments: dict) -> tuple[int, int] | None:
+def _image_size(pipe, call: PipelineCall, arguments: dict) -> tuple[int, int] | None:
     """(height, width) of the images a call makes, where it is known before the loop: given, or a text-to-image
     pipeline's default (the UNet's sample size); other pipelines take it from their input image."""
     height, width = arguments.get("height"), arguments.get("width")
-    if height is None and width is None and isinstance(pipe, pipe.flexip.family.text_to_image):
-        side = pipe.unet.config.sample_size * pipe.vae_scale_factor  # as diffusers' text-to-image pipelines do
+    if height is None and width is None and call.default_size:
+        side = call.model(pipe).config.sample_size * pipe.vae_scale_factor  # as diffusers' text-to-image pipelines do
         return side, side
     return None if height is None or width is None else (height, width)
 

@@ -21,17 +21,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..denoisers import DENOISERS, Denoiser
 from ..errors import FlexIPError
 from .checks import MAX_SCALE, as_number
 
 DEFAULT_PRESERVATION = 0.5  # the call's default g, and that of the blocks a dictionary does not name
 DEFAULT_SCALE = 1.0
-BLOCKS = ("down", "mid", "up")
 SHAPES = ("linear", "cosine")
 # Where a schedule given as any callable is tried at the boundary, before the first step.
 PROBES = (0.0, 0.5, 1.0)
 
-_LAYER = re.compile(r"^(?:(down|up)_blocks\.(\d+)|(mid)_block)\.attentions\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -94,12 +93,13 @@ def _scheduled(schedule: Callable[[float], float], progress: float, name: str) -
     return number
 
 
-def check_dials(preservation, layers: Sequence[str], name: str = "preservation") -> list[LayerDial]:
-    """A `preservation` of any form, or a list of them (a sweep) -> one checked `LayerDial` per value."""
+def check_dials(preservation, layers: Sequence[str], denoiser: Denoiser, name: str = "preservation") -> list[LayerDial]:
+    """A `preservation` of any form, or a list of them (a sweep) -> one checked `LayerDial` per value; `layers`
+    are the adapter's, which `denoiser` places in its blocks."""
     values = list(preservation) if isinstance(preservation, (list, tuple)) else [preservation]
     if not values:
         raise FlexIPError(f"{name} is empty: give one value in [0, 1], a per-block dict, a schedule, or a list of them")
-    return [_check_one(value, layers, f"{name}[{index}]" if len(values) > 1 else name)
+    return [_check_one(value, layers, denoiser, f"{name}[{index}]" if len(values) > 1 else name)
             for index, value in enumerate(values)]  # fmt: skip
 
 
@@ -107,9 +107,10 @@ def check_form(value, name: str, most: float = 1.0) -> None:
     """What can be checked of one form before the model is known: its numbers' range, a dict's block names,
     a callable's values (`check_dials` checks block indices and list lengths against the adapter's layers)."""
     if isinstance(value, dict):
-        unknown = sorted(str(key) for key in value if key not in BLOCKS)
+        blocks = sorted({block for denoiser in DENOISERS.values() for block in denoiser.blocks})
+        unknown = sorted(str(key) for key in value if key not in blocks)
         if unknown:
-            raise FlexIPError(f"{name}: unknown block {unknown[0]!r}; the keys are {', '.join(BLOCKS)}")
+            raise FlexIPError(f"{name}: unknown block {unknown[0]!r}; the keys are {', '.join(blocks)}")
         for part, spec in value.items():
             entries = spec.values() if isinstance(spec, dict) else [spec]
             for entry in entries:
@@ -122,11 +123,11 @@ def check_form(value, name: str, most: float = 1.0) -> None:
         _in_range(value, name, most)
 
 
-def _check_one(value, layers: Sequence[str], name: str) -> LayerDial:
+def _check_one(value, layers: Sequence[str], denoiser: Denoiser, name: str) -> LayerDial:
     if isinstance(value, (list, tuple)):
         raise FlexIPError(f"{name}={value!r}: a sweep cannot hold a list; give numbers, dicts or schedules")
     if isinstance(value, dict):
-        return LayerDial(block_values(value, layers, name, DEFAULT_PRESERVATION, 1.0), name=name)
+        return LayerDial(block_values(value, layers, denoiser, name, DEFAULT_PRESERVATION, 1.0), name=name)
     if callable(value):
         for progress in PROBES:
             _scheduled(value, progress, name)
@@ -134,10 +135,10 @@ def _check_one(value, layers: Sequence[str], name: str) -> LayerDial:
     return LayerDial((_in_range(value, name, 1.0),) * len(layers), name=name)
 
 
-def check_layer_scale(scale, layers: Sequence[str], name: str = "scale") -> tuple[float, ...]:
+def check_layer_scale(scale, layers: Sequence[str], denoiser: Denoiser, name: str = "scale") -> tuple[float, ...]:
     """The adapters' strength s, one number or a per-block dict -> one value per layer."""
     if isinstance(scale, dict):
-        return block_values(scale, layers, name, DEFAULT_SCALE, MAX_SCALE)
+        return block_values(scale, layers, denoiser, name, DEFAULT_SCALE, MAX_SCALE)
     if isinstance(scale, (list, tuple)) or callable(scale):
         raise FlexIPError(f"{name}={scale!r}: give one number from 0 to {MAX_SCALE:g}, or a per-block dict")
     return (_in_range(scale, name, MAX_SCALE),) * len(layers)
@@ -154,25 +155,19 @@ def _in_range(value, name: str, most: float) -> float:
     return number
 
 
-def layer_position(layer: str) -> tuple[str, int, int] | None:
-    """("down" | "mid" | "up", block index, attention index) of a cross-attention layer's processor name."""
-    match = _LAYER.match(layer)
-    if match is None:
-        return None
-    part, block, mid, attention = match.groups()
-    return (part, int(block), int(attention)) if mid is None else ("mid", 0, int(attention))
-
-
-def block_values(value: dict, layers: Sequence[str], name: str, default: float, most: float) -> tuple[float, ...]:
+def block_values(
+    value: dict, layers: Sequence[str], denoiser: Denoiser, name: str, default: float, most: float
+) -> tuple[float, ...]:
     """A per-block dict (diffusers' `set_ip_adapter_scale` form) -> one value per layer; unnamed blocks get
-    `default`. Every key must name a block with cross-attention layers, every list one value per attention."""
-    unknown = sorted(str(key) for key in value if key not in BLOCKS)
+    `default`. Every key must name a block with joined layers (`denoiser.block_of`), every list one value per
+    attention."""
+    unknown = sorted(str(key) for key in value if key not in denoiser.blocks)
     if unknown:
-        raise FlexIPError(f"{name}: unknown block {unknown[0]!r}; the keys are {', '.join(BLOCKS)}")
-    positions = [layer_position(layer) for layer in layers]
+        raise FlexIPError(f"{name}: unknown block {unknown[0]!r}; the keys are {', '.join(denoiser.blocks)}")
+    positions = [denoiser.block_of(layer) for layer in layers]
     if None in positions:
-        raise FlexIPError(f"{name}: layer {layers[positions.index(None)]} is in no down/mid/up block of this UNet; "
-                          "give one number instead of a dict")  # fmt: skip
+        raise FlexIPError(f"{name}: layer {layers[positions.index(None)]} is in no {'/'.join(denoiser.blocks)} "
+                          "block of this model; give one number instead of a dict")  # fmt: skip
     attentions: dict[tuple[str, int], int] = {}  # (part, block) -> attentions with cross-attention
     for part, block, attention in positions:
         attentions[part, block] = max(attentions.get((part, block), 0), attention + 1)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..denoisers import denoiser_of
 from ..errors import FlexIPError
 from ..families import family_named
 from ..models.adapter import FlexIPAdapter
@@ -44,7 +45,8 @@ class _Generation:
     subjects: tuple[Subject, ...]  # how each reference's branches enter the layers (PLAIN: one reference)
     dials: list[LayerDial]  # g of each conditional sample, per layer or over the steps
     scales: tuple[float, ...]  # s of each layer
-    num_samples: int  # conditional samples per UNet call; guidance doubles the batch
+    num_samples: int  # conditional samples per UNet call
+    guided: bool  # each UNet call's batch is an unconditional half, then the conditional half (calls.py)
     progress: float = 0.0  # of the denoising steps: 0 at the first executed step, 1 at the last (`advance`)
     text: torch.Tensor | None = field(default=None)
     condition: FlexIPCondition | None = field(default=None)
@@ -72,6 +74,7 @@ class FlexIPInjection:
         `pipe.to(...)`); training's validation turns it off, since its adapter stays float32 under autocast.
         """
         self.unet = unet
+        self.denoiser = denoiser_of(unet)  # where its layers are, how a call's condition reaches them
         self.adapter = adapter
         self.family = family_named(adapter.config.base_family)  # how the call encodes its prompt
         self.reference_encoder = reference_encoder
@@ -161,12 +164,13 @@ class FlexIPInjection:
     @contextlib.contextmanager
     def generating(
         self, references: list[EncodedReference], subjects: tuple[Subject, ...], dials: list[LayerDial],
-        scales: tuple[float, ...], num_samples: int,
+        scales: tuple[float, ...], num_samples: int, guided: bool,
     ) -> Iterator[None]:  # fmt: skip
         """While inside, this thread's UNet calls see `references` combined as `subjects`, g of each sample from
-        `dials` and s of each layer from `scales` (both in the adapter's layer order)."""
+        `dials` and s of each layer from `scales` (both in the adapter's layer order); with `guided`, each
+        call's batch is the unconditional half (the null reference) and then the `num_samples` conditional ones."""
         self._follow_unet()
-        state = _Generation(self, references, subjects, dials, scales, num_samples)
+        state = _Generation(self, references, subjects, dials, scales, num_samples, guided)
         token = _CURRENT.set(state)
         try:
             yield
@@ -193,13 +197,7 @@ class FlexIPInjection:
         state = _CURRENT.get()
         if state is None or state.injection is not self:
             return None
-        sample = kwargs["sample"] if "sample" in kwargs else args[0]
-        if "encoder_hidden_states" in kwargs:
-            text = kwargs["encoder_hidden_states"]
-            kwargs["encoder_hidden_states"] = (text, self._condition(state, text, sample))
-        else:  # positional: unet(sample, timestep, encoder_hidden_states, ...)
-            args = (*args[:2], (args[2], self._condition(state, args[2], sample)), *args[3:])
-        return args, kwargs
+        return self.denoiser.with_condition(args, kwargs, lambda text, sample: self._condition(state, text, sample))
 
     def _condition(self, state: _Generation, text: torch.Tensor, sample: torch.Tensor) -> FlexIPCondition:
         if not isinstance(text, torch.Tensor):
@@ -213,10 +211,10 @@ class FlexIPInjection:
                 return state.condition.reweighted(*self._weights(state, text))
             return state.condition
         n = state.num_samples
-        if text.shape[0] not in (n, 2 * n):
+        if text.shape[0] != (2 * n if state.guided else n):
             raise FlexIPError(
-                f"the UNet got a batch of {text.shape[0]} text embeddings, FlexIP expected {n} "
-                f"(or {2 * n} with guidance)"
+                f"the UNet got a batch of {text.shape[0]} text embeddings, where this call makes "
+                f"{2 * n if state.guided else n} ({n} samples{', with guidance' if state.guided else ''})"
             )
         weights, layer_weights = self._weights(state, text)
         every = [weights, *layer_weights.values()]
@@ -231,7 +229,7 @@ class FlexIPInjection:
             reference = reference.to(text.device, text.dtype)
             clip_embeds = reference.clip_embeds.expand(n, -1)
             dino_tokens = reference.dino_tokens.expand(n, -1, -1)
-            if text.shape[0] == 2 * n:
+            if state.guided:
                 # Guidance: diffusers puts the unconditional half first. It gets the null reference (method.md
                 # §4); its S comes from the negative prompt's embeddings, which are that half of `text`.
                 null = reference.null()
@@ -250,8 +248,8 @@ class FlexIPInjection:
         state.text = text
         state.condition = FlexIPCondition(
             torch.cat(preservation_tokens, dim=1), torch.cat(personalization_tokens, dim=1), weights, layer_weights,
-            subjects=subjects, latent_size=tuple(sample.shape[-2:]), kv_all_rows=state.scheduled,
-            kv_cache={} if self._cache_kv else None,
+            subjects=subjects, latent_size=tuple(sample.shape[-2:]), grid=self.denoiser.layer_grid,
+            kv_all_rows=state.scheduled, kv_cache={} if self._cache_kv else None,
         )  # fmt: skip
         return state.condition
 
@@ -261,7 +259,7 @@ class FlexIPInjection:
         host synchronisation, and moved to the text's device."""
         layers = self.adapter.layer_projections()
         g = torch.tensor([dial.at(state.progress, len(layers)) for dial in state.dials])  # (samples, layers)
-        if text.shape[0] == 2 * state.num_samples:
+        if state.guided:
             g = g.repeat(2, 1)  # the unconditional half first, sample for sample
         s = torch.tensor(state.scales)
         preservation, personalization = s * g, s * (1 - g)

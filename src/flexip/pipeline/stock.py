@@ -18,6 +18,7 @@ import os
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from .call import flexip_call, per_call
+from .calls import pipeline_call
 from .dial import DEFAULT_PRESERVATION, DEFAULT_SCALE
 from .injection import FlexIPInjection, ReferenceInput
 
@@ -37,11 +38,9 @@ def load_flexip(
     """
     if getattr(pipe, "flexip", None) is not None:
         raise FlexIPError("FlexIP is already loaded on this pipeline; call flexip.unload_flexip(pipe) first")
-    unet = getattr(pipe, "unet", None)
-    if unet is None or not callable(pipe) or not hasattr(pipe, "encode_prompt"):
-        raise FlexIPError(f"{type(pipe).__name__} has no UNet: load_flexip needs a Stable Diffusion pipeline")
-    parameter = next(unet.parameters())
-    injection = FlexIPInjection.load(unet, adapter, image_encoder, dino_encoder, torch_dtype=parameter.dtype)
+    model = pipeline_call(pipe).model(pipe)  # a pipeline class FlexIP knows, or one line naming those it does
+    parameter = next(model.parameters())
+    injection = FlexIPInjection.load(model, adapter, image_encoder, dino_encoder, torch_dtype=parameter.dtype)
     injection.stock_class = type(pipe)
     pipe.flexip = injection
     pipe.__class__ = _with_reference(type(pipe))

@@ -104,13 +104,9 @@ def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
         return part(cls, subfolder, use_safetensors=True, **kwargs)
 
     scheduler = part(DDPMScheduler, "scheduler")
-    if scheduler.config.prediction_type != "epsilon":
-        raise FlexIPError(
-            f"config model.base {base!r} predicts {scheduler.config.prediction_type!r}; FlexIP trains with the "
-            "epsilon objective (method.md §3): use an epsilon-prediction model such as Stable Diffusion 1.5"
-        )
     unet = weights(UNet2DConditionModel, "unet", torch_dtype=dtype)
     family = family_of_unet(unet)
+    family.denoiser.check_schedule(scheduler, f"config model.base {base!r}")
     text = {
         name: part(cls, name) if "tokenizer" in name else weights(cls, name, dtype=dtype)
         for name, cls in family.text_parts.items()

@@ -1,4 +1,5 @@
-"""The training objective (method.md §3): epsilon-prediction MSE of the frozen UNet with the gated adapters.
+"""The training objective (method.md §3): the frozen denoiser's loss with the gated adapters (for the UNet,
+epsilon-prediction MSE; the denoiser draws the noise and timesteps and says the target: `flexip.denoisers`).
 
 `encode_batch` runs the frozen encoders (no gradient) and applies condition dropout; `FlexIPTrainingModel`
 is the one module handed to `accelerator.prepare`, so DDP syncs exactly the parameters that train.
@@ -10,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler
 from torch import nn
 
+from ..denoisers import denoiser_of
 from ..models.adapter import FlexIPAdapter
 from ..models.gate import MODALITIES
 from .components import FrozenModels
@@ -74,11 +76,12 @@ class FlexIPTrainingModel(nn.Module):
     """
 
     def __init__(
-        self, unet: UNet2DConditionModel, adapter: FlexIPAdapter, noise_scheduler: DDPMScheduler,
+        self, unet: nn.Module, adapter: FlexIPAdapter, noise_scheduler: DDPMScheduler,
         min_snr_gamma: float = 0.0, subject_loss_weight: float = 0.0,
     ):  # fmt: skip
         super().__init__()
         self.unet = unet
+        self.denoiser = denoiser_of(unet)  # its objective: noise, timesteps, target and how it is called
         self.adapter = adapter
         self.noise_scheduler = noise_scheduler
         self.min_snr_gamma = min_snr_gamma
@@ -86,39 +89,26 @@ class FlexIPTrainingModel(nn.Module):
         adapter.attach(unet)
 
     def forward(self, batch: EncodedBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        latents = batch.latents
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        noisy, timesteps, target = self.denoiser.noisy_and_target(self.noise_scheduler, batch.latents, generator)
 
         # g per sample from its modality's logit plus noise: the gradient reaches the logits through the
         # branch weights g and 1 - g (method.md §2.4).
         g = self.adapter.gate(batch.modality, generator=generator)
         condition = self.adapter(batch.clip_embeds, batch.dino_tokens, batch.text_embeds, preservation=g)
-        prediction = self.unet(
-            noisy, timesteps, encoder_hidden_states=(batch.text_embeds, condition), added_cond_kwargs=batch.added
-        ).sample
-        per_sample = per_sample_mse(prediction, noise, batch.subject, self.subject_loss_weight)
+        prediction = self.denoiser.predict(self.unet, noisy, timesteps, batch.text_embeds, condition, batch.added)
+        per_sample = per_sample_mse(prediction, target, batch.subject, self.subject_loss_weight)
         if self.min_snr_gamma:
-            per_sample = per_sample * min_snr_weight(self.noise_scheduler, timesteps, self.min_snr_gamma)
+            per_sample = per_sample * self.denoiser.loss_weight(self.noise_scheduler, timesteps, self.min_snr_gamma)
         return per_sample.mean(), g.detach()
 
 
 def per_sample_mse(
-    prediction: torch.Tensor, noise: torch.Tensor, subject: torch.Tensor | None = None, subject_weight: float = 0.0
+    prediction: torch.Tensor, target: torch.Tensor, subject: torch.Tensor | None = None, subject_weight: float = 0.0
 ) -> torch.Tensor:
     """(batch,) mean squared error; with `subject` (batch, 1, H, W) in [0, 1], a mean weighted 1 + subject_weight
     inside it and 1 outside, normalised per sample so the loss keeps its scale."""
-    error = F.mse_loss(prediction.float(), noise.float(), reduction="none")
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
     if not subject_weight or subject is None:
         return error.mean(dim=(1, 2, 3))
     weight = 1.0 + subject_weight * subject.float()
     return (error * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))
-
-
-def min_snr_weight(noise_scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma weight of an epsilon-prediction loss: min(SNR, gamma) / SNR (Hang et al. 2023, eq. 8)."""
-    alpha_bar = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alpha_bar / (1 - alpha_bar)
-    return torch.clamp(snr, max=gamma) / snr

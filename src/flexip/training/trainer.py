@@ -26,6 +26,7 @@ from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes, check_writable
+from ..denoisers import denoiser_of
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from ..models.gate import COVERAGE_BINS, MODALITIES, coverage_counts, coverage_shares
@@ -108,16 +109,9 @@ def _free_memory(device: torch.device) -> int:
 
 
 def _check_memory(config: TrainConfig, unet, device: torch.device) -> None:
-    """Refuse a batch whose UNet activations alone cannot fit, before the first step (else the kernel kills it).
-
-    A rough estimate: for the backward pass, each UNet level keeps about 26 tensors of its width and size per
-    layer (resnet and transformer inputs, norms, attention, feed-forward), layers_per_block of them on the way
-    down and one more on the way up. On the tiny kit it gives the 24 GB a batch of 100000 was killed at.
-    """
-    latent = config.data.resolution // 8
-    per_sample = sum(
-        width * (latent // 2**level) ** 2 for level, width in enumerate(unet.config.block_out_channels)
-    ) * 26 * (2 * unet.config.layers_per_block + 1)
+    """Refuse a batch whose UNet activations alone cannot fit, before the first step (else the kernel kills it);
+    the denoiser estimates them (`Denoiser.activation_values`)."""
+    per_sample = denoiser_of(unet).activation_values(unet, config.data.resolution)
     needed = config.batch_size * per_sample * (4 if config.mixed_precision == "no" else 2)
     free = _free_memory(device)
     if needed > free:

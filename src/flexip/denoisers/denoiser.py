@@ -1,0 +1,94 @@
+"""What a kind of denoiser is to FlexIP: the few things a UNet with cross-attention, a joint-attention
+transformer or a UNet with motion modules do differently when FlexIP joins their attention.
+
+Everything else (the adapters, the gated attention processor, the condition, the dial) is shared code, sized
+from the layers the denoiser names. A denoiser module fills in the class attributes and every abstract method;
+`flexip.denoisers.register` refuses one that leaves any out (docs/design.md, "Denoisers").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+from torch import nn
+
+# Class attributes every denoiser sets.
+ATTRIBUTES = ("name", "model_class", "pipeline_attribute", "blocks")
+
+
+class Denoiser(ABC):
+    """One kind of denoiser: an interface; `unet.py` is the UNet with cross-attention (SD1.5, SDXL)."""
+
+    name: ClassVar[str]  # for messages and the registry
+    model_class: ClassVar[type]  # the diffusers model class
+    pipeline_attribute: ClassVar[str]  # where a diffusers pipeline holds it ("unet", "transformer")
+    blocks: ClassVar[tuple[str, ...]]  # the block names a per-block dial addresses, in diffusers' form
+
+    def matches(self, model: nn.Module) -> bool:
+        """Whether `model` is this kind of denoiser."""
+        return isinstance(model, self.model_class)
+
+    @abstractmethod
+    def attention_layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The attention layers FlexIP joins, by their processor names, in the model's order."""
+
+    @abstractmethod
+    def layer_sizes(self, attention: nn.Module) -> tuple[int, int]:
+        """(width of the text tokens a layer's branch keys/values read, width of its keys/values)."""
+
+    @abstractmethod
+    def block_of(self, layer: str) -> tuple[str, int, int] | None:
+        """(block name, block index, attention index within the block) of a joined layer, or None."""
+
+    @abstractmethod
+    def layer_grid(self, positions: int, latent_size: tuple[int, int]) -> tuple[int, int]:
+        """The (height, width) of a layer whose queries are `positions` image positions, for latents of
+        `latent_size`: where a reference's mask is resized to."""
+
+    @abstractmethod
+    def processors(self, model: nn.Module) -> dict[str, object]:
+        """Every attention processor of `model` by name."""
+
+    @abstractmethod
+    def set_processors(self, model: nn.Module, processors: dict[str, object]) -> None:
+        """Install `processors` (every attention processor of `model`, by name)."""
+
+    @abstractmethod
+    def with_condition(
+        self, args: tuple, kwargs: dict, condition_for: Callable[[object, object], object]
+    ) -> tuple[tuple, dict]:
+        """A denoiser call's arguments (those a forward pre-hook sees) with the per-call condition joined to
+        them so that it reaches the joined layers: `condition_for(text, sample)` builds it."""
+
+
+    # Training (method.md §3).
+
+    @abstractmethod
+    def check_schedule(self, scheduler, where: str) -> None:
+        """Refuse, naming `where`, a base whose noise schedule the denoiser's objective does not train."""
+
+    @abstractmethod
+    def noisy_and_target(self, scheduler, latents, generator) -> tuple:
+        """(noisy latents, timesteps, target) of a training batch, drawn from `generator`."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, noisy, timesteps, text, condition, added: dict | None):
+        """The model's prediction for a training batch, with the condition joined as `with_condition` joins it."""
+
+    @abstractmethod
+    def loss_weight(self, scheduler, timesteps, min_snr_gamma: float):
+        """Each sample's loss weight under min-SNR-gamma weighting."""
+
+    @abstractmethod
+    def activation_values(self, model: nn.Module, resolution: int) -> int:
+        """About how many values one sample's activations keep for the backward pass at `resolution` px."""
+
+
+def missing_pieces(cls: type) -> list[str]:
+    """What the class `cls` lacks to be a denoiser: not a Denoiser, abstract methods left, class attributes
+    unset."""
+    if not (isinstance(cls, type) and issubclass(cls, Denoiser)):
+        return [f"a subclass of Denoiser (got {cls!r})"]
+    return sorted(cls.__abstractmethods__) + [name for name in ATTRIBUTES if not hasattr(cls, name)]

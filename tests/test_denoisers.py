@@ -1,0 +1,49 @@
+"""The denoiser seam (`flexip.denoisers`) and the declared pipeline calls (`flexip.pipeline.calls`): a kind of
+denoiser that lacks a piece is refused when registered, and a pipeline class FlexIP has no declaration for is
+refused by `load_flexip` in one line naming those it supports."""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+
+import flexip
+from fixtures import stock_pipeline
+from flexip import FlexIPError
+from flexip.denoisers import DENOISERS, UNET, Denoiser, register
+from flexip.denoisers.unet import UNetCrossAttention
+from flexip.pipeline.calls import SUPPORTED
+
+
+def denoiser_without(piece: str) -> type:
+    """The UNet denoiser's class as a new module would write it, with one piece (method or attribute) left out."""
+    kept = {name: value for name, value in vars(UNetCrossAttention).items() if name not in (piece, "__dict__")}
+    return type("Forgetful", (Denoiser,), kept)
+
+
+@pytest.mark.parametrize(
+    "piece", ["attention_layers", "layer_grid", "with_condition", "noisy_and_target", "name", "pipeline_attribute"]
+)
+def test_a_denoiser_missing_a_piece_is_refused_when_registered(piece):
+    registered = dict(DENOISERS)
+    with pytest.raises(TypeError, match=f"Forgetful is not a complete denoiser: it lacks {piece}"):
+        register(denoiser_without(piece))
+    assert DENOISERS == registered
+    with pytest.raises(TypeError, match="a subclass of Denoiser"):
+        register(object)
+
+
+def test_the_unet_places_diffusers_block_names():
+    assert UNET.block_of("down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor") == ("down", 1, 0)
+    assert UNET.block_of("mid_block.attentions.0.transformer_blocks.0.attn2.processor") == ("mid", 0, 0)
+    assert UNET.block_of("up_blocks.2.attentions.1.transformer_blocks.0.attn2.processor") == ("up", 2, 1)
+    assert UNET.block_of("conv_in") is None
+
+
+def test_an_unsupported_pipeline_class_is_refused_in_one_line(tiny_models, load_test_adapter):
+    pipe = stock_pipeline("txt2img", tiny_models.base)
+    unsupported = diffusers.StableDiffusionPAGPipeline(**pipe.components)
+    with pytest.raises(FlexIPError, match="StableDiffusionPAGPipeline is not a pipeline FlexIP supports") as error:
+        flexip.load_flexip(unsupported, load_test_adapter())
+    assert "\n" not in str(error.value) and all(name in str(error.value) for name in SUPPORTED)
+    assert not hasattr(unsupported, "flexip")
