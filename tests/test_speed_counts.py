@@ -6,6 +6,8 @@ Counts, not timings (bench/ times, side by side: docs/performance.md). The bound
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,6 @@ from PIL import Image
 from bench.measure import DispatchedOps
 from flexip import FlexIPPipeline
 from flexip.models.attach import joined_layers
-from flexip.models.condition import FlexIPCondition
 from flexip.reference import ReferenceCache
 
 COPIES = {"clone", "copy_", "_to_copy"}  # data moved, not computed
@@ -126,15 +127,8 @@ def test_the_weights_stay_out_of_the_cached_keys_values(unet, adapter):
         first = adapter(clip, dino, text, 0.2, cache=True)
         unet(latents, 500, encoder_hidden_states=(text, first))
         again = adapter(clip, dino, text, 0.7)
-        moved = FlexIPCondition.create(
-            first.preservation_tokens, first.personalization_tokens,
-            again.preservation_weight, again.personalization_weight, cache=True,
-        )  # fmt: skip
-        moved.kv_cache.update(first.kv_cache)
-        fresh = FlexIPCondition.create(
-            first.preservation_tokens, first.personalization_tokens,
-            again.preservation_weight, again.personalization_weight,
-        )  # fmt: skip
+        moved = first.reweighted(again.weights, {})  # the first call's tokens and filled cache, g = 0.7
+        fresh = dataclasses.replace(moved, kv_cache=None)
         reused = unet(latents, 500, encoder_hidden_states=(text, moved)).sample
         expected = unet(latents, 500, encoder_hidden_states=(text, fresh)).sample
     assert torch.equal(reused, expected)

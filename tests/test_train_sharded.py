@@ -196,7 +196,7 @@ def _batch(adapter, step: int, rank: int):
 
     return EncodedBatch(
         draw(2, 4, 8, 8), draw(2, 7, config.cross_attention_dim), None, draw(2, config.clip_embed_dim),
-        draw(2, 5, config.dino_hidden_dim), torch.tensor([0, 1]),
+        draw(2, 5, config.dino_hidden_dim), torch.tensor([0, 1]), torch.tensor([False, False]),
     )  # fmt: skip
 
 

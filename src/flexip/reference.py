@@ -33,18 +33,6 @@ class EncodedReference:
     def __len__(self) -> int:
         return self.clip_embeds.shape[0]
 
-    def null(self) -> EncodedReference:
-        """The null reference (all-zero features): for guidance's unconditional half and condition dropout."""
-        return EncodedReference(torch.zeros_like(self.clip_embeds), torch.zeros_like(self.dino_tokens))
-
-    def dropped(self, drop: torch.Tensor) -> EncodedReference:
-        """This batch with the samples where `drop` (batch,) is True replaced by the null reference."""
-        null = self.null()
-        return EncodedReference(
-            torch.where(drop[:, None], null.clip_embeds, self.clip_embeds),
-            torch.where(drop[:, None, None], null.dino_tokens, self.dino_tokens),
-        )
-
     def to(self, device=None, dtype=None) -> EncodedReference:
         return EncodedReference(self.clip_embeds.to(device, dtype), self.dino_tokens.to(device, dtype))
 

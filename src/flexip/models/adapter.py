@@ -18,7 +18,7 @@ from .gate import DynamicWeightGate
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
 from .projections import BranchProjections
-from .weights import branch_weights
+from .weights import BranchWeights, branch_weights
 
 
 def check_fits(config: FlexIPConfig, source: str) -> None:
@@ -115,22 +115,49 @@ class FlexIPAdapter(nn.Module):
         preservation: torch.Tensor | float,
         scale: torch.Tensor | float = 1.0,
         cache: bool = False,
+        null_rows: torch.Tensor | None = None,
     ) -> FlexIPCondition:
-        """Encode P and S for a batch; pass the result to the UNet as `encoder_hidden_states=(text, condition)`.
-
-        A branch that no sample uses (all g = 0, all g = 1, or s = 0) is not computed.
-        """
+        """The condition of a batch with one reference per sample and g, s per sample (training; direct calls):
+        pass it as `encoder_hidden_states=(text, condition)`. Samples in `null_rows` get the null reference
+        (condition dropout). Built by `condition`, as a pipeline's are."""
         batch = text_embeds.shape[0]
         preservation_weight, personalization_weight = branch_weights(preservation, scale, batch, text_embeds.device)
-        empty = text_embeds.new_zeros(batch, 0, text_embeds.shape[-1])
-        preservation_tokens = (
-            self.preservation(clip_embeds, dino_tokens) if preservation_weight.any() else empty
+        # Computed once per condition: one host sync per call, not one per layer.
+        weights = BranchWeights.create(preservation_weight, personalization_weight, text_embeds.dtype)
+        return self.condition(
+            [(clip_embeds, dino_tokens)], text_embeds, weights, null_rows=null_rows, kv_cache={} if cache else None
         )
-        personalization_tokens = (
-            self.personalization(clip_embeds, text_embeds) if personalization_weight.any() else empty
-        )
-        return FlexIPCondition.create(
-            preservation_tokens, personalization_tokens, preservation_weight, personalization_weight, cache=cache
+
+    def condition(
+        self, references: list[tuple[torch.Tensor, torch.Tensor]], text: torch.Tensor, weights: BranchWeights,
+        layer_weights: dict[nn.Module, BranchWeights] | None = None, *, null_rows: torch.Tensor | None = None,
+        may_use: tuple[bool, bool] = (False, False), **condition,
+    ) -> FlexIPCondition:  # fmt: skip
+        """A denoiser call's condition: the one builder, for training and generation alike (method.md §2.3, §4).
+
+        `references` holds each subject's (CLIP embedding (rows, d), DINOv2 tokens (rows, n, d)), a row per sample
+        of the call; the rows in `null_rows` get the null reference, all-zero features (guidance's unconditional
+        half; condition dropout), which both adapters then encode. `text` is what S re-samples (the negative
+        prompt's embeddings in guidance's half). `weights` (and `layer_weights`, the layers whose differ) are
+        s·g and s·(1−g); a branch that no row of any layer uses is not computed, unless `may_use` (Preservation,
+        Personalization) says a later step may use it (a dial over the steps). The other keywords are the
+        `FlexIPCondition`'s (subjects, latent_size, grid, kv_all_rows, kv_cache).
+        """
+        layer_weights = layer_weights or {}
+        every = [weights, *layer_weights.values()]
+        needs_preservation = may_use[0] or any(w.uses("preservation") for w in every)
+        needs_personalization = may_use[1] or any(w.uses("personalization") for w in every)
+        empty = text.new_zeros(text.shape[0], 0, text.shape[-1])
+        preservation_tokens, personalization_tokens = [], []
+        for clip_embeds, dino_tokens in references:
+            if null_rows is not None:
+                clip_embeds = torch.where(null_rows[:, None], torch.zeros_like(clip_embeds), clip_embeds)
+                dino_tokens = torch.where(null_rows[:, None, None], torch.zeros_like(dino_tokens), dino_tokens)
+            preservation_tokens.append(self.preservation(clip_embeds, dino_tokens) if needs_preservation else empty)
+            personalization_tokens.append(self.personalization(clip_embeds, text) if needs_personalization else empty)
+        return FlexIPCondition(
+            torch.cat(preservation_tokens, dim=1), torch.cat(personalization_tokens, dim=1), weights, layer_weights,
+            **condition,
         )
 
     def layer_projections(self) -> dict[str, BranchProjections]:

@@ -18,7 +18,7 @@ from .weights import BranchWeights
 class FlexIPCondition:
     """What one UNet call needs to add the two branches: tokens P and S, the subjects, and the branch weights.
 
-    Build it with `FlexIPCondition.create`. With `cache=True` each layer keeps its branch keys/values after
+    Built by `FlexIPAdapter.condition` (training and generation alike). With `cache=True` each layer keeps its branch keys/values after
     the first call, so a generation computes them once rather than once per denoising step; a condition
     with a cache must therefore only be reused with the same tokens (the pipeline makes one per call). The
     weights never enter the cache: they scale each branch's attention output, so they may change between
@@ -47,21 +47,6 @@ class FlexIPCondition:
 
     def __post_init__(self):
         self.mixed = self.subjects is not PLAIN
-
-    @classmethod
-    def create(
-        cls,
-        preservation_tokens: torch.Tensor,
-        personalization_tokens: torch.Tensor,
-        preservation_weight: torch.Tensor,
-        personalization_weight: torch.Tensor,
-        cache: bool = False,
-    ) -> FlexIPCondition:
-        """One reference's tokens, with the per-sample weights s·g and s·(1−g) of every layer (training, and
-        direct UNet calls); the pipeline builds its conditions, per layer and per reference, itself."""
-        # Computed once per condition: one host sync per UNet call, not one per layer.
-        weights = BranchWeights.create(preservation_weight, personalization_weight, preservation_tokens.dtype)
-        return cls(preservation_tokens, personalization_tokens, weights, kv_cache={} if cache else None)
 
     def reweighted(self, weights: BranchWeights, layer_weights: dict[nn.Module, BranchWeights]) -> FlexIPCondition:
         """This condition with other weights, sharing its tokens, subjects and key/value cache."""

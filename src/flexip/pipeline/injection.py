@@ -217,26 +217,17 @@ class FlexIPInjection:
                 f"{2 * n if state.guided else n} ({n} samples{', with guidance' if state.guided else ''})"
             )
         weights, layer_weights = self._weights(state, text)
-        every = [weights, *layer_weights.values()]
-        # A branch no row uses is not computed; under a schedule, one that some step may use is.
+        # Under a schedule, a branch that some step may use is computed even if this step's weights skip it.
         moving = [dial for dial in state.dials if dial.schedule is not None and any(state.scales)]
-        needs_preservation = any(w.uses("preservation") for w in every) or any(d.reaches(0.0) for d in moving)
-        needs_personalization = any(w.uses("personalization") for w in every) or any(d.reaches(1.0) for d in moving)
-        empty = text.new_zeros(text.shape[0], 0, text.shape[-1])
-        adapter = self.adapter
-        preservation_tokens, personalization_tokens = [], []
-        for reference in state.references:
-            reference = reference.to(text.device, text.dtype)
-            clip_embeds = reference.clip_embeds.expand(n, -1)
-            dino_tokens = reference.dino_tokens.expand(n, -1, -1)
-            if state.guided:
-                # Guidance: diffusers puts the unconditional half first. It gets the null reference (method.md
-                # §4); its S comes from the negative prompt's embeddings, which are that half of `text`.
-                null = reference.null()
-                clip_embeds = torch.cat([null.clip_embeds.expand(n, -1), clip_embeds])
-                dino_tokens = torch.cat([null.dino_tokens.expand(n, -1, -1), dino_tokens])
-            preservation_tokens.append(adapter.preservation(clip_embeds, dino_tokens) if needs_preservation else empty)
-            personalization_tokens.append(adapter.personalization(clip_embeds, text) if needs_personalization else empty)
+        may_use = (any(d.reaches(0.0) for d in moving), any(d.reaches(1.0) for d in moving))
+        rows = text.shape[0]
+        features = [
+            (reference.clip_embeds.expand(rows, -1), reference.dino_tokens.expand(rows, -1, -1))
+            for reference in (reference.to(text.device, text.dtype) for reference in state.references)
+        ]
+        # Guidance: diffusers puts the unconditional half first. It gets the null reference (method.md §4); its
+        # S comes from the negative prompt's embeddings, which are that half of `text`.
+        null_rows = torch.arange(rows, device=text.device) < n if state.guided else None
         subjects = state.subjects
         for subject in subjects:
             if subject.mask is not None:  # the size of an image-to-image call's images is known only now
@@ -246,10 +237,10 @@ class FlexIPInjection:
                 Subject(s.weight, None if s.mask is None else s.mask.to(text.device)) for s in subjects
             )  # fmt: skip
         state.text = text
-        state.condition = FlexIPCondition(
-            torch.cat(preservation_tokens, dim=1), torch.cat(personalization_tokens, dim=1), weights, layer_weights,
-            subjects=subjects, latent_size=tuple(sample.shape[-2:]), grid=self.denoiser.layer_grid,
-            kv_all_rows=state.scheduled, kv_cache={} if self._cache_kv else None,
+        state.condition = self.adapter.condition(
+            features, text, weights, layer_weights, null_rows=null_rows, may_use=may_use, subjects=subjects,
+            latent_size=tuple(sample.shape[-2:]), grid=self.denoiser.layer_grid, kv_all_rows=state.scheduled,
+            kv_cache={} if self._cache_kv else None,
         )  # fmt: skip
         return state.condition
 

@@ -38,7 +38,6 @@ from tqdm import tqdm
 from ..atomic import atomic_write_bytes, check_writable
 from ..errors import FlexIPError
 from ..models.gate import MODALITIES
-from ..reference import EncodedReference
 from .components import DTYPES, FrozenModels, absolute_reference, load_frozen_models, prepare_tiny_models
 from .config import DropoutConfig, TrainConfig
 from .data import UNREADABLE, load_pair
@@ -346,12 +345,10 @@ def encode_cached_batch(
         for name, value in (empty.added or {}).items():
             added[name][dropped] = value.to(added[name].dtype)
     encoder_dtype = next(models.encoder.parameters()).dtype
-    reference = EncodedReference(
-        batch["clip_embeds"].to(device, encoder_dtype), batch["dino_tokens"].to(device, encoder_dtype)
-    ).dropped(drop_image.to(device))
+    clip_embeds, dino_tokens = batch["clip_embeds"].to(device, encoder_dtype), batch["dino_tokens"].to(device, encoder_dtype)
     moments = batch["moments"].to(device, models.vae.dtype)
     latents = DiagonalGaussianDistribution(moments).sample(generator) * models.vae.config.scaling_factor
     subject = batch["subject"].to(device, latents.dtype) if "subject" in batch else None
     return EncodedBatch(
-        latents, embeds, added, reference.clip_embeds, reference.dino_tokens, batch["modality"].to(device), subject
+        latents, embeds, added, clip_embeds, dino_tokens, batch["modality"].to(device), drop_image.to(device), subject
     )

@@ -29,6 +29,7 @@ class EncodedBatch:
     clip_embeds: torch.Tensor  # (batch, clip_embed_dim)
     dino_tokens: torch.Tensor  # (batch, tokens, dino_hidden_dim)
     modality: torch.Tensor  # (batch,) indices into MODALITIES
+    drop_image: torch.Tensor  # (batch,) True where condition dropout gives the sample the null reference
     subject: torch.Tensor | None = None  # (batch, 1, H/8, W/8): share of each latent pixel inside the target's mask
 
 
@@ -55,8 +56,7 @@ def encode_batch(
     captions = ["" if drop else caption for caption, drop in zip(batch["captions"], drop_text.tolist())]
     text = models.family.encode_captions(models.text, captions, batch["sizes"], device)
 
-    # Image dropout = the null reference through both adapters, as in guidance (method.md §4).
-    reference = models.encoder(batch["references"]).dropped(drop_image.to(device))
+    reference = models.encoder(batch["references"])
 
     pixels = batch["pixel_values"].to(device, models.vae.dtype)
     latents = models.vae.encode(pixels).latent_dist.sample(generator) * models.vae.config.scaling_factor
@@ -65,7 +65,7 @@ def encode_batch(
         subject = F.adaptive_avg_pool2d(batch["target_masks"].to(device, latents.dtype), latents.shape[-2:])
     return EncodedBatch(
         latents, text.embeds, text.added, reference.clip_embeds, reference.dino_tokens, batch["modality"].to(device),
-        subject,
+        drop_image.to(device), subject,
     )  # fmt: skip
 
 
@@ -94,7 +94,10 @@ class FlexIPTrainingModel(nn.Module):
         # g per sample from its modality's logit plus noise: the gradient reaches the logits through the
         # branch weights g and 1 - g (method.md §2.4).
         g = self.adapter.gate(batch.modality, generator=generator)
-        condition = self.adapter(batch.clip_embeds, batch.dino_tokens, batch.text_embeds, preservation=g)
+        # Image dropout = the null reference through both adapters, as in guidance (method.md §4).
+        condition = self.adapter(
+            batch.clip_embeds, batch.dino_tokens, batch.text_embeds, preservation=g, null_rows=batch.drop_image
+        )
         prediction = self.denoiser.predict(self.unet, noisy, timesteps, batch.text_embeds, condition, batch.added)
         per_sample = per_sample_mse(prediction, target, batch.subject, self.subject_loss_weight)
         if self.min_snr_gamma:
