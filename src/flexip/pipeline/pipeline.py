@@ -78,7 +78,8 @@ class _WithReference:
         settings = {name: stock.config[name] for name in family.pipeline_settings}
         pipe = target(**stock.components, **settings)
         pipe.register_to_config(_name_or_path=os.fspath(base))  # as diffusers' from_pretrained records it
-        pipe.flexip = FlexIPInjection.load(pipe.unet, adapter, image_encoder, dino_encoder, torch_dtype)
+        model = getattr(pipe, family.denoiser.pipeline_attribute)
+        pipe.flexip = FlexIPInjection.load(model, adapter, image_encoder, dino_encoder, torch_dtype)
         return pipe
 
     @torch.no_grad()
