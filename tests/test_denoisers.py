@@ -4,6 +4,9 @@ refused by `load_flexip` in one line naming those it supports."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import diffusers
 import pytest
 
@@ -47,3 +50,16 @@ def test_an_unsupported_pipeline_class_is_refused_in_one_line(tiny_models, load_
         flexip.load_flexip(unsupported, load_test_adapter())
     assert "\n" not in str(error.value) and all(name in str(error.value) for name in SUPPORTED)
     assert not hasattr(unsupported, "flexip")
+
+
+def test_training_loads_the_denoiser_a_base_names_and_refuses_one_it_does_not_join(tiny_models, tmp_path, capsys):
+    from fixtures import train_on_the_kit
+
+    base = shutil.copytree(tiny_models.base, tmp_path / "base")
+    index = json.loads((base / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNet2DModel"]  # an unconditional UNet: nothing for FlexIP to join
+    (base / "model_index.json").write_text(json.dumps(index))
+    assert train_on_the_kit(tiny_models, tmp_path / "run", "--set", f"model.base={base}") == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("flexip ")]
+    assert len(lines) == 1 and "names no denoiser FlexIP joins (unet: UNet2DConditionModel)" in lines[0], err

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from torch import nn
 
+from ..denoisers import DENOISERS, Denoiser
 from ..errors import FlexIPError
 from ..families import Family, family_named, family_of_unet, refuse_pickled_weights
 from ..reference import ReferenceEncoder
@@ -26,7 +27,7 @@ class FrozenModels:
     family: Family  # the base model's (flexip.families)
     text: dict[str, object]  # the family's tokenizers and text encoders, by pipeline component name
     vae: AutoencoderKL
-    unet: UNet2DConditionModel
+    unet: nn.Module  # the denoiser (a UNet2DConditionModel for SD1.5 and SDXL)
     noise_scheduler: DDPMScheduler  # the training noise schedule of the base model
     encoder: ReferenceEncoder
 
@@ -91,6 +92,20 @@ def load_reference_encoder(config: ModelConfig, dtype: torch.dtype) -> Reference
     )
 
 
+def _denoiser_of_base(base: str) -> Denoiser:
+    """The kind of denoiser a base pipeline holds, as its `model_index.json` names it (its class and where)."""
+    index = _load("base", base, lambda: DiffusionPipeline.load_config(base))
+    for denoiser in DENOISERS.values():
+        entry = index.get(denoiser.pipeline_attribute)
+        if isinstance(entry, (list, tuple)) and entry[-1] == denoiser.model_class.__name__:
+            return denoiser
+    known = ", ".join(f"{d.pipeline_attribute}: {d.model_class.__name__}" for d in DENOISERS.values())
+    raise FlexIPError(
+        f"config model.base {base!r}: its model_index.json names no denoiser FlexIP joins ({known}); give a "
+        "Stable Diffusion 1.5 or SDXL base"
+    )
+
+
 def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
     """Every frozen model, in `dtype`, with gradients off."""
     base = config.base
@@ -104,9 +119,10 @@ def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
         return part(cls, subfolder, use_safetensors=True, **kwargs)
 
     scheduler = part(DDPMScheduler, "scheduler")
-    unet = weights(UNet2DConditionModel, "unet", torch_dtype=dtype)
+    denoiser = _denoiser_of_base(base)
+    unet = weights(denoiser.model_class, denoiser.pipeline_attribute, torch_dtype=dtype)
     family = family_of_unet(unet)
-    family.denoiser.check_schedule(scheduler, f"config model.base {base!r}")
+    denoiser.check_schedule(scheduler, f"config model.base {base!r}")
     text = {
         name: part(cls, name) if "tokenizer" in name else weights(cls, name, dtype=dtype)
         for name, cls in family.text_parts.items()
