@@ -140,3 +140,22 @@ def need_shared(path: str | os.PathLike) -> Path:
     if os.environ.get("FLEXIP_REQUIRE_SHARED") == "1":
         pytest.fail(f"{reason}; FLEXIP_REQUIRE_SHARED=1 requires it")
     pytest.skip(reason)
+
+
+def cross_attention_calls(pipe, run) -> list[tuple]:
+    """(layer, hidden_states, text, condition, output) of every cross-attention call while `run()` runs."""
+    calls, hooks = [], []
+    for name in pipe.flexip.adapter.config.layers:
+        attn = pipe.unet.get_submodule(name.removesuffix(".processor"))
+
+        def hook(module, args, kwargs, output):
+            text, condition = kwargs["encoder_hidden_states"]
+            calls.append((module, args[0], text, condition, output))
+
+        hooks.append(attn.register_forward_hook(hook, with_kwargs=True))
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls

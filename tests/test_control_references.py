@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fixtures import tiny_flexip_pipe
+from fixtures import cross_attention_calls, tiny_flexip_pipe
 from flexip import FlexIPError
 
 STEPS = 3
@@ -75,25 +75,6 @@ def test_an_all_ones_mask_equals_no_mask(pipe, pictures):
 
 
 # Masks confine each subject's branches.
-
-
-def cross_attention_calls(pipe, run) -> list[tuple]:
-    """(layer, hidden_states, text, condition, output) of every cross-attention call while `run()` runs."""
-    calls, hooks = [], []
-    for name in pipe.flexip.adapter.config.layers:
-        attn = pipe.unet.get_submodule(name.removesuffix(".processor"))
-
-        def hook(module, args, kwargs, output):
-            text, condition = kwargs["encoder_hidden_states"]
-            calls.append((module, args[0], text, condition, output))
-
-        hooks.append(attn.register_forward_hook(hook, with_kwargs=True))
-    try:
-        run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return calls
 
 
 @pytest.mark.parametrize("subjects", [1, 2])

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fixtures import tiny_flexip_pipe
+from fixtures import cross_attention_calls, tiny_flexip_pipe
 from flexip import FlexIPError
 from flexip.cli import main
 from flexip.cli.generate import read_subjects
@@ -202,27 +202,6 @@ def test_masks_of_every_mode_read_as_drawn(mode):
 
 
 # Odd grids: the latents are not a power of two, so some levels' grids round up.
-
-
-def cross_attention_calls(pipe, run) -> list[tuple]:
-    """(layer, hidden_states, text, condition, output) of every cross-attention call while `run()` runs."""
-    calls, hooks = [], []
-    for name in pipe.flexip.adapter.config.layers:
-        attn = pipe.unet.get_submodule(name.removesuffix(".processor"))
-
-        def hook(module, args, kwargs, output):
-            text, condition = kwargs["encoder_hidden_states"]
-            calls.append((module, args[0], text, condition, output))
-
-        hooks.append(attn.register_forward_hook(hook, with_kwargs=True))
-    try:
-        run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return calls
-
-
 # Latent grids (rows, columns) whose levels are not powers of two: the tiny UNets' two levels are 5x5 and 3x3,
 # 5x7 and 3x4, 9x5 and 5x3, as a 520 px image gives SD1.5's 65x65, 33x33, 17x17 and 9x9. The tiny VAE halves an
 # image, and diffusers takes sizes in multiples of 8, so its own latents are multiples of 4: the call is given
