@@ -130,7 +130,7 @@ def training_losses(models, config: Path, label: str, root: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from flexip.families import SD15, SDXL
+    from flexip.families.registry import SD15, SDXL
     from flexip.tiny import save_tiny_model_set
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

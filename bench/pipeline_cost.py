@@ -52,8 +52,9 @@ from transformers import (
 from bench.measure import PeakTensorBytes, interleaved_times, interval_name, paired_ratio, verdict
 from bench.step_cost import IP_ADAPTER_PLUS, SD15_UNET, ip_adapter_plus
 from flexip import FlexIPAdapter, FlexIPPipeline
-from flexip.pipeline import FlexIPInjection
-from flexip.reference import ReferenceCache, ReferenceEncoder
+from flexip.pipeline.injection import FlexIPInjection
+from flexip.references.cache import ReferenceCache
+from flexip.references.encoder import ReferenceEncoder
 from flexip.tiny import build_tiny_base, build_tiny_image_encoders, byte_level_tokenizer
 
 VALUES = [0.0, 0.25, 0.5, 0.75, 1.0]

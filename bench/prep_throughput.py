@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import av
 import numpy as np
 
-from flexip.prep import Captioner, prepare_images, prepare_videos
-from flexip.prep.videos import sample_clip
+from flexip.prep.captions import Captioner
+from flexip.prep.images import prepare_images
+from flexip.prep.videos import prepare_videos, sample_clip
 from prep_media import noise
 from test_prep_models import save_tiny_qwen2_vl
 

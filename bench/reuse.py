@@ -26,7 +26,7 @@ from PIL import Image
 
 from bench.measure import interleaved_times, interval_name, paired_ratio, verdict
 from flexip import FlexIPPipeline
-from flexip.reference import ReferenceCache
+from flexip.references.cache import ReferenceCache
 from flexip.tiny import save_tiny_model_set
 
 VALUES = [0.0, 0.25, 0.5, 0.75, 1.0]

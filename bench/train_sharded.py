@@ -15,7 +15,7 @@ installed (`pip install deepspeed`; it is not a flexip dependency), FSDP or Deep
 enables them only there), or accelerate running the launch as another kind than the strategy's (each process
 records the kind it trained under). The exit code is 0 only when every strategy asked for passed.
 The kit is written under --out (no downloads); bf16; the batch fills the kit's 8 pairs. NOT YET RUN ON A GPU.
-Its DDP leg ran on a CPU machine (`--strategies ddp --num-processes 2`, gloo); tests/test_train_sharded.py runs
+Its DDP leg ran on a CPU machine (`--strategies ddp --num-processes 2`, gloo); tests/training/test_train_sharded.py runs
 the FSDP and DeepSpeed checkpoint paths on two gloo CPU processes.
 """
 
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_size = KIT_PAIRS // args.num_processes
     kit = args.out / f"kit-{args.family}"
     if not args.dry_run:
-        from flexip.families import family_named
+        from flexip.families.registry import family_named
         from flexip.tiny import save_tiny_model_set
 
         if args.out.exists():

@@ -36,7 +36,8 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from bench.measure import interleaved_times, interval_name, paired_ratio, verdict
 from flexip import FlexIPAdapter
-from flexip.prep import Part, write_shards
+from flexip.prep.shards import write_shards
+from flexip.prep.split import Part
 from flexip.tiny import ModelSet, save_tiny_model_set
 from flexip.training.checkpoint import TrainingState
 from flexip.training.components import load_frozen_models

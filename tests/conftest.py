@@ -1,4 +1,6 @@
-"""Shared fixtures: one tiny model set per test session, built offline and loaded through the real paths."""
+"""Shared fixtures: one tiny model set per test session, built offline and loaded through the real paths; per
+test module, an adapter and a pipeline on it, and the web page's service on the embedded demo model. The
+helpers they use, and that tests call, are in fixtures.py."""
 
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures import DEMO_MODEL, DREAMBENCH, TEST_ADAPTERS, TINY_MODELS, flexip_pipe, need_shared, picture
 from flexip import FlexIPAdapter
-from flexip.families import SDXL
+from flexip.app.service import Service
+from flexip.families.registry import SDXL
+from flexip.pipeline.front_end import load_pipeline
 from flexip.tiny import ModelSet, save_tiny_model_set
 
 torch.set_num_threads(1)
@@ -106,3 +111,64 @@ def images():
     mask = Image.new("L", (32, 32), 0)
     mask.paste(255, (8, 8, 24, 24))
     return {"references": [image(), image()], "init": image(), "control": image(), "mask": mask}
+
+
+@pytest.fixture(scope="module")
+def family() -> str:
+    """The family ("sd15" or "sdxl") of the tiny model set a module's `adapter` and `pipe` are on; a module on
+    SDXL overrides it, one on both overrides it with params."""
+    return "sd15"
+
+
+@pytest.fixture(scope="module")
+def adapter(request, family) -> FlexIPAdapter:
+    """The module's test adapter (`load_test_adapter`) for `family`: its tests attach it, never change it."""
+    return request.getfixturevalue(TEST_ADAPTERS[family])()
+
+
+@pytest.fixture(scope="module")
+def pipe(request, family, adapter):
+    """The module's FlexIPPipeline on the tiny model set of `family` with the module's `adapter`."""
+    return flexip_pipe(request.getfixturevalue(TINY_MODELS[family]).base, adapter)
+
+
+@pytest.fixture(scope="session")
+def reference() -> Image.Image:
+    """A 48x40 reference image of random pixels (`fixtures.picture(0)`)."""
+    return picture(0)
+
+
+@pytest.fixture(scope="session")
+def pictures() -> list[Image.Image]:
+    """Three 48x40 images of random pixels, all different (the first is `reference`)."""
+    generator = np.random.default_rng(0)
+    return [Image.fromarray(generator.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def four_pairs(tmp_path_factory) -> Path:
+    """The manifest of two image pairs and two video pairs of the demo world."""
+    from recipes.demo.manifest import ManifestConfig, write_manifest
+
+    root = tmp_path_factory.mktemp("four-pairs")
+    return write_manifest(root, ManifestConfig(num_images=2, num_clips=1, frames_per_clip=3, size=32))
+
+
+@pytest.fixture(scope="session")
+def dreambench() -> Path:
+    """DreamBench from the project's shared data, or a skip (a failure under CI) where it is absent."""
+    return need_shared(DREAMBENCH)
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    """The embedded demo model, loaded as the web page loads it (`fixtures.DEMO_MODEL`), no progress bar."""
+    loaded = load_pipeline(DEMO_MODEL)
+    loaded.pipe.set_progress_bar_config(disable=True)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def service(demo_model, tmp_path_factory):
+    """The web page's service on `demo_model`, writing its results in a folder of the module's."""
+    return Service(demo_model, DEMO_MODEL, tmp_path_factory.mktemp("results"))

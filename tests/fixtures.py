@@ -1,24 +1,37 @@
-"""Models only the tests need, built offline from the tiny kit's parts (`flexip.tiny`): an IP-Adapter for the
-tiny base, and the evaluation metrics' backbones; and a short `flexip train` on the kit. Kept here, not in the
-library: no user runs them."""
+"""What the tests share besides their fixtures (conftest.py): models only the tests need, built offline from
+the tiny kit's parts (`flexip.tiny`): an IP-Adapter for the tiny base, and the evaluation metrics'
+backbones; a short `flexip train` on the kit; pipelines on the kit; and the small readers and makers of test
+inputs and outputs. Kept here, not in the library: no user runs them."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
 
 from flexip.cli import main
 from flexip.evaluation.aesthetic import AestheticHead
 from flexip.evaluation.methods import IP_ADAPTER_FILES
-from flexip.families import SD15, Family
+from flexip.families.registry import SD15, Family
+from flexip.pipeline.output import SETTINGS_CHUNK
+from flexip.settings.generation import ModelSettings
 from flexip.tiny import IMAGE_SIZE, WIDTH, build_tiny_base, build_tiny_image_encoders, byte_level_tokenizer
 
-TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny.yaml"
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "train" / "tiny.yaml"
+DREAMBENCH = REPO.parent / "shared" / "data" / "dreambench"  # in the project's shared data (`need_shared`)
+DEMO_MODEL = ModelSettings(device="cpu")  # the embedded demo model, as the web page serves it by default
+# A family's name -> the conftest fixtures of its tiny model set and of its test adapter.
+TINY_MODELS = {"sd15": "tiny_models", "sdxl": "tiny_xl_models"}
+TEST_ADAPTERS = {"sd15": "load_test_adapter", "sdxl": "load_xl_test_adapter"}
 
 
 def train_on_the_kit(tiny_models, run: Path, *extra: str) -> int:
@@ -118,16 +131,32 @@ def stock_pipeline(kind: str, base, family: Family = SD15):
     return pipe
 
 
-def tiny_flexip_pipe(request, family: str):
-    """A FlexIPPipeline on the tiny model set of `family` ("sd15" or "sdxl") with the test adapter (random
-    Personalization residuals), no progress bar; `request` is the asking fixture's, to reach the session's."""
+def flexip_pipe(base, adapter):
+    """A FlexIPPipeline on the base model at `base` with `adapter`, no progress bar."""
     from flexip import FlexIPPipeline
 
-    models = request.getfixturevalue("tiny_models" if family == "sd15" else "tiny_xl_models")
-    load = request.getfixturevalue("load_test_adapter" if family == "sd15" else "load_xl_test_adapter")
-    pipe = FlexIPPipeline.from_pretrained(base=models.base, adapter=load())
+    pipe = FlexIPPipeline.from_pretrained(base, adapter=adapter)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_flexip_pipe(request, family: str):
+    """A FlexIPPipeline of its own on the tiny model set of `family` ("sd15" or "sdxl") with a fresh test
+    adapter (random Personalization residuals), for a test that changes it; `request` is the test's or the
+    fixture's."""
+    models = request.getfixturevalue(TINY_MODELS[family])
+    return flexip_pipe(models.base, request.getfixturevalue(TEST_ADAPTERS[family])())
+
+
+def poison_branch(adapter, branch: str, value: float) -> None:
+    """Fill every weight of one branch of `adapter` ("preservation" or "personalization": its token model and
+    each layer's K/V projections) with `value` (inf or NaN): any output that reads the branch shows it."""
+    modules = [getattr(adapter, branch)]
+    modules += [getattr(layer, f"to_{kind}_{branch}") for layer in adapter.layers.values() for kind in "kv"]
+    with torch.no_grad():
+        for module in modules:
+            for parameter in module.parameters():
+                parameter.fill_(value)
 
 
 def need_shared(path: str | os.PathLike) -> Path:
@@ -159,3 +188,45 @@ def cross_attention_calls(pipe, run) -> list[tuple]:
         for hook in hooks:
             hook.remove()
     return calls
+
+
+def picture(seed: int) -> Image.Image:
+    """A 48x40 image of random pixels drawn from `seed`."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+
+
+def left_half(height: int = 32, width: int = 32) -> np.ndarray:
+    """A mask of a height x width picture: ones on its left half, zeros on its right."""
+    mask = np.zeros((height, width), dtype=np.float32)
+    mask[:, : width // 2] = 1
+    return mask
+
+
+def rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON-lines file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def losses(run: Path) -> dict[int, float]:
+    """Each step's last logged loss in a training run's folder (a resumed run logs again the steps after its
+    checkpoint)."""
+    return {row["step"]: row["loss"] for row in rows(run / "metrics.jsonl")}
+
+
+def settings_of(path: str | os.PathLike) -> dict:
+    """The settings a generated image records beside its pixels (docs/formats.md)."""
+    with Image.open(path) as image:
+        return json.loads(image.text[SETTINGS_CHUNK])
+
+
+def pixels(path: str | os.PathLike) -> np.ndarray:
+    """An image file's RGB pixels, as signed integers so that differences do not wrap round."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def free_port() -> int:
+    """A TCP port of this machine that is free now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

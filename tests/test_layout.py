@@ -5,6 +5,7 @@ the library every import points down a floor."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def test_the_library_imports_neither_the_recipes_nor_the_tests():
 
 
 def test_the_demo_factory_lives_in_the_recipe_folder():
-    assert not (LIBRARY / "demo").exists(), "src/flexip/demo moved to recipes/demo"
+    assert not (LIBRARY / "demo").exists(), "the demo factory belongs in recipes/demo, not the library"
     assert (REPO / "recipes" / "demo" / "__init__.py").is_file()
 
 
@@ -60,9 +61,9 @@ def test_the_demo_factory_lives_in_the_recipe_folder():
 # top-level module) and units on lower floors; every unit of the package must be placed here.
 FLOORS = [
     {"errors"},
-    {"denoisers"},
-    {"__init__", "atomic", "defaults", "contact_sheet", "families"},
-    {"models", "reference", "schedulers", "demo_subject"},
+    {"denoisers", "model_paths", "schedulers"},
+    {"__init__", "atomic", "defaults", "contact_sheet", "text_files", "families", "settings"},
+    {"models", "references", "demo_subject"},
     {"tiny", "manifest"},
     {"pipeline"},
     {"training", "evaluation", "app", "prep"},
@@ -111,3 +112,148 @@ def test_every_import_in_the_library_points_down():
             if target != source and floor[target] >= floor[source]:
                 bad.append(f"{path.relative_to(REPO)}:{line}: {source} (floor {floor[source]}) imports {module} (floor {floor[target]})")
     assert not bad, "\n".join(bad)
+
+
+# docs/design.md: the architecture and its seams in one page, then a summary of each part linking to its decision
+# record in docs/decisions/. The cap keeps it a document a newcomer reads in ten minutes.
+DESIGN = REPO / "docs" / "design.md"
+DECISIONS = REPO / "docs" / "decisions"
+DESIGN_MAX_LINES = 650
+
+
+def test_the_design_document_stays_short():
+    lines = len(DESIGN.read_text().splitlines())
+    assert lines < DESIGN_MAX_LINES, (
+        f"docs/design.md has {lines} lines (the cap is {DESIGN_MAX_LINES}): move a part's reasoning into its "
+        "record in docs/decisions/ and leave a summary"
+    )
+
+
+def test_every_decision_record_is_linked_from_the_design_and_exists():
+    linked = set(re.findall(r"\]\((decisions/[\w.-]+\.md)\)", DESIGN.read_text()))
+    records = {f"decisions/{path.name}" for path in DECISIONS.glob("*.md")}
+    assert linked, "docs/design.md links no decision record"
+    assert not linked - records, f"docs/design.md links records that do not exist: {sorted(linked - records)}"
+    assert not records - linked, f"decision records docs/design.md does not link: {sorted(records - linked)}"
+
+
+# The code and the docs describe the project as it is, not the work that made it: no issue or pull-request
+# numbers (an upstream bug is cited by its address). `#` followed by digits counts unless it is part of a word,
+# an HTML entity, an address or a format spec.
+ISSUE_REFERENCE = re.compile(r"\b(?:[Ii]ssue|PR|[Pp]ull request)s? #?\d+|(?<![\w&/#:{])#\d+\b")
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".sh"}
+
+
+def text_files() -> list[Path]:
+    """The code, recipes, configs, benchmarks, docs and tests a reader reads (this file holds the pattern)."""
+    roots = [REPO / name for name in ("src", "recipes", "configs", "bench", "docs", "tests")]
+    found = [REPO / "README.md"]
+    for root in roots:
+        found += [path for path in root.rglob("*") if path.suffix in TEXT_SUFFIXES and path.is_file()]
+    return sorted(path for path in found if path != Path(__file__).resolve() and "egg-info" not in str(path))
+
+
+def test_the_issue_pattern_finds_issue_references():
+    found = ["the dial (is" + "sue 23)", "see #" + "12", "Iss" + "ues 4 and 5", "fixed in PR " + "7"]
+    kept = ["a 2-core machine", "colour &#39;", 'f"{x:#010x}"', "issue the request", "https://x/#12"]
+    assert all(ISSUE_REFERENCE.search(text) for text in found)
+    assert not any(ISSUE_REFERENCE.search(text) for text in kept)
+
+
+def test_every_decision_record_named_in_the_repository_exists():
+    named = {
+        (f"{path.relative_to(REPO)}", name)
+        for path in text_files()
+        for name in re.findall(r"docs/decisions/([\w.-]+\.md)", path.read_text(errors="replace"))
+    }
+    assert named  # code and docs cite the records
+    missing = sorted(
+        f"{path}: docs/decisions/{name}" for path, name in named if not (DECISIONS / name).is_file()
+    )
+    assert not missing, "no such decision record:\n" + "\n".join(missing)
+
+
+def test_no_issue_numbers_in_code_or_docs():
+    files = text_files()
+    assert len(files) > 100  # the scan found the repository
+    bad = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if ISSUE_REFERENCE.search(line)
+    ]
+    assert not bad, "describe the project, not the work that made it:\n" + "\n".join(bad)
+
+
+# A function reads on one screen: a longer one is cut into named steps. The attention processor's `__call__`
+# stays whole, every layer call visible in one forward, as diffusers keeps its processors.
+FUNCTION_MAX_LINES = 60
+WHOLE_ON_PURPOSE = {("src/flexip/models/processor.py", "FlexIPAttnProcessor.__call__")}
+
+
+def function_lengths(path: Path) -> list[tuple[str, int]]:
+    """(qualified name, lines from its `def` to its last line) of every function and method in `path`, nested
+    ones included."""
+    found = []
+
+    def visit(node, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.append((prefix + child.name, child.end_lineno - child.lineno + 1))
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), "")
+    return found
+
+
+def test_the_function_scan_measures_every_function(tmp_path):
+    source = tmp_path / "example.py"
+    source.write_text(
+        "@decorator\ndef f():\n    x = 1\n\n    return x\n\n\n"
+        "class A:\n    def m(self):\n        def inner():\n            pass\n\n        return inner\n\n\n"
+        "if True:\n\n    async def g():\n        pass\n"
+    )
+    assert function_lengths(source) == [("f", 4), ("A.m", 5), ("A.m.inner", 2), ("g", 2)]
+
+
+def test_no_function_in_the_library_is_over_the_cap():
+    long = [
+        f"{path.relative_to(REPO)}: {name} has {lines} lines"
+        for path in sorted(LIBRARY.rglob("*.py"))
+        for name, lines in function_lengths(path)
+        if lines > FUNCTION_MAX_LINES and (str(path.relative_to(REPO)), name) not in WHOLE_ON_PURPOSE
+    ]
+    assert not long, (
+        f"functions over {FUNCTION_MAX_LINES} lines from `def` to the last line: cut them into named steps\n"
+        + "\n".join(long)
+    )
+
+
+def test_package_inits_import_nothing():
+    """A package's `__init__.py` is its docstring, so importing one module of a package (a torch-free one the
+    command line needs before torch) never imports the rest; `flexip/__init__.py` exports lazily, and
+    `flexip/cli/__init__.py` is the command's entry point, `main`, on the standard library and the error type."""
+    importing = []
+    for path in LIBRARY.rglob("__init__.py"):
+        if path == LIBRARY / "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+        if path == LIBRARY / "cli" / "__init__.py":
+            imports = [node for node in imports if isinstance(node, ast.ImportFrom) and node.level
+                       and node.module != "errors"]  # fmt: skip
+        if imports:
+            importing.append(str(path.relative_to(REPO)))
+    assert not importing, f"these package inits import modules: {importing}"
+
+
+def test_tests_are_laid_out_by_room():
+    """A room's tests are in `tests/<room>/`: a folder of `src/flexip`, or `demo` (the recipe) or `bench`; the
+    rules of the whole house stay at the top."""
+    rooms = {path.name for path in LIBRARY.iterdir() if path.is_dir() and path.name != "__pycache__"}
+    folders = {path.name for path in (REPO / "tests").iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert folders - rooms <= {"demo", "bench"}, f"test folders that name no room: {sorted(folders - rooms)}"

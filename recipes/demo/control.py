@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from flexip import DialSchedule
-from flexip.pipeline.dial import dial_record, dial_text
+from flexip.settings.dial import Dial
 from recipes.demo.dial import dial_pairs, measure
 from recipes.demo.world import Scene, render, sample_identity
 
@@ -103,7 +103,7 @@ def sheets(pipe, out: Path) -> dict[str, Path]:
     for index, prompt in enumerate(prompts):
         (reference,) = subject(20 + index, [Scene(prompt.split()[2], "sky", "center", "small", "plain")])
         rows.append([reference, *generate(pipe, prompt, index, reference=reference, preservation=dials)])
-    write("schedule", rows, ["reference", *(dial_text(dial) for dial in dials)],
+    write("schedule", rows, ["reference", *(Dial(dial).text() for dial in dials)],
           "the dial over the steps (start:end)", prompts)  # fmt: skip
 
     # Two masked subjects in one picture: each subject's branches act only in its half.
@@ -156,7 +156,7 @@ def schedule_against_constant(pipe, judge, pairs: int, seeds: int, seed: int) ->
 
     rows = []
     for index, value in enumerate(MEASURED):
-        row = {"dial": dial_record(value), "text": dial_text(value),
+        row = {"dial": Dial(value).record(), "text": Dial(value).text(),
                "identity": mean_sem(identity[:, index]), "prompt": mean_sem(prompt[:, index])}  # fmt: skip
         if isinstance(value, DialSchedule):
             mean = (value.start + value.end) / 2

@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from flexip.atomic import atomic_write_bytes
     from flexip.errors import FlexIPError
-    from flexip.pipeline import FlexIPPipeline
+    from flexip.pipeline.pipeline import FlexIPPipeline
     from flexip.training.validation import png_bytes
     from recipes.demo.judge import Judge
 

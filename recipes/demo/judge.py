@@ -4,9 +4,10 @@ identity), each in 0..1.
 
 Background and position are measured analytically from pixels (background = the border's median colour, the
 subject = pixels far from it, its position = the centre of their bounding box); class, size, style and the
-identity attributes come from a small CNN trained on blurred, noisy renders (`recipes.demo.train_judge`). Size
-was analytic at first, but a bounding box misreads rotated squares, outlines and patterns whose colour is close
-to the background (89% held-out accuracy); the CNN reads it from the whole shape. Accuracy: docs/demo-model.md.
+identity attributes come from a small CNN trained on blurred, noisy renders (`recipes.demo.train_judge`).
+Size is not measured analytically: a bounding box misreads rotated squares, outlines and patterns whose colour
+is close to the background (89% held-out accuracy); the CNN reads it from the whole shape. Accuracy:
+docs/demo-model.md.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def _check_model_set(out: Path) -> None:
 def ship(adapter_dir: str | Path, out: str | Path) -> FlexIPAdapter:
     """Write the adapter at `adapter_dir` to `out` (atomically) in fp16 with model-set-relative paths, and the
     demo's reference image beside it (`<out>/../reference.png`)."""
-    from flexip.pipeline import FlexIPPipeline
+    from flexip.pipeline.pipeline import FlexIPPipeline
 
     out = Path(out)
     _check_model_set(out)

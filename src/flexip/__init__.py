@@ -1,5 +1,9 @@
 """FlexIP: zero-shot subject-driven generation with a continuous preservation/personalization dial.
 
+`__all__` is what users call: the pipelines and `load_flexip` for generation, `DialSchedule` for the dial over
+the steps, `FlexIPAdapter` and `ReferenceEncoder` (with its `EncodedReference`) for training and for encoding
+references ahead, and `FlexIPError`, the one error users see.
+
 The public names are imported on first use, so `flexip --help` and `import flexip.errors` stay fast (torch and
 diffusers take seconds to import).
 """
@@ -8,24 +12,20 @@ import importlib
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "DialSchedule": ".pipeline",
-    "EncodedReference": ".reference",
-    "FlexIPAdapter": ".models",
-    "FlexIPCondition": ".models",
-    "FlexIPConfig": ".models",
+    "DialSchedule": ".settings.dial",
+    "EncodedReference": ".references.encoded",
+    "FlexIPAdapter": ".models.adapter",
     "FlexIPError": ".errors",
-    "FlexIPPipeline": ".pipeline",
-    "FlexIPXLPipeline": ".pipeline",
-    "ReferenceEncoder": ".reference",
-    "load_flexip": ".pipeline",
-    "unload_flexip": ".pipeline",
+    "FlexIPPipeline": ".pipeline.pipeline",
+    "FlexIPXLPipeline": ".pipeline.pipeline",
+    "ReferenceEncoder": ".references.encoder",
+    "load_flexip": ".pipeline.stock",
+    "unload_flexip": ".pipeline.stock",
 }
 __all__ = [
     "DialSchedule",
     "EncodedReference",
     "FlexIPAdapter",
-    "FlexIPCondition",
-    "FlexIPConfig",
     "FlexIPError",
     "FlexIPPipeline",
     "FlexIPXLPipeline",

@@ -1,4 +1,10 @@
-"""The real models FlexIP is built on (method.md §2), named in this one place."""
+"""The models FlexIP uses when none is named: the real ones it is built on (method.md §2), and the embedded
+demo model the package ships."""
+
+from pathlib import Path
+
+# The embedded default model (a model set: base/, adapter/, encoders), package data.
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo"
 
 # Stable Diffusion v1.5: UNet, VAE, CLIP ViT-L/14 text encoder.
 BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -5,17 +5,17 @@ One reader for everyone who takes manifests: training, data preparation and the 
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
 
 from .errors import FlexIPError
-from .models.gate import MODALITIES
+from .models.config import MODALITIES
+from .text_files import read_jsonl
 
 REQUIRED_FIELDS = ("reference", "target", "caption", "modality")
 PATH_FIELDS = ("reference", "target", "mask")  # relative to the manifest's folder
 STRING_FIELDS = (*REQUIRED_FIELDS, "mask", "source")
+REMAKE = "give a training manifest: one JSON object per line (docs/formats.md)"
 
 
 def read_manifest_records(path: str | os.PathLike, check_files: bool = False) -> list[dict]:
@@ -25,23 +25,8 @@ def read_manifest_records(path: str | os.PathLike, check_files: bool = False) ->
     reason to refuse millions of good pairs.
     """
     path = Path(path)
-    try:
-        # utf-8-sig: also as editors that add a BOM save it. Lines end at \n, \r\n or \r only (never inside
-        # JSON), not at the other separators `splitlines` knows, which a JSON string may hold as is (U+2028).
-        lines = re.split(r"\r\n?|\n", path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise FlexIPError(f"manifest {path}: cannot read it ({e}); give a JSONL file (docs/formats.md)") from e
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"manifest {path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FlexIPError(f"{where}: not valid JSON ({e.msg}); each line is one JSON object") from e
-        if not isinstance(record, dict):
-            raise FlexIPError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for where, record in read_jsonl(path, REMAKE, what="manifest"):
         missing = [name for name in REQUIRED_FIELDS if name not in record]
         if missing:
             raise FlexIPError(
@@ -51,15 +36,21 @@ def read_manifest_records(path: str | os.PathLike, check_files: bool = False) ->
             if name in record and not isinstance(record[name], str):
                 raise FlexIPError(f"{where}: field {name!r} must be a string, got {record[name]!r}")
         if record["modality"] not in MODALITIES:
-            raise FlexIPError(f"{where}: modality {record['modality']!r} is not one of {', '.join(MODALITIES)}")
+            raise FlexIPError(
+                f"{where}: modality {record['modality']!r} is not one of {', '.join(MODALITIES)}"
+            )
         for name in PATH_FIELDS:
             if name not in record:
                 continue
             if os.path.isabs(record[name]):
-                raise FlexIPError(f"{where}: {name} {record[name]!r} is absolute; paths are relative to the manifest")
+                raise FlexIPError(
+                    f"{where}: {name} {record[name]!r} is absolute; paths are relative to the manifest"
+                )
             if check_files and not (path.parent / record[name]).is_file():
                 raise FlexIPError(f"{where}: {name} file {record[name]!r} not found in {path.parent}")
         records.append(record)
     if not records:
-        raise FlexIPError(f"manifest {path} has no training pairs; each line is one JSON object (docs/formats.md)")
+        raise FlexIPError(
+            f"manifest {path} has no training pairs; each line is one JSON object (docs/formats.md)"
+        )
     return records

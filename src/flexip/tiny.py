@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from .atomic import atomic_directory
-from .families import SD15, SDXL, Family
+from .families.registry import SD15, SDXL, Family
 from .models.adapter import FlexIPAdapter
 
 IMAGE_SIZE = 32  # pixels; the UNet works on 16x16 latents

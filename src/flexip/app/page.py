@@ -22,16 +22,19 @@ from gradio.context import LocalContext
 
 from ..demo_subject import DEMO_PROMPT, DEMO_REFERENCE
 from ..errors import FlexIPError
-from ..pipeline.dial import dial_text
-from ..pipeline.settings import SamplingSettings
 from ..schedulers import SCHEDULERS
-from .service import MAX_SWEEP, MAX_UPLOAD_BYTES, Cancelled, Service, read_reference
+from ..settings.dial import PRESERVATION, SCALE
+from ..settings.generation import SamplingSettings
+from .service import MAX_STEPS, MAX_SWEEP, MAX_UPLOAD_BYTES, Cancelled, Service, read_reference
 
 CONCURRENCY = 2  # generations at once; the others wait in the queue (one model, one device)
 QUEUE_SIZE = 64  # waiting requests beyond which a new one is refused with "queue full"
 CACHE_CLEANUP = (600, 3600)  # every 10 minutes, gradio deletes its copies of results older than an hour
 ONE, SWEEP = "one image", "a sweep along the dial"
 DEFAULTS = SamplingSettings()  # the page starts where `flexip generate` does
+# The `generate` endpoint's inputs, in the order its API takes them.
+INPUTS = ("reference", "prompt", "preservation", "mode", "count", "seed", "randomize", "steps", "guidance",
+          "scheduler", "scale", "negative", "dial", "more", "weights", "masks")  # fmt: skip
 
 INTRO = """# flexip: the preservation dial
 Give a picture of a subject and a prompt. **Preservation** near 1 keeps the subject's identity and detail; near
@@ -44,62 +47,93 @@ def build_page(service: Service) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column():
-                reference = gr.Image(label="reference (the subject)", type="filepath", sources=["upload", "clipboard"],
-                                     elem_id="reference")  # fmt: skip
-                prompt = gr.Textbox(label="prompt", placeholder="a dog on the beach", elem_id="prompt")
-                gr.Examples([[str(DEMO_REFERENCE), DEMO_PROMPT]], [reference, prompt], label="built-in example",
-                            cache_examples=False)  # fmt: skip
-                preservation = gr.Slider(0, 1, value=0.5, step=0.01, label="preservation", elem_id="preservation")
-                with gr.Row():
-                    mode = gr.Radio([ONE, SWEEP], value=ONE, label="generate", elem_id="mode")
-                    count = gr.Slider(2, MAX_SWEEP, value=5, step=1, label="sweep: values from 0 to 1",
-                                      elem_id="count")  # fmt: skip
+                controls = _main_controls()
                 with gr.Accordion("Advanced", open=False):
-                    with gr.Row():
-                        seed = gr.Number(DEFAULTS.seed, label="seed", precision=0, minimum=0, elem_id="seed")
-                        randomize = gr.Checkbox(False, label="random seed", elem_id="randomize")
-                    steps = gr.Slider(1, 150, value=DEFAULTS.steps, step=1, label="steps", elem_id="steps")
-                    guidance = gr.Slider(0, 20, value=DEFAULTS.guidance, step=0.1,
-                                         label="guidance (<= 1 turns it off)", elem_id="guidance")  # fmt: skip
-                    scheduler = gr.Dropdown(sorted(SCHEDULERS), value=service.models.scheduler, label="scheduler",
-                                            elem_id="scheduler")  # fmt: skip
-                    scale = gr.Slider(0, 2, value=DEFAULTS.scale, step=0.05,
-                                      label="adapter strength s (0 is the base model)", elem_id="scale")  # fmt: skip
-                    negative = gr.Textbox("", label="negative prompt", elem_id="negative")
-                    dial = gr.Textbox("", label="dial per block or over the steps, replacing the slider: "
-                                      "down=0.9,mid=0.6,up=0.3 or 0.9:0.3 (a sweep: values between ';')",
-                                      elem_id="dial")  # fmt: skip
-                    more = gr.File(label="more references: the same subject, or with masks one subject each",
-                                   file_count="multiple", file_types=["image"], elem_id="more-references")  # fmt: skip
-                    weights = gr.Textbox("", label="reference weights, the first reference first (e.g. 0.7,0.3)",
-                                         elem_id="reference-weights")  # fmt: skip
-                    masks = gr.File(label="masks, one per reference in order (white = the subject)",
-                                    file_count="multiple", file_types=["image"], elem_id="masks")  # fmt: skip
+                    controls.update(_advanced_controls(service))
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="run")
                     stop = gr.Button("Stop", elem_id="stop")
             with gr.Column():
-                status = gr.Markdown(label="status", elem_id="status")
-                image = gr.Image(label="result (PNG with its settings)", type="filepath", format="png",
-                                 interactive=False, buttons=["download", "fullscreen"], elem_id="result")  # fmt: skip
-                gallery = gr.Gallery(label="sweep, preservation from 0 (left) to 1 (right)", columns=5,
-                                     format="png", visible=False, elem_id="gallery")  # fmt: skip
-                sheet = gr.File(label="contact sheet (PNG)", visible=False, elem_id="sheet")
-                command = gr.Textbox(label="the same as a command", interactive=False, buttons=["copy"],
-                                     elem_id="command")  # fmt: skip
-
-        inputs = [reference, prompt, preservation, mode, count, seed, randomize, steps, guidance, scheduler, scale,
-                  negative, dial, more, weights, masks]  # fmt: skip
-        outputs = [status, image, gallery, sheet, command, seed]
-        # No preprocessing: the image arrives as its upload record (gradio still checks that it is an upload),
-        # so a broken file reaches read_reference, which says what is wrong, instead of failing inside gradio.
-        generating = run.click(_generate(service), inputs, outputs, api_name="generate", preprocess=False,
-                               show_progress_on=[image, gallery])  # fmt: skip
-        reference.upload(_check_upload, reference, status, preprocess=False, api_visibility="private")
-        mode.change(_show_mode, mode, [image, gallery, sheet], api_visibility="private", queue=False)
-        stop.click(lambda: "Stopped.", None, status, cancels=[generating], queue=False,
-                   api_visibility="private")  # fmt: skip
+                views = _result_views()
+        _connect(service, controls, views, run, stop)
     return page
+
+
+def _main_controls() -> dict[str, gr.components.Component]:
+    """The reference, the prompt (or the built-in example) and the dial: one value, or a sweep from 0 to 1."""
+    reference = gr.Image(label="reference (the subject)", type="filepath", sources=["upload", "clipboard"],
+                         elem_id="reference")  # fmt: skip
+    prompt = gr.Textbox(label="prompt", placeholder="a dog on the beach", elem_id="prompt")
+    gr.Examples([[str(DEMO_REFERENCE), DEMO_PROMPT]], [reference, prompt], label="built-in example",
+                cache_examples=False)  # fmt: skip
+    preservation = gr.Slider(0, 1, value=PRESERVATION.default, step=0.01, label="preservation",
+                             elem_id="preservation")  # fmt: skip
+    with gr.Row():
+        mode = gr.Radio([ONE, SWEEP], value=ONE, label="generate", elem_id="mode")
+        count = gr.Slider(2, MAX_SWEEP, value=5, step=1, label="sweep: values from 0 to 1", elem_id="count")
+    return {
+        "reference": reference,
+        "prompt": prompt,
+        "preservation": preservation,
+        "mode": mode,
+        "count": count,
+    }
+
+
+def _advanced_controls(service: Service) -> dict[str, gr.components.Component]:
+    """Sampling settings, the dial's text forms, more references with their weights and masks."""
+    with gr.Row():
+        seed = gr.Number(DEFAULTS.seed, label="seed", precision=0, minimum=0, elem_id="seed")
+        randomize = gr.Checkbox(False, label="random seed", elem_id="randomize")
+    controls = {"seed": seed, "randomize": randomize}
+    controls["steps"] = gr.Slider(1, MAX_STEPS, value=DEFAULTS.steps, step=1, label="steps", elem_id="steps")
+    controls["guidance"] = gr.Slider(0, 20, value=DEFAULTS.guidance, step=0.1, label="guidance (<= 1 turns it off)",
+                                     elem_id="guidance")  # fmt: skip
+    controls["scheduler"] = gr.Dropdown(sorted(SCHEDULERS), value=service.models.scheduler, label="scheduler",
+                                        elem_id="scheduler")  # fmt: skip
+    controls["scale"] = gr.Slider(0, 2, value=SCALE.default, step=0.05, label="adapter strength s (0 is the base model)",
+                                  elem_id="scale")  # fmt: skip
+    controls["negative"] = gr.Textbox("", label="negative prompt", elem_id="negative")
+    controls["dial"] = gr.Textbox("", label="dial per block or over the steps, replacing the slider: "
+                                  "down=0.9,mid=0.6,up=0.3 or 0.9:0.3 (a sweep: values between ';')",
+                                  elem_id="dial")  # fmt: skip
+    controls["more"] = gr.File(label="more references: the same subject, or with masks one subject each",
+                               file_count="multiple", file_types=["image"], elem_id="more-references")  # fmt: skip
+    controls["weights"] = gr.Textbox("", label="reference weights, the first reference first (e.g. 0.7,0.3)",
+                                     elem_id="reference-weights")  # fmt: skip
+    controls["masks"] = gr.File(label="masks, one per reference in order (white = the subject)",
+                                file_count="multiple", file_types=["image"], elem_id="masks")  # fmt: skip
+    return controls
+
+
+def _result_views() -> dict[str, gr.components.Component]:
+    """The status line, one image or a sweep with its contact sheet, and the same as a command: the `generate`
+    endpoint's outputs, in its order."""
+    return {
+        "status": gr.Markdown(label="status", elem_id="status"),
+        "image": gr.Image(label="result (PNG with its settings)", type="filepath", format="png", interactive=False,
+                          buttons=["download", "fullscreen"], elem_id="result"),
+        "gallery": gr.Gallery(label="sweep, preservation from 0 (left) to 1 (right)", columns=5, format="png",
+                              visible=False, elem_id="gallery"),
+        "sheet": gr.File(label="contact sheet (PNG)", visible=False, elem_id="sheet"),
+        "command": gr.Textbox(label="the same as a command", interactive=False, buttons=["copy"], elem_id="command"),
+    }  # fmt: skip
+
+
+def _connect(service: Service, controls: dict, views: dict, run: gr.Button, stop: gr.Button) -> None:
+    """The page's events: generate (the API endpoint), stop it, check an upload, show the mode's outputs."""
+    inputs = [controls[name] for name in INPUTS]
+    outputs = [*views.values(), controls["seed"]]  # a random seed drawn shows in the seed box
+    # No preprocessing: the image arrives as its upload record (gradio still checks that it is an upload),
+    # so a broken file reaches read_reference, which says what is wrong, instead of failing inside gradio.
+    generating = run.click(_generate(service), inputs, outputs, api_name="generate", preprocess=False,
+                           show_progress_on=[views["image"], views["gallery"]])  # fmt: skip
+    controls["reference"].upload(_check_upload, controls["reference"], views["status"], preprocess=False,
+                                 api_visibility="private")  # fmt: skip
+    controls["mode"].change(_show_mode, controls["mode"], [views["image"], views["gallery"], views["sheet"]],
+                            api_visibility="private", queue=False)  # fmt: skip
+    stop.click(lambda: "Stopped.", None, views["status"], cancels=[generating], queue=False,
+               api_visibility="private")  # fmt: skip
 
 
 def _generate(service: Service):
@@ -112,7 +146,7 @@ def _generate(service: Service):
 
     async def generate(reference, prompt, preservation, mode, sweep_count, seed, random_seed, steps, guidance,
                        scheduler, scale, negative_prompt, dial="", more=None, weights="", masks=None,
-                       progress=gr.Progress()):  # fmt: skip
+                       progress=gr.Progress()):  # noqa: B008 (gradio's way to ask for progress)  # fmt: skip
         stop = threading.Event()
         connected = _connection()
 
@@ -153,7 +187,7 @@ def _answer(service: Service, values: tuple, stop: threading.Event, on_step) -> 
     except Cancelled as e:
         return f"Stopped {e}.", None, [], None, "", gr.skip()
     images = [
-        (str(path), f"preservation {dial_text(value)}") for path, value in zip(result.images, result.values)
+        (str(path), f"preservation {value.text()}") for path, value in zip(result.images, result.values)
     ]
     if len(images) == 1:
         return result.report, images[0][0], [], None, result.command, checked.sampling.seed

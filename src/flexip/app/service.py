@@ -2,10 +2,12 @@
 
 The page (`app/page.py`) hands `Service.run` the values of its controls; nothing here imports gradio, so a
 test drives a request without a browser. The model is loaded once (`load_pipeline`); every request runs the
-same library call as `flexip generate` (`settings.generate`), so an image from the page equals the one its
-"copy as command" line writes. Isolation between concurrent requests is the library's: each pipeline call
-runs on its own copy of diffusers' per-call state (`pipeline/call.py`), and the reference's features come
-from the injection's bounded cache (`ReferenceCache`), which is why moving only the dial encodes nothing.
+same library call as `flexip generate` (`front_end.generate`), so an image from the page equals the one its
+"copy as command" line writes. The dial's controls become the library's `Dial`s, checked against the loaded
+adapter's blocks as the command line and the Python call check them. Isolation between concurrent requests is
+the library's: each pipeline call runs on its own copy of diffusers' per-call state (`pipeline/call.py`), and
+`FlexIPInjection.encode_reference` keeps the features of the last few references, which is why moving only
+the dial encodes nothing.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from PIL import Image
 from ..contact_sheet import contact_sheet
 from ..demo_subject import DEMO_REFERENCE
 from ..errors import FlexIPError
-from ..pipeline.checks import check_preservation, check_scale
-from ..pipeline.dial import check_dials, dial_record, dial_text, parse_dial
+from ..pipeline.front_end import LoadedModel, generate, record
 from ..pipeline.images import load_mask_image, load_reference_image
 from ..pipeline.output import image_name, save_image
-from ..pipeline.settings import LoadedModel, ModelSettings, SamplingSettings, generate, record
 from ..pipeline.subjects import check_subjects
 from ..schedulers import SCHEDULERS, make_scheduler
+from ..settings.dial import Dial, dials, sweep_record, sweep_text
+from ..settings.dial_text import parse_dials
+from ..settings.generation import ModelSettings, SamplingSettings
 
 MAX_UPLOAD_BYTES = 20 * 2**20  # the page refuses bigger files before they reach the server
 MAX_PIXELS = 25_000_000  # a 5000 x 5000 picture; decoding more costs the server memory for no better subject
@@ -56,7 +59,7 @@ class Request:
     reference: Image.Image  # RGB, as the encoders see it
     reference_name: str  # how the user knows the file: the command line and the settings name it
     prompt: str
-    values: list  # the dial: one value, or a sweep's values (numbers, or the advanced forms)
+    values: list[Dial]  # the dial: one value, or a sweep's values
     sampling: SamplingSettings
     scheduler: str
     # The advanced section: more images of the subject (or, with masks, more subjects), their weights, masks.
@@ -74,7 +77,7 @@ class Request:
                 "reference_masks": None if self.masks is None else list(self.masks)}  # fmt: skip
 
     def record(self) -> dict:
-        """The names `settings.record` writes for the references and masks."""
+        """The names `front_end.record` writes for the references and masks."""
         return {"reference": [self.reference_name, *self.more_names], "reference_weights": self.reference_weights,
                 "reference_masks": None if self.mask_names is None else list(self.mask_names)}  # fmt: skip
 
@@ -82,7 +85,7 @@ class Request:
 @dataclass(frozen=True)
 class Result:
     images: list[Path]  # one PNG per dial value, in dial order, each with its settings embedded
-    values: list[float]
+    values: list[Dial]
     sheet: Path | None  # a sweep's contact sheet
     command: str  # the `flexip generate` (or `sweep`) line that writes the same images
     report: str  # Markdown: what was reused and how long each part took
@@ -129,13 +132,13 @@ def _checked_upload(path: str | Path, name: str) -> Path:
     return path
 
 
-def sweep_values(count: int) -> list[float]:
+def sweep_values(count: int) -> list[Dial]:
     """`count` dial values spread evenly from 0 to 1."""
     if isinstance(count, float) and count.is_integer():
         count = int(count)
     if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= MAX_SWEEP:
         raise FlexIPError(f"sweep of {count!r} values: give a whole number from 2 to {MAX_SWEEP}")
-    return [round(index / (count - 1), 4) for index in range(count)]
+    return dials([round(index / (count - 1), 4) for index in range(count)])
 
 
 class Service:
@@ -165,53 +168,42 @@ class Service:
             raise FlexIPError("the prompt is empty: say what to generate, e.g. 'a dog on the beach'")
         if _text(scheduler, "scheduler") not in SCHEDULERS:
             raise FlexIPError(f"scheduler {_shown(scheduler)} is not one of {', '.join(sorted(SCHEDULERS))}")
-        if _text(dial, "dial").strip():
-            values = self._dial(dial.strip(), sweep=bool(sweep))
-        elif sweep:
-            values = sweep_values(sweep)
-        else:
-            values = check_preservation(_number(preservation, "preservation"))
-        if not isinstance(randomize, bool):
-            raise FlexIPError(f"random seed={_shown(randomize)} must be true or false")
-        if randomize:
-            seed = secrets.randbelow(2**32)
-        steps = _whole(steps, "steps")
-        if steps > MAX_STEPS:
-            raise FlexIPError(f"steps={steps}: this page runs at most {MAX_STEPS}; give fewer (50 is usual)")
-        sampling = SamplingSettings(
-            steps=steps, guidance=_number(guidance, "guidance"),
-            scale=check_scale(_number(scale, "scale")), seed=_whole(seed, "seed"),
-            negative_prompt=_text(negative_prompt, "negative prompt") or None,
-        )  # fmt: skip
+        values = self._dials(preservation, sweep, dial)
+        sampling = _sampling(seed, randomize, steps, guidance, scale, negative_prompt)
         count = 1 + len(more_references)
         if max(count, len(masks)) > MAX_REFERENCES:  # before any is decoded
             raise FlexIPError(f"{count} references and {len(masks)} masks; this page takes at most {MAX_REFERENCES} "
                               "references, with one mask each or none")  # fmt: skip
         if _same_bytes(Path(reference_path), DEMO_REFERENCE):
-            reference_name = str(DEMO_REFERENCE)  # the built-in example: the command line can name the real file
+            # the built-in example: the command line can name the real file
+            reference_name = str(DEMO_REFERENCE)
         reference = read_reference(reference_path, reference_name)
         more = tuple(read_reference(path, name) for path, name in more_references)
         mask_images = tuple(read_mask(path, name) for path, name in masks) or None
-        weights = None
-        if _text(reference_weights, "reference weights").strip():
-            try:
-                weights = [float(weight) for weight in reference_weights.split(",")]
-            except ValueError:
-                raise FlexIPError(f"reference weights {reference_weights!r}: give comma-separated numbers, e.g. 0.7,0.3") from None
+        weights = _weights(reference_weights)
         check_subjects(1 + len(more), weights, mask_images, None)
         return Request(reference, reference_name, prompt, values, sampling, scheduler, more,
                        tuple(name for _, name in more_references), weights, mask_images,
                        tuple(name for _, name in masks) or None)  # fmt: skip
 
-    def _dial(self, text: str, sweep: bool) -> list:
-        """The advanced dial's text, checked against the loaded adapter's layers: one value, or a sweep's."""
-        form = parse_dial(text, "dial")
-        values = form if isinstance(form, list) else [form]
-        if len(values) > MAX_SWEEP:
-            raise FlexIPError(f"dial: a sweep of {len(values)} values; give at most {MAX_SWEEP}")
+    def _dials(self, preservation, sweep: int | None, dial: str) -> list[Dial]:
+        """The dial's value, or a sweep's values: the advanced text's forms (values between ';' for a sweep)
+        when given, else `sweep` values from 0 to 1, else the slider's number; each checked against the loaded
+        adapter's blocks, as its call checks them."""
+        text = _text(dial, "dial").strip()
+        if text:
+            values = parse_dials(text, "dial")
+            if len(values) > MAX_SWEEP:
+                raise FlexIPError(f"dial: a sweep of {len(values)} values; give at most {MAX_SWEEP}")
+        elif sweep:
+            values = sweep_values(sweep)
+        else:
+            values = dials(_number(preservation, "preservation"))
         injection = self.loaded.pipe.flexip
-        check_dials(values, list(injection.adapter.config.layers), injection.denoiser, name="dial")
-        if sweep != (len(values) > 1):
+        layers, names = list(injection.adapter.config.layers), injection.denoiser.block_names
+        for value in values:
+            value.resolve(layers, names)
+        if text and bool(sweep) != (len(values) > 1):
             raise FlexIPError(
                 f"dial {text}: " + ("a sweep needs several values, separated by ';' (or ',' between numbers "
                                     "and schedules)" if sweep else "one image takes one value; choose the sweep")
@@ -224,7 +216,7 @@ class Service:
         stop = stop or threading.Event()
         loaded = self._loaded(request.scheduler)
         injection = loaded.pipe.flexip
-        reused = injection.reference_cache.get(request.reference) is not None
+        reused = injection.is_encoded(request.reference)
         start = time.perf_counter()
         encoded = injection.encode_reference(request.reference)
         encoded_at = last_step_at = time.perf_counter()
@@ -242,22 +234,29 @@ class Service:
         images = generate(loaded, request.prompt, values=request.values, sampling=request.sampling, on_step=step,
                           **subjects)  # fmt: skip
         done_at = time.perf_counter()
+        paths, sheet = self._write(request, loaded, images)
+        timings = (encoded_at - start, last_step_at - encoded_at, done_at - last_step_at)
+        return Result(paths, request.values, sheet, self.command(request), _report(request, reused, timings))
+
+    def _write(self, request: Request, loaded: LoadedModel, images: list) -> tuple[list[Path], Path | None]:
+        """Each image as a PNG with its settings, and a sweep's contact sheet, in a fresh folder."""
         models = dataclasses.replace(self.models, scheduler=request.scheduler)
-        settings = record(request.prompt, models=models, sampling=request.sampling, loaded=loaded, **request.record())
+        settings = record(
+            request.prompt, models=models, sampling=request.sampling, loaded=loaded, **request.record()
+        )
         folder = self._new_folder()
         paths = []
         for index, (value, image) in enumerate(zip(request.values, images)):
             paths.append(folder / image_name(index, value))
-            save_image(image, paths[-1], {**settings, "preservation": dial_record(value)})
-        sheet = None
-        if len(request.values) > 1:
-            labels = ["reference"] + [f"preservation {dial_text(value)}" for value in request.values]
-            title = f'"{request.prompt}"  (seed {request.sampling.seed})'
-            sheet = folder / SHEET_NAME
-            save_image(contact_sheet([[request.reference, *images]], labels, title=title), sheet,
-                       {**settings, "preservation": dial_record(request.values)})  # fmt: skip
-        timings = (encoded_at - start, last_step_at - encoded_at, done_at - last_step_at)
-        return Result(paths, request.values, sheet, self.command(request), _report(request, reused, timings))
+            save_image(image, paths[-1], {**settings, "preservation": value.record()})
+        if len(request.values) == 1:
+            return paths, None
+        labels = ["reference"] + [f"preservation {value.text()}" for value in request.values]
+        title = f'"{request.prompt}"  (seed {request.sampling.seed})'
+        sheet = folder / SHEET_NAME
+        save_image(contact_sheet([[request.reference, *images]], labels, title=title), sheet,
+                   {**settings, "preservation": sweep_record(request.values)})  # fmt: skip
+        return paths, sheet
 
     def _loaded(self, scheduler: str) -> LoadedModel:
         """The model with `scheduler`: one pipeline object per scheduler, all sharing the loaded models."""
@@ -293,9 +292,9 @@ class Service:
             words += ["--mask", name]
         if request.reference_weights is not None:
             words += ["--reference-weights", ",".join(f"{w:g}" for w in request.reference_weights)]
-        words += ["--prompt", request.prompt, "--preservation", dial_text(request.values),
+        words += ["--prompt", request.prompt, "--preservation", sweep_text(request.values),
                   "--seed", str(sampling.seed), "--steps", str(sampling.steps), "--guidance", f"{sampling.guidance:g}",
-                  "--scale", f"{sampling.scale:g}", "--scheduler", request.scheduler]  # fmt: skip
+                  "--scale", sampling.scale.text(), "--scheduler", request.scheduler]  # fmt: skip
         if sampling.negative_prompt:
             words += ["--negative-prompt", sampling.negative_prompt]
         for flag, value in [("--adapter", models.adapter), ("--base", models.base), ("--base-config", models.base_config),
@@ -304,6 +303,32 @@ class Service:
                 words += [flag, value]
         words += ["--out", "sweep/" if sweep else "flexip.png"]
         return shlex.join(words)
+
+
+def _sampling(seed, randomize, steps, guidance, scale, negative_prompt) -> SamplingSettings:
+    """The sampling controls as settings, with a seed drawn when `randomize`; the slider's `scale` becomes
+    the settings' dial."""
+    if not isinstance(randomize, bool):
+        raise FlexIPError(f"random seed={_shown(randomize)} must be true or false")
+    if randomize:
+        seed = secrets.randbelow(2**32)
+    steps = _whole(steps, "steps")
+    if steps > MAX_STEPS:
+        raise FlexIPError(f"steps={steps}: this page runs at most {MAX_STEPS}; give fewer (50 is usual)")
+    return SamplingSettings(
+        steps=steps, guidance=_number(guidance, "guidance"), scale=_number(scale, "scale"),
+        seed=_whole(seed, "seed"), negative_prompt=_text(negative_prompt, "negative prompt") or None,
+    )  # fmt: skip
+
+
+def _weights(text: str) -> list[float] | None:
+    """The reference weights' text box: comma-separated numbers, or empty for equal weights."""
+    if not _text(text, "reference weights").strip():
+        return None
+    try:
+        return [float(weight) for weight in text.split(",")]
+    except ValueError:
+        raise FlexIPError(f"reference weights {text!r}: give comma-separated numbers, e.g. 0.7,0.3") from None
 
 
 def _same_bytes(path: Path, other: Path) -> bool:
@@ -345,7 +370,11 @@ def _shown(value) -> str:
 def _report(request: Request, reused: bool, timings: tuple[float, float, float]) -> str:
     encode, denoise, decode = timings
     count = len(request.values)
-    what = f"{count} images along the dial" if count > 1 else f"1 image at preservation {dial_text(request.values[0])}"
+    what = (
+        f"{count} images along the dial"
+        if count > 1
+        else f"1 image at preservation {request.values[0].text()}"
+    )
     reference = (
         f"reference features reused, not encoded again ({_ms(encode)})"
         if reused

@@ -6,8 +6,13 @@ import argparse
 from pathlib import Path
 
 from ..demo_subject import DEMO_PROMPT, DEMO_REFERENCE, demo_reference  # noqa: F401 (tests import them here)
-from .generate import add_model_options, add_overwrite_option
-from .sweep import DEFAULT_VALUES
+from ..pipeline.output import save_image
+from ..settings.dial_text import parse_dials
+from .dial import check_blocks
+from .options import add_model_options, add_overwrite_option, model_settings, sampling_settings
+from .outputs import check_output_directory
+from .subjects import Subjects
+from .sweep import DEFAULT_VALUES, output_names, sweep
 
 EXAMPLES = """\
 examples:
@@ -33,16 +38,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline.checks import check_preservation
-    from ..pipeline.output import save_image
-    from .generate import Subjects, load_models, model_settings, sampling_settings
-    from .sweep import check_output_directory, output_names, sweep
-
-    values = check_preservation(DEFAULT_VALUES.split(","))
+    values = parse_dials(DEFAULT_VALUES, "preservation")
     models, sampling = model_settings(args), sampling_settings(args)
+    check_blocks(args.adapter, values, sampling.scale)
     out = check_output_directory(args.out, [*output_names(values), "reference.png"], args.overwrite)
     reference = demo_reference()
-    loaded = load_models(models, sampling)
+
+    from ..pipeline.front_end import load_pipeline  # torch: once the command is known good
+
+    loaded = load_pipeline(models)
     if loaded.embedded is not None and not loaded.embedded.trained:
         print(
             "flexip demo: note: this copy of flexip lacks its trained demo model (flexip/assets/demo), so the "

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
+
+from ..errors import FlexIPError
+from ..evaluation.benchmarks import BENCHMARKS, load_benchmark
+from ..evaluation.generate_config import Sampling
+from ..evaluation.methods import IP_ADAPTER_FILES, METHODS, FlexIPMethod, build_method
+from ..evaluation.results import SCORES_FILE, SUMMARY_FILE
+from ..evaluation.score_config import IDENTITY_MODES, ScoreConfig
+from ..settings.numbers import DTYPES
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -27,7 +36,6 @@ def _add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
 
 def _refuse_earlier_outputs(folder: Path, names: list[str], overwrite: bool, command: str) -> None:
     """Refuse, before any work, to replace files an earlier run wrote, unless --overwrite says so."""
-    from ..errors import FlexIPError
 
     if folder.exists() and not folder.is_dir():
         raise FlexIPError(f"--out {folder} is a file; give a directory for the {command} outputs")
@@ -55,12 +63,6 @@ def register(subparsers) -> None:
 
 
 def _register_generate(commands) -> None:
-    from ..evaluation.benchmarks import BENCHMARKS
-    from ..evaluation.generate_config import DTYPES, Sampling
-    from ..evaluation.methods import IP_ADAPTER_FILES, METHODS, FlexIPMethod
-
-    sampling = Sampling()
-
     p = commands.add_parser(
         "generate",
         help="make a method's images for a benchmark (resumable; run under `accelerate launch` to share the "
@@ -70,6 +72,16 @@ def _register_generate(commands) -> None:
         "OUT/manifest.jsonl. Images already there are kept: run the same command again to finish an "
         "interrupted run. Zero-shot protocol: one reference image per subject, DreamBench's unique token dropped.",
     )
+    _add_benchmark_options(p)
+    _add_method_options(p)
+    _add_per_method_options(p)
+    _add_sampling_options(p)
+    p.set_defaults(run=run_generate)
+
+
+def _add_benchmark_options(p: argparse.ArgumentParser) -> None:
+    """Which benchmark, and which of its subjects and prompts."""
+
     p.add_argument(
         "--benchmark", choices=BENCHMARKS, default="dreambench", help="benchmark layout (default: dreambench)"
     )
@@ -81,6 +93,11 @@ def _register_generate(commands) -> None:
     p.add_argument(
         "--reference-image", help="dreambench: which image of each subject is the reference (default: 00.jpg)"
     )
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """Which method, where its results go, and the base it runs on."""
+
     p.add_argument(
         "--method",
         choices=list(METHODS),
@@ -96,6 +113,11 @@ def _register_generate(commands) -> None:
         help="Stable Diffusion base: hub id or diffusers directory (default: for flexip the base the adapter "
         "records, otherwise SD v1.5)",
     )
+
+
+def _add_per_method_options(p: argparse.ArgumentParser) -> None:
+    """What one method reads: flexip's adapter and dial, ip-adapter's weights, folder's images."""
+
     p.add_argument("--adapter", help="flexip: the adapter directory")
     p.add_argument(
         "--preservation",
@@ -122,6 +144,12 @@ def _register_generate(commands) -> None:
         "ip-adapter-plus_sdxl_vit-h.safetensors)",
     )
     p.add_argument("--images", help="folder: a directory of <subject>/<NN>/<name>.png, NN the prompt's index")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """How every method samples: seeds, steps, guidance, dtype."""
+
+    sampling = Sampling()
     p.add_argument(
         "--seeds",
         type=int,
@@ -143,14 +171,10 @@ def _register_generate(commands) -> None:
         default=sampling.dtype,
         help=f"model dtype (default: {sampling.dtype}; float16 on GPUs)",
     )
-    p.set_defaults(run=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..evaluation.benchmarks import load_benchmark
     from ..evaluation.generate import generate
-    from ..evaluation.generate_config import Sampling
-    from ..evaluation.methods import build_method
 
     sampling = Sampling(
         base=args.base, seeds=args.seeds, steps=args.steps, guidance=args.guidance, dtype=args.dtype
@@ -175,7 +199,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _register_score(commands) -> None:
-    from ..evaluation.score_config import IDENTITY_MODES, ScoreConfig
 
     defaults = ScoreConfig(aesthetic_head="")
     p = commands.add_parser(
@@ -220,9 +243,7 @@ def _register_score(commands) -> None:
 def run_score(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from ..evaluation.results import SCORES_FILE, SUMMARY_FILE
     from ..evaluation.score import Scorer, check_results, score_results
-    from ..evaluation.score_config import ScoreConfig
 
     for directory in args.results:
         check_results(directory, args.identity)
@@ -261,9 +282,6 @@ def _register_rank(commands) -> None:
 
 def _need_plotting() -> None:
     """rank and curve draw with matplotlib, which an inference install does not bring."""
-    import importlib.util
-
-    from ..errors import FlexIPError
 
     if importlib.util.find_spec("matplotlib") is None:
         raise FlexIPError("this step draws figures with matplotlib: `pip install 'flexip[eval]'` first")

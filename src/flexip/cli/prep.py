@@ -119,7 +119,7 @@ def _views(commands) -> None:
     parser = _step(
         commands, "views", "multi-view folders -> variant pairs (two views of one object)",
         "Every folder under FOLDER that directly holds pictures is one object and its pictures are its views; "
-        "pairs of different views become variant pairs (modality video: docs/design.md, Data preparation).",
+        "pairs of different views become variant pairs (modality video: docs/decisions/data-preparation.md).",
         ["flexip prep views objects/ --out data/views.jsonl    # objects/<object>/<view>.jpg"],
     )  # fmt: skip
     parser.add_argument("folder", type=Path, help="folder of object folders")
@@ -200,13 +200,13 @@ def _need(*modules: str) -> None:
 
 
 def _part(args):
-    from ..prep import Part
+    from ..prep.split import Part
 
     return Part.resolve(args.rank, args.world_size)
 
 
 def run_images(args) -> int:
-    from ..prep import prepare_images
+    from ..prep.images import prepare_images
 
     summary = prepare_images(
         args.folder, args.out, masks=args.masks, mask_model=args.mask_model, min_size=args.min_size,
@@ -218,7 +218,7 @@ def run_images(args) -> int:
 
 def run_videos(args) -> int:
     _need("av")
-    from ..prep import prepare_videos
+    from ..prep.videos import prepare_videos
 
     summary = prepare_videos(
         args.folder, args.out, args.frames_dir, min_gap=args.min_gap, cut_threshold=args.cut_threshold,
@@ -230,7 +230,7 @@ def run_videos(args) -> int:
 
 
 def run_views(args) -> int:
-    from ..prep import prepare_views
+    from ..prep.multiview import prepare_views
 
     summary = prepare_views(
         args.folder, args.out, min_size=args.min_size, dedup_distance=args.dedup_distance,
@@ -241,7 +241,7 @@ def run_views(args) -> int:
 
 
 def run_caption(args) -> int:
-    from ..prep import caption_manifest
+    from ..prep.captions import caption_manifest
 
     summary = caption_manifest(
         args.manifest, None if args.in_place else args.out, model=None if args.from_column else args.model,
@@ -253,7 +253,7 @@ def run_caption(args) -> int:
 
 def run_shards(args) -> int:
     _need("webdataset")
-    from ..prep import write_shards
+    from ..prep.shards import write_shards
 
     summary = write_shards(args.manifests, args.out, shard_size=args.shard_size, part=_part(args), overwrite=args.overwrite)
     print(summary.line("shards", "shards", "samples"))
@@ -278,7 +278,7 @@ def run_cache(args) -> int:
 
 
 def run_check(args) -> int:
-    from ..prep import check
+    from ..prep.check import check
 
     results = check(args.paths)
     for result in results:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import signal
+import threading
 
-from .generate import add_loading_options
+from ..errors import FlexIPError
+from ..models.config_file import read_config
+from .options import add_loading_options, model_settings
 
 EXAMPLES = """\
 examples:
@@ -34,24 +39,19 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import importlib.util
-    import signal
-    import threading
-
-    from ..errors import FlexIPError
-    from ..pipeline.settings import ModelSettings, load_pipeline, resolve_device
 
     if importlib.util.find_spec("gradio") is None:
         raise FlexIPError('the web page needs gradio, which is not installed: pip install "flexip[app]"')
     if not 0 < args.port < 65536:
         raise FlexIPError(f"--port {args.port} is not a port number; give one from 1 to 65535, e.g. 7860")
-    from ..app.page import running
-    from ..app.service import Service
+    models = model_settings(args)
+    if args.adapter is not None:
+        read_config(args.adapter)  # a missing or broken adapter, said before torch loads
 
-    resolve_device(args.device, name="--device")
-    models = ModelSettings(
-        adapter=args.adapter, base=args.base, base_config=args.base_config, device=args.device, dtype=args.dtype
-    )
+    from ..app.page import running  # torch and gradio: once the command is known good
+    from ..app.service import Service
+    from ..pipeline.front_end import load_pipeline
+
     loaded = load_pipeline(models)
     loaded.pipe.set_progress_bar_config(disable=True)  # the page has its own progress bar
     # A service manager's stop (SIGTERM) or a closed terminal (SIGHUP, absent on Windows) ends the server as

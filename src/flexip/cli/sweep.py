@@ -6,7 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from .generate import add_model_options, add_overwrite_option, add_subject_options
+from ..atomic import atomic_write_bytes
+from ..contact_sheet import contact_sheet
+from ..pipeline.output import image_name, save_image
+from ..settings.dial import Dial, sweep_record
+from ..settings.dial_text import parse_dials
+from .dial import check_blocks
+from .options import add_model_options, add_overwrite_option, model_settings, sampling_settings
+from .outputs import check_output_directory
+from .subjects import Subjects, add_subject_options, read_subjects
 
 DEFAULT_VALUES = "0,0.25,0.5,0.75,1"
 SHEET_NAME = "contact_sheet.png"
@@ -47,75 +55,38 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .generate import (
-        check_blocks,
-        load_models,
-        model_settings,
-        read_dial,
-        read_subjects,
-        sampling_settings,
-    )
-
-    values = read_dial(args.preservation)
+    values = parse_dials(args.preservation, "--preservation")
     models, sampling = model_settings(args), sampling_settings(args)
     check_blocks(args.adapter, values, sampling.scale)
     out = check_output_directory(args.out, output_names(values), args.overwrite, [*args.reference, *(args.mask or [])])
     subjects = read_subjects(args)
-    loaded = load_models(models, sampling)
-    sheet = sweep(loaded, args.prompt, subjects, values, models, sampling, out)
+
+    from ..pipeline.front_end import load_pipeline  # torch: once the command is known good
+
+    sheet = sweep(load_pipeline(models), args.prompt, subjects, values, models, sampling, out)
     print(f"wrote {len(values)} images and the contact sheet {sheet}")
     return 0
 
 
-def output_names(values: list) -> list[str]:
+def output_names(values: list[Dial]) -> list[str]:
     """The files a sweep of `values` writes into its folder."""
-    from ..pipeline.output import image_name
-
     return [image_name(index, value) for index, value in enumerate(values)] + [SHEET_NAME, SETTINGS_NAME]
 
 
-def check_output_directory(path: str, names: list[str], overwrite: bool, references: list[str] = ()) -> Path:
-    """`--out` as a folder the files `names` can be written into, checked before any model loads."""
-    from ..atomic import check_writable
-    from ..errors import FlexIPError
-    from .generate import check_not_reference
-
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise FlexIPError(f"--out {path} is a file; give a directory to write the sweep into")
-    check_writable(out, "--out")
-    for reference in references:
-        for name in names:
-            check_not_reference(out / name, reference)
-    taken = [name for name in names if (out / name).exists()]
-    if taken and not overwrite:
-        raise FlexIPError(
-            f"--out {path} already holds {taken[0]} ({len(taken)} of the files this command writes); pass "
-            "--overwrite to replace them, or choose another --out"
-        )
-    return out
-
-
-def sweep(loaded, prompt: str, subjects, values: list, models, sampling, out: Path) -> Path:
-    """Generate, then write the images, the contact sheet and the settings; returns the contact sheet's path.
-
-    `subjects` is a `cli.generate.Subjects`; `values` the dial's values, of any form."""
-    from ..atomic import atomic_write_bytes
-    from ..contact_sheet import contact_sheet
-    from ..pipeline.dial import dial_record, dial_text
-    from ..pipeline.output import image_name, save_image
-    from ..pipeline.settings import generate, record
+def sweep(loaded, prompt: str, subjects: Subjects, values: list[Dial], models, sampling, out: Path) -> Path:
+    """Generate, then write the images, the contact sheet and the settings; returns the contact sheet's path."""
+    from ..pipeline.front_end import generate, record
 
     images = generate(loaded, prompt, values=values, sampling=sampling, **subjects.call_arguments())
     settings = {**record(prompt, models=models, sampling=sampling, loaded=loaded, **subjects.record()),
-                "preservation": dial_record(values)}  # fmt: skip
+                "preservation": sweep_record(values)}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     for index, (value, image) in enumerate(zip(values, images)):
-        save_image(image, out / image_name(index, value), {**settings, "preservation": dial_record(value)})
+        save_image(image, out / image_name(index, value), {**settings, "preservation": value.record()})
     references = subjects.images + (subjects.masks or [])
     labels = [f"reference {index + 1}" if len(subjects.images) > 1 else "reference" for index in range(len(subjects.images))]
     labels += [f"mask {index + 1}" for index in range(len(subjects.masks or []))]
-    labels += [f"preservation {dial_text(value)}" for value in values]
+    labels += [f"preservation {value.text()}" for value in values]
     sheet = contact_sheet([[*references, *images]], labels, title=f'"{prompt}"  (seed {sampling.seed})')
     save_image(sheet, out / SHEET_NAME, settings)
     atomic_write_bytes(out / SETTINGS_NAME, (json.dumps(settings, indent=2) + "\n").encode())

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..atomic import check_writable
+from ..errors import FlexIPError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -35,9 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import check_writable
-    from ..errors import FlexIPError
-    from ..families import family_named
+    from ..families.registry import family_named
     from ..tiny import existing_parts, save_tiny_model_set
 
     if not 0 <= args.seed < 2**32:

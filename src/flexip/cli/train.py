@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+
+from ..training.config import load_config
 
 
 def register(subparsers) -> None:
@@ -41,18 +45,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import logging
-
-    from ..training.config import load_config
-    from ..training.trainer import train
-
     overrides = list(args.overrides)
     if args.output_dir is not None:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")  # JSON strings are YAML strings
     if args.max_steps is not None:
         overrides.append(f"max_steps={args.max_steps}")
     config = load_config(args.config, overrides)
+
+    from ..training.trainer import train  # torch: once the configuration is known good
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     result = train(config, resume=args.resume, overwrite=args.overwrite)
     if result.interrupted:

@@ -3,7 +3,7 @@ transformer or a UNet with motion modules do differently when FlexIP joins their
 
 Everything else (the adapters, the gated attention processor, the condition, the dial) is shared code, sized
 from the layers the denoiser names. A denoiser module fills in the class attributes and every abstract method;
-`flexip.denoisers.register` refuses one that leaves any out (docs/design.md, "Denoisers").
+`flexip.denoisers.register` refuses one that leaves any out (docs/decisions/denoisers.md).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import ClassVar
 
 from torch import nn
 
+from .blocks import BlockNames
+
 # Class attributes every denoiser sets.
-ATTRIBUTES = ("name", "model_class", "pipeline_attribute", "blocks")
+ATTRIBUTES = ("name", "model_class", "pipeline_attribute", "block_names")
 
 
 class Denoiser(ABC):
@@ -24,7 +26,7 @@ class Denoiser(ABC):
     name: ClassVar[str]  # for messages and the registry
     model_class: ClassVar[type]  # the diffusers model class
     pipeline_attribute: ClassVar[str]  # where a diffusers pipeline holds it ("unet", "transformer")
-    blocks: ClassVar[tuple[str, ...]]  # the block names a per-block dial addresses, in diffusers' form
+    block_names: ClassVar[BlockNames]  # the blocks a per-block dial addresses, in diffusers' form (`blocks.py`)
 
     def matches(self, model: nn.Module) -> bool:
         """Whether `model` is this kind of denoiser."""
@@ -37,10 +39,6 @@ class Denoiser(ABC):
     @abstractmethod
     def layer_sizes(self, attention: nn.Module) -> tuple[int, int]:
         """(width of the text tokens a layer's branch keys/values read, width of its keys/values)."""
-
-    @abstractmethod
-    def block_of(self, layer: str) -> tuple[str, int, int] | None:
-        """(block name, block index, attention index within the block) of a joined layer, or None."""
 
     @abstractmethod
     def layer_grid(self, positions: int, latent_size: tuple[int, int]) -> tuple[int, int]:

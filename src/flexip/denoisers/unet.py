@@ -2,12 +2,11 @@
 
 The text reaches those layers as the UNet's `encoder_hidden_states`; FlexIP passes `(text, condition)` there,
 which diffusers hands to the cross-attention processors only, so the self-attention processors never see it.
-Block names are diffusers' `set_ip_adapter_scale` ones: `down_blocks.i`, `mid_block`, `up_blocks.i`.
+Block names are diffusers' `set_ip_adapter_scale` ones (`blocks.py`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import torch
@@ -16,16 +15,15 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from ..errors import FlexIPError
+from .blocks import UNET_BLOCKS
 from .denoiser import Denoiser
-
-_LAYER = re.compile(r"^(?:(down|up)_blocks\.(\d+)|(mid)_block)\.attentions\.(\d+)\.")
 
 
 class UNetCrossAttention(Denoiser):
     name = "unet"
     model_class = UNet2DConditionModel
     pipeline_attribute = "unet"
-    blocks = ("down", "mid", "up")
+    block_names = UNET_BLOCKS
 
     def attention_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         """The cross-attention layers, found through diffusers' processor API and `Attention.is_cross_attention`."""
@@ -38,13 +36,6 @@ class UNetCrossAttention(Denoiser):
 
     def layer_sizes(self, attention: nn.Module) -> tuple[int, int]:
         return attention.to_k.in_features, attention.to_k.out_features
-
-    def block_of(self, layer: str) -> tuple[str, int, int] | None:
-        match = _LAYER.match(layer)
-        if match is None:
-            return None
-        part, block, mid, attention = match.groups()
-        return (part, int(block), int(attention)) if mid is None else ("mid", 0, int(attention))
 
     def layer_grid(self, positions: int, latent_size: tuple[int, int]) -> tuple[int, int]:
         """Each down block halves the latents rounding up (a stride-2 convolution with padding 1), and the up

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import FlexIPError
-from .results import read_json_object, read_jsonl, read_text, readable_image
+from ..text_files import read_json_object, read_jsonl, read_text
+from .results import readable_image
 
 BENCHMARKS = ("dreambench", "dreambench++", "jsonl")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

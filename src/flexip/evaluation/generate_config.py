@@ -10,9 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from ..errors import FlexIPError
-
-DTYPES = ("float32", "float16", "bfloat16")
-
+from ..settings.numbers import DTYPES
 
 MAX_SEEDS = 1000
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..defaults import BASE_MODEL
 from ..errors import FlexIPError
+from ..settings.dial import SCALE
 from .benchmarks import IMAGE_SUFFIXES, Case
 from .generate_config import Sampling
 from .results import PlannedImage, readable_image
@@ -111,7 +112,7 @@ class _Sampled(Method):
         from diffusers import DDIMScheduler
         from PIL import Image
 
-        from ..pipeline.checks import check_steps
+        from ..settings.numbers import check_steps
 
         pipe = self._pipeline(getattr(torch, self.sampling.dtype))
         check_steps(self.sampling.steps, "--steps", most=pipe.scheduler.config.num_train_timesteps)
@@ -154,7 +155,7 @@ class _Sampled(Method):
 
 def _stable_diffusion(base: str, dtype: torch.dtype):
     """The base's own text-to-image pipeline: Stable Diffusion 1.5's or SDXL's, as its model_index.json says."""
-    from ..families import SD15, family_of_base, load_base
+    from ..families.registry import SD15, family_of_base, load_base
 
     family = family_of_base(base) or SD15
     try:
@@ -168,10 +169,8 @@ def _stable_diffusion(base: str, dtype: torch.dtype):
 def _check_scales(scale: tuple[float, ...]) -> None:
     """The bounds the pipelines hold the adapters' strength to, so that no value is taken here that a pipeline
     would refuse (or, in diffusers' IP-Adapter, silently turn into a blank image)."""
-    from ..pipeline.checks import check_scale  # brings torch: only once a method is built, never for --help
-
     for value in scale:
-        check_scale(value, "--scale")
+        SCALE.number(value, "--scale")
 
 
 @dataclass(frozen=True)
@@ -220,7 +219,7 @@ class FlexIPMethod(_Sampled):
         return base
 
     def _pipeline(self, dtype: torch.dtype):
-        from ..pipeline import FlexIPPipeline
+        from ..pipeline.pipeline import FlexIPPipeline
 
         return FlexIPPipeline.from_pretrained(self.base, adapter=self._adapter, torch_dtype=dtype)
 
@@ -254,7 +253,7 @@ class IPAdapterMethod(_Sampled):
     def __post_init__(self):
         self._needs("ip_adapter")
         _check_scales(self.scale)
-        from ..families import SD15, family_of_base
+        from ..families.registry import SD15, family_of_base
 
         # h94/IP-Adapter's layout: the SD1.5 files under models/, the SDXL ones under sdxl_models/.
         subfolder, weight = IP_ADAPTER_FILES[(family_of_base(self.base) or SD15).name]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from PIL import Image
 
 from ..atomic import atomic_write_bytes
 from ..errors import FlexIPError
+from ..text_files import read_json_object, read_jsonl
 
 GENERATION_FILE = "generation.json"
 MANIFEST_FILE = "manifest.jsonl"
@@ -59,48 +59,6 @@ def write_json(path: Path, data: dict) -> None:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in rows).encode())
-
-
-def read_text(path: str | os.PathLike, remake: str) -> str:
-    """A text file's content, as an editor or a spreadsheet may have saved it (UTF-8, with or without a BOM);
-    `remake` says how to make a good one, for the error."""
-    try:
-        return Path(path).read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise FlexIPError(
-            f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8, or {remake}"
-        ) from None
-    except OSError as e:
-        raise FlexIPError(f"cannot read {path} ({e.strerror}); {remake}") from None
-
-
-def read_json_object(path: Path, remake: str) -> dict:
-    """A JSON file that must hold one object (a settings file)."""
-    try:
-        data = json.loads(read_text(path, remake))
-    except json.JSONDecodeError as e:
-        raise FlexIPError(f"{path}: not valid JSON ({e}); {remake}") from None
-    if not isinstance(data, dict):
-        raise FlexIPError(f"{path} holds a JSON {type(data).__name__}, not an object; {remake}")
-    return data
-
-
-def read_jsonl(path: Path, remake: str) -> list[tuple[str, dict]]:
-    """The objects of a JSONL file, each with where it is (`path:line`) for errors; blank lines are skipped."""
-    rows = []
-    # Lines end at \n, \r\n or \r only: a JSON string may hold the other breaks `splitlines` knows (U+2028).
-    for number, line in enumerate(re.split(r"\r\n?|\n", read_text(path, remake)), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FlexIPError(f"{where}: not valid JSON ({e}); {remake}") from None
-        if not isinstance(row, dict):
-            raise FlexIPError(f"{where}: not a JSON object but a {type(row).__name__}; {remake}")
-        rows.append((where, row))
-    return rows
 
 
 def write_manifest(directory: Path, images: list[PlannedImage]) -> None:

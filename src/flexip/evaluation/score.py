@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes
 from ..errors import FlexIPError
+from ..text_files import read_text
 from . import metrics
 from .aesthetic import AestheticHead
 from .extractors import ClipFeatures, DinoFeatures
@@ -26,7 +27,6 @@ from .results import (
     SUMMARY_FILE,
     PlannedImage,
     read_generation,
-    read_text,
     readable_image,
     write_jsonl,
 )

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..denoisers import Denoiser
+from ..denoisers.registry import Denoiser
 
 
 @dataclass

@@ -9,7 +9,7 @@ from diffusers import StableDiffusionPipeline
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..denoisers import UNET
+from ..denoisers.registry import UNET
 from .family import Family, TextConditioning
 
 

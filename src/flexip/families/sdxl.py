@@ -11,7 +11,7 @@ from diffusers import StableDiffusionXLPipeline
 from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ..denoisers import UNET
+from ..denoisers.registry import UNET
 from .family import Family, TextConditioning
 from .sd15 import tokens
 

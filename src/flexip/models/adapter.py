@@ -7,13 +7,14 @@ import os
 import torch
 from torch import nn
 
-from ..denoisers import denoiser_of
+from ..denoisers.registry import denoiser_of
 from ..errors import FlexIPError
-from ..families import family_named, family_of_unet
+from ..families.registry import family_named, family_of_unet
 from .attach import attach, detach, joined_layers
 from .condition import FlexIPCondition
 from .config import FORMAT_VERSION, FlexIPConfig
-from .files import CONFIG_NAME, read_config, read_weights, write_adapter
+from .config_file import CONFIG_NAME, read_config
+from .files import read_weights, write_adapter
 from .gate import DynamicWeightGate
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..denoisers import denoiser_of
+from ..denoisers.registry import denoiser_of
 from .processor import FlexIPAttnProcessor
 from .projections import BranchProjections
 

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 
 from ..errors import FlexIPError
-from ..families import SD15, family_named
+from ..families.names import check_family_name
+from ..settings.typed_config import from_mapping
 
 FORMAT_VERSION = 1
+
+# Bounds on every size a config gives, so that a typo (width: 76800000) is named before anything is built; far
+# above any real adapter's (SD1.5's are at most 2048 wide and 8 deep).
+MAX_SIZE = 65536
+
+
+def check_sizes(part, names: list[str], source: str, prefix: str) -> None:
+    """Refuse a size of `part` outside [1, MAX_SIZE], naming its key (`prefix` + its name)."""
+    for name in names:
+        value = getattr(part, name)
+        if not 1 <= value <= MAX_SIZE:
+            raise FlexIPError(f"{source}: {prefix}{name}={value} must be between 1 and {MAX_SIZE}")
 
 
 @dataclass
@@ -23,6 +34,9 @@ class PreservationConfig:
     head_dim: int = 64
     ff_mult: int = 4
 
+    def check(self, source: str, prefix: str = "preservation.") -> None:
+        check_sizes(self, [item.name for item in dataclasses.fields(self)], source, prefix)
+
 
 @dataclass
 class PersonalizationConfig:
@@ -32,6 +46,13 @@ class PersonalizationConfig:
     head_dim: int = 64
     ff_mult: int = 4
 
+    def check(self, source: str, prefix: str = "personalization.") -> None:
+        check_sizes(self, [item.name for item in dataclasses.fields(self)], source, prefix)
+
+
+# The data modalities the gate learns a g for: invariant image pairs, and variant pairs (video frames, views).
+MODALITIES = ("image", "video")
+
 
 @dataclass
 class GateConfig:
@@ -39,6 +60,24 @@ class GateConfig:
     video_init: float = 0.2  # g for video (variant) samples
     noise_std: float = 1.5  # logit noise during training, so every g in [0, 1] is visited
     uniform_share: float = 0.2  # share of training samples whose g is uniform on [0, 1], whatever the drift
+
+    def check(self, source: str, prefix: str = "gate.") -> None:
+        """Each initial g strictly inside (0, 1) (its logit is infinite at 0 and 1), the noise not negative
+        and the uniform share from 0 to 1."""
+        for name in ("image_init", "video_init"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise FlexIPError(
+                    f"{source}: {prefix}{name}={value} must be strictly between 0 and 1, e.g. 0.8 or 0.2"
+                )
+        for name in ("noise_std", "uniform_share"):
+            if getattr(self, name) < 0:
+                raise FlexIPError(f"{source}: {prefix}{name}={getattr(self, name)} must not be negative")
+        if self.uniform_share > 1:
+            raise FlexIPError(
+                f"{source}: {prefix}uniform_share={self.uniform_share} is a share of the samples: give a "
+                "value from 0 to 1"
+            )
 
 
 @dataclass
@@ -49,8 +88,8 @@ class FlexIPConfig:
     clip_embed_dim: int  # CLIP image embedding (projection) size
     dino_hidden_dim: int  # DINOv2 hidden size
     layers: dict[str, list[int]]  # attn2 processor name -> [K/V input width, K/V output width]
-    base_model: str = ""  # diffusers base model it was trained on: hub id, or a path ("./x" = beside the adapter)
-    base_family: str = SD15.name  # the base model's family (flexip.families); a file without one is SD1.5's
+    base_model: str = ""  # the diffusers base it was trained on: hub id, or path ("./x": beside the adapter)
+    base_family: str = "sd15"  # the base model's family (flexip.families); a file without one is SD1.5's
     image_encoder: str = ""  # CLIP vision model it was trained with, same convention
     dino_encoder: str = ""  # DINOv2 model it was trained with, same convention
     dino_layer: int = -2  # which DINOv2 hidden state feeds the Preservation adapter (-2: penultimate block)
@@ -64,74 +103,28 @@ class FlexIPConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> FlexIPConfig:
-        data = dict(data)
+        """The config `data` (an adapter's flexip_config.json) gives, its keys, types and ranges checked; an
+        error names `source`."""
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise FlexIPError(
                 f"{source}: format_version {version!r} is not supported (this flexip reads {FORMAT_VERSION}); "
                 "upgrade flexip or re-export the adapter"
             )
-        nested = {"preservation": PreservationConfig, "personalization": PersonalizationConfig, "gate": GateConfig}
-        for key, sub_cls in nested.items():
-            if key in data:
-                if not isinstance(data[key], dict):
-                    raise FlexIPError(f"{source}: {key} must be a mapping of keys, got {data[key]!r}")
-                data[key] = _build(sub_cls, data[key], f"{source}: {key}")
-        config = _build(cls, data, source)
-        check_values(config, source)
-        family_named(config.base_family, f"{source}: base_family")
-        layers = config.layers
-        if not isinstance(layers, dict) or not all(
-            isinstance(name, str) and _is_sizes(widths, 2) for name, widths in layers.items()
-        ):
-            raise FlexIPError(f"{source}: layers must map layer names to [K/V input width, K/V output width]")
+        config = from_mapping(cls, data, source)
+        config.check(source)
         return config
 
-
-def _build(cls, data: dict, source: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise FlexIPError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(names))}")
-    try:
-        return cls(**data)
-    except TypeError as e:
-        raise FlexIPError(f"{source}: {e}") from e
-
-
-# Bounds on every size a config gives, so that a typo (width: 76800000) is named before anything is built; far
-# above any real adapter's (SD1.5's are at most 2048 wide and 8 deep).
-MAX_SIZE = 65536
-
-
-def _is_sizes(value, count: int) -> bool:
-    return (
-        isinstance(value, list) and len(value) == count
-        and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE for v in value)
-    )  # fmt: skip
-
-
-def check_values(part, source: str, prefix: str = "") -> None:
-    """Refuse a config value of the wrong type or range, naming its key: sizes are integers in [1, MAX_SIZE],
-    the gate's initial g strictly inside (0, 1) (its logit is infinite at 0 and 1), every float finite."""
-    hints = typing.get_type_hints(type(part))
-    for item in dataclasses.fields(part):
-        value, kind, key = getattr(part, item.name), hints[item.name], f"{prefix}{item.name}"
-        if dataclasses.is_dataclass(value):
-            check_values(value, source, f"{key}.")
-            continue
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise FlexIPError(f"{source}: {key} must be an integer, got {value!r}")
-        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
-            raise FlexIPError(f"{source}: {key} must be a finite number, got {value!r}")
-        if kind is str and not isinstance(value, str):
-            raise FlexIPError(f"{source}: {key} must be a string, got {value!r}")
-        sized = isinstance(part, (PreservationConfig, PersonalizationConfig)) or item.name.endswith("_dim")
-        if kind is int and sized and not 1 <= value <= MAX_SIZE:
-            raise FlexIPError(f"{source}: {key}={value} must be between 1 and {MAX_SIZE}")
-        if isinstance(part, GateConfig) and item.name.endswith("_init") and not 0.0 < value < 1.0:
-            raise FlexIPError(f"{source}: {key}={value} must be strictly between 0 and 1, e.g. 0.8 or 0.2")
-        if isinstance(part, GateConfig) and value < 0:
-            raise FlexIPError(f"{source}: {key}={value} must not be negative")
-        if isinstance(part, GateConfig) and item.name == "uniform_share" and value > 1:
-            raise FlexIPError(f"{source}: {key}={value} is a share of the samples: give a value from 0 to 1")
+    def check(self, source: str) -> None:
+        """Refuse a size outside [1, MAX_SIZE], a gate setting outside its range or an unknown family."""
+        check_sizes(self, ["cross_attention_dim", "clip_embed_dim", "dino_hidden_dim"], source, "")
+        self.preservation.check(source)
+        self.personalization.check(source)
+        self.gate.check(source)
+        check_family_name(self.base_family, f"{source}: base_family")
+        for name, widths in self.layers.items():
+            if len(widths) != 2 or not all(1 <= width <= MAX_SIZE for width in widths):
+                raise FlexIPError(
+                    f"{source}: layers[{name!r}] is {widths}; each layer maps to [K/V input width, K/V "
+                    f"output width], each from 1 to {MAX_SIZE}"
+                )

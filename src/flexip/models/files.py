@@ -16,9 +16,7 @@ from safetensors.torch import load_file, save
 from ..atomic import atomic_directory, atomic_write_bytes, recover_directory
 from ..errors import FlexIPError
 from .config import FORMAT_VERSION, FlexIPConfig
-
-CONFIG_NAME = "flexip_config.json"
-WEIGHTS_NAME = "flexip_adapter.safetensors"
+from .config_file import CONFIG_NAME, WEIGHTS_NAME
 
 
 def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], config: FlexIPConfig) -> None:
@@ -42,25 +40,6 @@ def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], 
     with atomic_directory(directory) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-
-
-def read_config(directory: str | os.PathLike) -> tuple[Path, FlexIPConfig]:
-    """(the directory, its checked config); both files must be there."""
-    directory = recover_directory(directory)
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FlexIPError(
-                f"{path} not found: an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
-                "(written by FlexIPAdapter.save_pretrained or `flexip train`)"
-            )
-    try:
-        config_data = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FlexIPError(f"{config_path} is not valid JSON ({e}); re-export the adapter") from e
-    if not isinstance(config_data, dict):
-        raise FlexIPError(f"{config_path}: expected a JSON object of settings; re-export the adapter")
-    return directory, FlexIPConfig.from_dict(config_data, source=str(config_path))
 
 
 def read_weights(directory: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

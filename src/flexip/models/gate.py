@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-MODALITIES = ("image", "video")
+from .config import MODALITIES
+
 COVERAGE_BINS = 10  # coverage is counted per tenth of the dial
 
 
@@ -21,8 +22,9 @@ class DynamicWeightGate(nn.Module):
     A training sample's g is `sigmoid(logit[modality] + noise_std * eps)`, except for a fixed share of samples
     (`uniform_share`) whose g is drawn uniformly from [0, 1] whatever their modality. The logits still learn
     each modality's bias from the other samples; the uniform share keeps every tenth of the dial visited by
-    both modalities however far they drift (docs/design.md, "The gate"). At inference the user sets g
-    directly; the gate only reports what training learned per modality.
+    both modalities however far they drift (docs/decisions/training.md, "The gate keeps the whole dial
+    trained"). At inference the user sets g directly; the gate only reports what training learned per
+    modality.
     """
 
     def __init__(

@@ -14,8 +14,8 @@ class Subject:
     """How one reference's branch outputs enter every layer: scaled by `weight`, and only inside `mask`.
 
     A layer's branch output is the sum over subjects of weight * mask * Attn(Q, K_i, V_i), each subject's
-    keys and values from its own tokens (docs/design.md, "Several references"). The mask is area-resized to
-    each layer's grid, so a grid cell with no mask pixel gets exactly zero and an all-ones mask exactly one.
+    keys and values from its own tokens (docs/decisions/control.md, "Several references"). The mask is
+    area-resized to each layer's grid, so a grid cell with no mask pixel gets exactly zero and an all-ones mask exactly one.
     """
 
     weight: float = 1.0

@@ -4,7 +4,7 @@
 
 P, S and g reach every `attn2` as the second item of a `(text_embeds, FlexIPCondition)` tuple passed as the
 UNet's `encoder_hidden_states`: diffusers hands that tuple to the cross-attention layers only, so the
-self-attention processors never see (or warn about) our inputs. See docs/design.md.
+self-attention processors never see (or warn about) our inputs. See docs/decisions/attention.md.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The path a `preservation` value takes, from the call to the attention processor (method.md §2.3, §4):
 
-1. `flexip_call` checks it (`dial.check_dials`): one value or a list (a sweep), each a number in [0, 1], a
-   per-block dict or a schedule, resolved to one value per cross-attention layer (a `LayerDial`); `scale`
+1. `flexip_call` checks it (`flexip.settings.dial`): one value or a list (a sweep), each a number in [0, 1],
+   a per-block dict or a schedule, resolved to one value per joined layer (a `LayerDial`); `scale`
    likewise (a number or a per-block dict), and the references with their weights and masks (`subjects.py`).
 2. It encodes the prompt once, for all values, as the base family's pipeline does (`flexip.families`), and
    repeats every per-sample input once per value, innermost: the prompt embeddings (and SDXL's pooled ones),
@@ -26,7 +26,7 @@ because the only thing FlexIP changes is what the UNet receives, and it changes 
 IP-Adapter does (`encoder_hidden_states` reaches only the cross-attention layers). A hook rather than a
 rewritten loop lets one mechanism serve every pipeline class; a context variable rather than an attribute
 keeps two threads' calls on one UNet apart, and `per_call` gives each call its own copy of diffusers' per-call
-state. docs/design.md records the alternatives.
+state. docs/decisions/pipeline.md records the alternatives.
 """
 
 from __future__ import annotations
@@ -35,15 +35,16 @@ import copy
 import inspect
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from ..errors import FlexIPError
+from ..settings.dial import SCALE, Dial, LayerDial, dials
+from ..settings.numbers import check_guidance, check_images_per_prompt, check_steps
 from .calls import PipelineCall, pipeline_call
-from .checks import check_guidance, check_images_per_prompt, check_steps
-from .dial import check_dials, check_layer_scale
 from .injection import ReferenceInput
 from .subjects import check_subjects
 
@@ -60,15 +61,48 @@ def flexip_call(
     reference_weights: list[float] | None = None,
     reference_masks: list | None = None,
 ):
-    """Run `stock_call(pipe, *args, **kwargs)` with FlexIP's references and dial (`pipeline/dial.py`, forms).
+    """Run `stock_call(pipe, *args, **kwargs)` with FlexIP's references and dial (`flexip.settings.dial`, forms).
 
     Output order: for each prompt, for each of its `num_images_per_prompt` images, one image per preservation
     value in the order given; images that differ only in preservation share their starting noise.
     """
-    # 1. Validate everything before any model runs.
-    layers = list(pipe.flexip.adapter.config.layers)
-    dials = check_dials(preservation, layers, pipe.flexip.denoiser)
-    scales = check_layer_scale(scale, layers, pipe.flexip.denoiser)
+    checked = _checked_call(pipe, stock_call, args, kwargs, reference, preservation, scale, reference_weights,
+                            reference_masks)  # fmt: skip
+    pipe = per_call(pipe)  # from here on, this call's own copy (threads)
+
+    # Encode the prompt and the references once, for all preservation values.
+    guided = checked.call.guided(pipe, checked.guidance_scale)
+    embeds = pipe.flexip.family.encode_prompt(pipe, checked.arguments, checked.images_per_prompt, guided)
+    encoded = [pipe.flexip.encode_reference(item) for item in checked.references]
+    samples = embeds["prompt_embeds"].shape[0]  # conditional samples: prompts x images per prompt
+    arguments = _per_value_arguments(pipe, checked, embeds, samples)
+
+    # The stock pipeline's own loop; the injection's hook gives its denoiser P, S and g.
+    repeats = len(checked.dials)
+    with pipe.flexip.generating(encoded, checked.subjects, checked.dials * samples, checked.scales,
+                                samples * repeats, guided):  # fmt: skip
+        return stock_call(pipe, **arguments)
+
+
+@dataclass
+class _CheckedCall:
+    """A call's inputs, every one checked before any model runs."""
+
+    call: PipelineCall
+    arguments: dict  # the stock call's arguments by name
+    dials: list[LayerDial]  # one per preservation value
+    scales: tuple[float, ...]  # s per layer
+    guidance_scale: float
+    images_per_prompt: int
+    references: list  # prepared reference images
+    subjects: tuple
+
+
+def _checked_call(pipe, stock_call, args, kwargs, reference, preservation, scale, reference_weights,
+                  reference_masks) -> _CheckedCall:  # fmt: skip
+    layers, names = list(pipe.flexip.adapter.config.layers), pipe.flexip.denoiser.block_names
+    values = [value.resolve(layers, names) for value in dials(preservation)]
+    scales = (scale if isinstance(scale, Dial) else Dial(scale, quantity=SCALE)).resolve(layers, names).values
     call = pipeline_call(pipe)
     signature = inspect.signature(stock_call)
     arguments = _named_arguments(signature, pipe, args, kwargs)
@@ -87,19 +121,15 @@ def flexip_call(
         raise FlexIPError("reference is an empty list: give one or more images of the subject")
     prepared = [pipe.flexip.prepare_reference(item) for item in references]
     subjects = check_subjects(len(prepared), reference_weights, reference_masks, _image_size(pipe, call, arguments))
-    scheduled = any(dial.schedule is not None for dial in dials)
-    if scheduled and "callback_on_step_end" not in signature.parameters:
+    if any(value.schedule is not None for value in values) and "callback_on_step_end" not in signature.parameters:
         raise FlexIPError(f"{type(pipe).__name__} takes no callback_on_step_end, which a schedule needs; give numbers")
-    pipe = per_call(pipe)  # from here on, this call's own copy (threads)
+    return _CheckedCall(call, arguments, values, scales, guidance_scale, images_per_prompt, prepared, subjects)
 
-    # 2. Encode the prompt and the references once, for all preservation values.
-    guided = call.guided(pipe, guidance_scale)
-    embeds = pipe.flexip.family.encode_prompt(pipe, arguments, images_per_prompt, guided)
-    encoded = [pipe.flexip.encode_reference(item) for item in prepared]
 
-    # 3. Every per-sample input once per value, the values innermost.
-    samples = embeds["prompt_embeds"].shape[0]  # conditional samples: prompts x images per prompt
-    repeats = len(dials)
+def _per_value_arguments(pipe, checked: _CheckedCall, embeds: dict, samples: int) -> dict:
+    """The stock call's arguments with every per-sample input once per preservation value, the values innermost:
+    the prompt embeddings, one generator per sample and value, given latents, and an init image or mask."""
+    arguments, repeats = checked.arguments, len(checked.dials)
 
     def per_value(tensor: torch.Tensor | None) -> torch.Tensor | None:
         return None if tensor is None else tensor.repeat_interleave(repeats, dim=0)
@@ -114,18 +144,15 @@ def flexip_call(
     )
     if latents is not None:
         arguments["latents"] = per_value(latents)
-    if isinstance(arguments["generator"], list) and call.starts_from_image:
+    if isinstance(arguments["generator"], list) and checked.call.starts_from_image:
         # A pipeline that starts from `image` (img2img, inpainting) VAE-encodes it with one generator per
         # image: one copy per sample makes every sample draw from its generator as a call of its own would.
         for name in ("image", "mask_image"):
             if arguments.get(name) is not None:
                 arguments[name] = _per_sample_images(arguments[name], name, samples, repeats)
-    if scheduled:
+    if any(dial.schedule is not None for dial in checked.dials):
         _advance_at_each_step(pipe.flexip, arguments)
-
-    # 4. The stock pipeline's own loop; the injection's hook gives its UNet P, S and g.
-    with pipe.flexip.generating(encoded, subjects, dials * samples, scales, samples * repeats, guided):
-        return stock_call(pipe, **arguments)
+    return arguments
 
 
 def _image_size(pipe, call: PipelineCall, arguments: dict) -> tuple[int, int] | None:

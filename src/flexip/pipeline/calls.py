@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import diffusers
 
-from ..denoisers import UNET, Denoiser
+from ..denoisers.registry import UNET, Denoiser
 from ..errors import FlexIPError
 
 

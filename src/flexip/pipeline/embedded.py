@@ -15,10 +15,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomic import atomic_directory
-from ..models.files import CONFIG_NAME
+from ..defaults import DEMO_MODEL_DIR
+from ..models.config_file import CONFIG_NAME
 from ..tiny import ModelSet, save_tiny_model_set
-
-DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
 
 
 @dataclass(frozen=True)

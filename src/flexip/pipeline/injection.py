@@ -20,16 +20,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..denoisers import denoiser_of
+from ..denoisers.registry import denoiser_of
 from ..errors import FlexIPError
-from ..families import family_named
+from ..families.registry import family_named
 from ..models.adapter import FlexIPAdapter
 from ..models.condition import FlexIPCondition
 from ..models.masks import PLAIN, Subject
 from ..models.processor import FlexIPAttnProcessor
 from ..models.weights import BranchWeights
-from ..reference import EncodedReference, ReferenceCache, ReferenceEncoder
-from .dial import LayerDial
+from ..references.cache import ReferenceCache
+from ..references.encoded import EncodedReference
+from ..references.encoder import ReferenceEncoder
+from ..settings.dial import LayerDial
 from .images import load_reference_image
 from .subjects import check_aspect
 
@@ -160,6 +162,15 @@ class FlexIPInjection:
             return prepared
         self._follow_unet()
         return self.reference_cache.encode(prepared)
+
+    def is_encoded(self, reference: ReferenceInput) -> bool:
+        """Whether `encode_reference(reference)` would run no encoder: the reference is encoded already, or is an
+        image seen lately (a web page reports the reuse)."""
+        prepared = self.prepare_reference(reference)
+        if isinstance(prepared, EncodedReference):
+            return True
+        self._follow_unet()  # the cache is keyed by the encoders' device and dtype, as `encode_reference` sees them
+        return self.reference_cache.get(prepared) is not None
 
     @contextlib.contextmanager
     def generating(

@@ -11,7 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..atomic import atomic_write_bytes
-from .dial import dial_text
+from ..settings.dial import Dial
 
 # Image formats by file suffix.
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -31,8 +31,8 @@ def save_image(image: Image.Image, path: Path, settings: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def image_name(index: int, value) -> str:
+def image_name(index: int, value: Dial) -> str:
     """The file of a sweep's `index`-th image: its dial value in the name (a number, a per-block or a schedule form)."""
-    if isinstance(value, (int, float)):
-        return f"{index:02d}_preservation-{value:.2f}.png"
-    return f"{index:02d}_preservation-{re.sub(r'[^0-9a-z.]+', '-', dial_text(value)).strip('-')}.png"
+    if isinstance(value.form, float):
+        return f"{index:02d}_preservation-{value.form:.2f}.png"
+    return f"{index:02d}_preservation-{re.sub(r'[^0-9a-z.]+', '-', value.text()).strip('-')}.png"

@@ -9,10 +9,11 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from ..errors import FlexIPError
-from ..families import SD15, SDXL, Family, family_named, family_of_base, load_base
+from ..families.registry import SD15, SDXL, Family, family_named, family_of_base, load_base
 from ..models.adapter import FlexIPAdapter
+from ..settings.dial import PRESERVATION, SCALE
 from .call import flexip_call
-from .dial import DEFAULT_PRESERVATION, DEFAULT_SCALE
+from .embedded import embedded_model
 from .injection import FlexIPInjection, ReferenceInput
 
 
@@ -25,50 +26,37 @@ class _WithReference:
     @classmethod
     def from_pretrained(
         cls,
-        base: str | os.PathLike | None = None,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
         *,
-        adapter: str | os.PathLike | FlexIPAdapter,
+        adapter: str | os.PathLike | FlexIPAdapter | None = None,
         image_encoder: str | os.PathLike | None = None,
         dino_encoder: str | os.PathLike | None = None,
         torch_dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        variant: str | None = None,
         base_config: str | os.PathLike | None = None,
+        base: str | os.PathLike | None = None,
     ):
-        """Load a base (hub id, diffusers directory, or one `.safetensors` checkpoint file of a fine-tune) and a
-        FlexIP adapter (directory or object).
+        """Load a base model (hub id, diffusers directory, or one `.safetensors` checkpoint file of a fine-tune)
+        with a FlexIP adapter (directory or object), in the shape of diffusers' `from_pretrained`.
 
-        The base and the encoders default to those the adapter's config records. A single-file base takes its
-        components' configs from `base_config` (a diffusers directory or hub id of its family; needed offline
-        unless the configs are in the local cache). The pipeline is the adapter's family's: `FlexIPPipeline` on
-        Stable Diffusion 1.5, `FlexIPXLPipeline` on SDXL (either class's `from_pretrained` gives the right one).
+        With neither, the embedded demo model; with an adapter alone, the base its config records (the encoders
+        too, always, unless given). `revision` and `variant` choose the base's files as diffusers does. A
+        single-file base takes its components' configs from `base_config` (a diffusers directory or hub id of its
+        family; needed offline unless the configs are in the local cache). `base=` is another name for the first
+        argument. The pipeline is the adapter's family's: `FlexIPPipeline` on Stable Diffusion 1.5,
+        `FlexIPXLPipeline` on SDXL (either class's `from_pretrained` gives the right one).
         """
-        if not isinstance(adapter, FlexIPAdapter):
-            adapter = FlexIPAdapter.from_pretrained(adapter)
+        adapter, base = _adapter_and_base(adapter, pretrained_model_name_or_path, base)
         family = family_named(adapter.config.base_family)
         base = base or adapter.resolve_model(adapter.config.base_model)
         if not base:
             raise FlexIPError(
                 f"the adapter does not record its base model; pass the {family.title} base it was trained on "
-                "(base=... in Python, --base on the command line)"
+                "(the first argument in Python, --base on the command line)"
             )
-        for given in (base, base_config):
-            found = None if given is None else family_of_base(given)
-            if found is not None and found is not family:
-                raise FlexIPError(
-                    f"the adapter was trained for {family.title} but the base {os.fspath(given)!r} is {found.title}: "
-                    f"give a {family.title} base, or an adapter trained for {found.title}"
-                )
-        try:
-            stock = load_base(family, base, base_config)
-        except FlexIPError:
-            raise
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            hint = (
-                f"name a diffusers directory of {family.title} as base_config (--base-config) for its configs"
-                if Path(base).is_file() else "give a diffusers pipeline directory or a hub id whose weights are downloaded"
-            )  # fmt: skip
-            raise FlexIPError(
-                f"cannot load a {family.title} base model from {str(base)!r} ({str(e).splitlines()[0]}); {hint}"
-            ) from e
+        loading = {name: value for name, value in (("revision", revision), ("variant", variant)) if value is not None}
+        stock = _stock_pipeline(family, base, base_config, loading)
         # Cast after loading (diffusers renamed its dtype argument across versions), and only when needed:
         # diffusers 0.42 warns on every cast.
         modules = [module for module in stock.components.values() if isinstance(module, torch.nn.Module)]
@@ -87,8 +75,8 @@ class _WithReference:
         self,
         prompt: str | list[str] | None = None,
         reference: ReferenceInput | list[ReferenceInput] | None = None,
-        preservation=DEFAULT_PRESERVATION,
-        scale=DEFAULT_SCALE,
+        preservation=PRESERVATION.default,
+        scale=SCALE.default,
         reference_weights: list[float] | None = None,
         reference_masks: list | None = None,
         **kwargs,
@@ -123,7 +111,7 @@ class _WithReference:
 class FlexIPPipeline(_WithReference, StableDiffusionPipeline):
     """diffusers' `StableDiffusionPipeline` with FlexIP attached (method.md §2.3, §4).
 
-    Build it with `FlexIPPipeline.from_pretrained(base=..., adapter=...)` (an SDXL adapter gives a
+    Build it with `FlexIPPipeline.from_pretrained(base, adapter=...)` (an SDXL adapter gives a
     `FlexIPXLPipeline`). Everything diffusers' pipeline does (any scheduler, `pipe.to(...)`, callbacks, LoRA)
     works unchanged: the denoising loop is diffusers' own, and the reference reaches the UNet through the hook
     described in `flexip.pipeline.injection`.
@@ -137,6 +125,49 @@ class FlexIPXLPipeline(_WithReference, StableDiffusionXLPipeline):
     arguments and defaults (`prompt_2`, `original_size`, 1024 px, ...)."""
 
     family = SDXL
+
+
+def _adapter_and_base(adapter, pretrained_model_name_or_path, base) -> tuple[FlexIPAdapter, str | os.PathLike | None]:
+    """The adapter (loaded) and the base `from_pretrained` was given: both, the adapter alone (its recorded base
+    is taken later), or neither (the embedded demo model); a base alone is refused."""
+    if base is not None and pretrained_model_name_or_path is not None:
+        raise FlexIPError("give the base model once: as the first argument or as base=, not both")
+    base = pretrained_model_name_or_path if base is None else base
+    if adapter is None:
+        if base is not None:
+            raise FlexIPError(
+                f"no FlexIP adapter given for the base {os.fspath(base)!r}: pass adapter= (a directory written by "
+                "`flexip train` or FlexIPAdapter.save_pretrained); with neither, the embedded demo model loads"
+            )
+        models = embedded_model().models
+        adapter, base = models.adapter, models.base
+    if not isinstance(adapter, FlexIPAdapter):
+        adapter = FlexIPAdapter.from_pretrained(adapter)
+    return adapter, base
+
+
+def _stock_pipeline(family: Family, base, base_config, loading: dict):
+    """`family`'s stock text-to-image pipeline for `base`, refused in one line if the base is another family's
+    or cannot be loaded."""
+    for given in (base, base_config):
+        found = None if given is None else family_of_base(given)
+        if found is not None and found is not family:
+            raise FlexIPError(
+                f"the adapter was trained for {family.title} but the base {os.fspath(given)!r} is {found.title}: "
+                f"give a {family.title} base, or an adapter trained for {found.title}"
+            )
+    try:
+        return load_base(family, base, base_config, **loading)
+    except FlexIPError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        hint = (
+            f"name a diffusers directory of {family.title} as base_config (--base-config) for its configs"
+            if Path(base).is_file() else "give a diffusers pipeline directory or a hub id whose weights are downloaded"
+        )  # fmt: skip
+        raise FlexIPError(
+            f"cannot load a {family.title} base model from {str(base)!r} ({str(e).splitlines()[0]}); {hint}"
+        ) from e
 
 
 _PIPELINES = {SD15.name: FlexIPPipeline, SDXL.name: FlexIPXLPipeline}

@@ -17,9 +17,9 @@ import os
 
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
+from ..settings.dial import PRESERVATION, SCALE
 from .call import flexip_call, per_call
 from .calls import pipeline_call
-from .dial import DEFAULT_PRESERVATION, DEFAULT_SCALE
 from .injection import FlexIPInjection, ReferenceInput
 
 _SUBCLASSES: dict[type, type] = {}
@@ -64,7 +64,7 @@ def _with_reference(stock_class: type) -> type:
 
         def __call__(
             self, *args, reference: ReferenceInput | list[ReferenceInput] | None = None, preservation=None,
-            scale=DEFAULT_SCALE, reference_weights: list[float] | None = None, reference_masks: list | None = None,
+            scale=SCALE.default, reference_weights: list[float] | None = None, reference_masks: list | None = None,
             **kwargs,
         ):  # fmt: skip
             if reference is None:
@@ -73,7 +73,7 @@ def _with_reference(stock_class: type) -> type:
                 if given:
                     raise FlexIPError(f"{given[0]} was given without a reference image: pass reference=...")
                 return stock_call(per_call(self), *args, **kwargs)
-            preservation = DEFAULT_PRESERVATION if preservation is None else preservation
+            preservation = PRESERVATION.default if preservation is None else preservation
             return flexip_call(self, stock_call, args, kwargs, reference, preservation, scale, reference_weights,
                                reference_masks)  # fmt: skip
 

@@ -3,7 +3,7 @@
 Without masks, a `reference` list is one subject's images: each image's branch outputs are mixed with its
 weight, the weights scaled to sum to 1 (equal by default). With `reference_masks`, each image is a subject of
 its own, acting only inside its mask, at its weight (1 by default: subjects in disjoint masks do not compete).
-docs/design.md ("Several references, masks") says why the branches are summed rather than the tokens
+docs/decisions/control.md ("Several references") says why the branches are summed rather than the tokens
 concatenated or the features pooled. Masks are read with diffusers' `IPAdapterMaskProcessor` (grayscale,
 binarised at 0.5) and resized to every layer's grid inside the attention (`models.masks.Subject`).
 """
@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..errors import FlexIPError
 from ..models.masks import PLAIN, Subject
-from .checks import MAX_SCALE, as_number
+from ..settings.numbers import check_reference_weights
 from .images import mask_to_gray
 
 # Size kept as given (a multiple of 1 pixel): each layer resizes the mask to its own grid.
@@ -36,7 +36,7 @@ def check_subjects(count: int, weights, masks, image_size: tuple[int, int] | Non
     """The subjects of `count` references: their weights and masks, checked. `image_size` (height, width) of
     the images to make, when the pipeline says it up front, is what the masks' aspect ratio must match."""
     if weights is not None:
-        weights = _check_weights(weights, count)
+        weights = check_reference_weights(weights, count, masked=masks is not None)
     if masks is None:
         if weights is None:
             return PLAIN if count == 1 else tuple(Subject(1 / count) for _ in range(count))
@@ -46,26 +46,7 @@ def check_subjects(count: int, weights, masks, image_size: tuple[int, int] | Non
         return PLAIN if shares == [1.0] else tuple(Subject(share) for share in shares)
     masks = _check_masks(masks, count, image_size)
     weights = weights or [1.0] * count
-    # With masks, a weight scales its subject's branches as `scale` does: it has the same bound.
-    for index, weight in enumerate(weights):
-        if weight > MAX_SCALE:
-            raise FlexIPError(
-                f"reference_weights[{index}]={weight!r}: with masks, each weight is its subject's strength; give at "
-                f"most {MAX_SCALE:g} (1 is the trained strength)"
-            )
     return tuple(Subject(weight, mask) for weight, mask in zip(weights, masks))
-
-
-def _check_weights(weights, count: int) -> list[float]:
-    if not isinstance(weights, (list, tuple)) or len(weights) != count:
-        raise FlexIPError(f"reference_weights={weights!r}: give one weight per reference ({count}), e.g. [0.7, 0.3]")
-    checked = [as_number(weight, f"reference_weights[{index}]") for index, weight in enumerate(weights)]
-    for index, weight in enumerate(checked):
-        if not (math.isfinite(weight) and weight >= 0):
-            raise FlexIPError(f"reference_weights[{index}]={weights[index]!r} must be a finite number >= 0")
-    if not max(checked) > 0:
-        raise FlexIPError(f"reference_weights={weights!r} sum to 0; give weights that sum to a positive number")
-    return checked
 
 
 def _check_masks(masks, count: int, image_size: tuple[int, int] | None) -> list[torch.Tensor]:

@@ -110,41 +110,13 @@ def caption_manifest(
     check_resume(out, part, overwrite, settings)
     captioner = Captioner.from_pretrained(model, process_device()) if model else None
 
-    def rebase(row: dict) -> dict:
-        """The row with its paths relative to `out`'s folder instead of the input manifest's."""
-        moved = {name: relative(manifest.parent / row[name], out.parent) for name in PATH_FIELDS if name in row}
-        return {**row, **moved}
-
     def work(keys: list[str]) -> list[Outcome]:
-        outcomes = {key: Outcome(rows=[rebase(rows[int(key)])]) for key in keys}
+        outcomes = {key: Outcome(rows=[_rebased(rows[int(key)], manifest, out)]) for key in keys}
         todo = [key for key in keys if not rows[int(key)]["caption"].strip()]
         if from_column is not None:
-            for key in todo:
-                value = rows[int(key)].get(from_column)
-                if isinstance(value, str) and value.strip():
-                    outcomes[key].rows[0].update(caption=value.strip(), caption_from=f"column:{from_column}")
-                else:
-                    outcomes[key].problems.append(
-                        problem(manifest, "no-caption", f"line {int(key) + 1} has no text in {from_column!r}")
-                    )
-            return list(outcomes.values())
-        images = {}  # target path -> image; rows sharing a target share one caption
-        for key in todo:
-            target = manifest.parent / rows[int(key)]["target"]
-            if str(target) in images:
-                continue
-            try:
-                image = open_picture(target, min_size=1).image
-            except Unusable as e:
-                outcomes[key].problems.append(problem(target, e.kind, f"{e}; left uncaptioned"))
-                continue
-            image.thumbnail((OPENED_SIDE, OPENED_SIDE))
-            images[str(target)] = image
-        captions = dict(zip(images, captioner(list(images.values())) if images else []))
-        for key in todo:
-            caption = captions.get(str(manifest.parent / rows[int(key)]["target"]))
-            if caption is not None:
-                outcomes[key].rows[0].update(caption=caption, caption_from=captioner.name)
+            _copy_captions(outcomes, rows, todo, manifest, from_column)
+        else:
+            _generate_captions(outcomes, rows, todo, manifest, captioner)
         return list(outcomes.values())
 
     return run_items(
@@ -153,3 +125,45 @@ def caption_manifest(
         desc=f"captions{part.label}", unit="row",
     )  # fmt: skip
 
+
+def _rebased(row: dict, manifest: Path, out: Path) -> dict:
+    """The row with its paths relative to `out`'s folder instead of the input manifest's."""
+    moved = {name: relative(manifest.parent / row[name], out.parent) for name in PATH_FIELDS if name in row}
+    return {**row, **moved}
+
+
+def _copy_captions(
+    outcomes: dict[str, Outcome], rows: list[dict], todo: list[str], manifest: Path, column: str
+) -> None:
+    """Caption the rows `todo` (keys: row numbers) from their text in `column`, or report it missing."""
+    for key in todo:
+        value = rows[int(key)].get(column)
+        if isinstance(value, str) and value.strip():
+            outcomes[key].rows[0].update(caption=value.strip(), caption_from=f"column:{column}")
+        else:
+            outcomes[key].problems.append(
+                problem(manifest, "no-caption", f"line {int(key) + 1} has no text in {column!r}")
+            )
+
+
+def _generate_captions(
+    outcomes: dict[str, Outcome], rows: list[dict], todo: list[str], manifest: Path, captioner: Captioner
+) -> None:
+    """Caption the rows `todo` (keys: row numbers) with `captioner`: one batch of their distinct targets."""
+    images = {}  # target path -> image; rows sharing a target share one caption
+    for key in todo:
+        target = manifest.parent / rows[int(key)]["target"]
+        if str(target) in images:
+            continue
+        try:
+            image = open_picture(target, min_size=1).image
+        except Unusable as e:
+            outcomes[key].problems.append(problem(target, e.kind, f"{e}; left uncaptioned"))
+            continue
+        image.thumbnail((OPENED_SIDE, OPENED_SIDE))
+        images[str(target)] = image
+    captions = dict(zip(images, captioner(list(images.values())) if images else []))
+    for key in todo:
+        caption = captions.get(str(manifest.parent / rows[int(key)]["target"]))
+        if caption is not None:
+            outcomes[key].rows[0].update(caption=caption, caption_from=captioner.name)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import FlexIPError
 from ..manifest import PATH_FIELDS, read_manifest_records
-from ..models.gate import MODALITIES
+from ..models.config import MODALITIES
 from .shards import INDEX, read_index, shard_name
 
 SHOWN = 3  # example problems named per input

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
+
 from ..errors import FlexIPError
 from .dedup import check_distance, drop_duplicates
 from .folders import (
@@ -60,33 +62,8 @@ def prepare_images(
     segmenter = SubjectSegmenter.from_pretrained(mask_model, process_device()) if mask_model else None
 
     def one(rel: str) -> Outcome:
-        path = folder / rel
-        try:
-            picture = open_picture(path, min_size)
-        except Unusable as e:
-            return Outcome(problems=[problem(path, e.kind, str(e))])
-        target = write_png(picture.image, written / "upright" / f"{rel}.png") if picture.needs_copy else path
-        row = {"reference": relative(target, out.parent), "target": relative(target, out.parent), "modality": "image",
-               "source": rel, "kind": "photo", "dhash": f"{dhash(picture.image):016x}"}  # fmt: skip
-        problems, mask, mask_path = [], None, mask_files.get(str(Path(rel).with_suffix("")))
-        if mask_path is not None:
-            try:
-                mask, needs_copy = open_mask(mask_path)
-            except Unusable as e:
-                problems.append(problem(mask_path, e.kind, f"{e}; the pair is kept without a mask"))
-            else:
-                if mask.size != picture.image.size:
-                    problems.append(problem(mask_path, "bad-mask", f"mask is {mask.width}x{mask.height}, "
-                        f"its photo {picture.image.width}x{picture.image.height}; the pair is kept without a mask"))  # fmt: skip
-                    mask = None
-                elif not needs_copy:
-                    row["mask"] = relative(mask_path, out.parent)
-                    mask = None
-        elif segmenter is not None:
-            mask = segmenter(picture.image)
-        if mask is not None:
-            row["mask"] = relative(write_png(mask, written / "masks" / f"{rel}.png"), out.parent)
-        return Outcome(rows=[with_caption(row, sidecar_caption(path))], problems=problems)
+        mask_path = mask_files.get(str(Path(rel).with_suffix("")))
+        return _photo_pair(folder, rel, out, min_size, mask_path, segmenter)
 
     return run_items(
         out, items, lambda keys: [one(key) for key in keys], part=part, restart=overwrite,
@@ -95,10 +72,56 @@ def prepare_images(
     )  # fmt: skip
 
 
+def _photo_pair(
+    folder: Path,
+    rel: str,
+    out: Path,
+    min_size: int,
+    mask_path: Path | None,
+    segmenter: SubjectSegmenter | None,
+) -> Outcome:
+    """The invariant pair of the photo `folder / rel` (none if it is unusable), with its mask if any."""
+    path = folder / rel
+    try:
+        picture = open_picture(path, min_size)
+    except Unusable as e:
+        return Outcome(problems=[problem(path, e.kind, str(e))])
+    written = files_dir(out)
+    target = write_png(picture.image, written / "upright" / f"{rel}.png") if picture.needs_copy else path
+    row = {
+        "reference": relative(target, out.parent),
+        "target": relative(target, out.parent),
+        "modality": "image",
+        "source": rel,
+        "kind": "photo",
+        "dhash": f"{dhash(picture.image):016x}",
+    }
+    mask, problems = _mask_file(picture.image, written / "masks" / f"{rel}.png", mask_path, segmenter)
+    if mask is not None:
+        row["mask"] = relative(mask, out.parent)
+    return Outcome(rows=[with_caption(row, sidecar_caption(path))], problems=problems)
+
+
+def _mask_file(
+    image: Image.Image, copy: Path, mask_path: Path | None, segmenter: SubjectSegmenter | None
+) -> tuple[Path | None, list[dict]]:
+    """The photo's mask file (None: no mask) and the problems of a given mask. A given mask readable as it is
+    is used in place; another, or a computed one, is written to `copy`."""
+    if mask_path is None:
+        return (None if segmenter is None else write_png(segmenter(image), copy)), []
+    try:
+        mask, needs_copy = open_mask(mask_path)
+    except Unusable as e:
+        return None, [problem(mask_path, e.kind, f"{e}; the pair is kept without a mask")]
+    if mask.size != image.size:
+        reason = f"mask is {mask.width}x{mask.height}, its photo {image.width}x{image.height}"
+        return None, [problem(mask_path, "bad-mask", f"{reason}; the pair is kept without a mask")]
+    return (write_png(mask, copy) if needs_copy else mask_path), []
+
+
 def _index_masks(folder: Path) -> dict[str, Path]:
     """Masks by their path without extension: `masks/a/b.png` is the mask of `photos/a/b.jpg`."""
     return {str(Path(rel).with_suffix("")): folder / rel for rel in scan_files(folder)}
-
 
 
 def _drop_duplicates(folder: Path, rows: list[dict], distance: int) -> tuple[list[dict], list[dict]]:

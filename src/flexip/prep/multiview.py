@@ -4,7 +4,7 @@ Layout (docs/formats.md): every folder that directly holds pictures is one objec
 `views/<object>/<view>.jpg`. A pair is two different views; they carry the `video` modality, like frames of
 a clip, because the target is not in the reference (another pose, another side): the gate's video end trains
 the Personalization branch to re-render the subject, while an `image` label would ask the Preservation branch
-to copy a layout the reference does not have (docs/design.md, "Data preparation").
+to copy a layout the reference does not have (docs/decisions/data-preparation.md).
 """
 
 from __future__ import annotations

@@ -119,59 +119,93 @@ def run_items(
     target = part.output(out)
     journal = progress_path(target)
     if restart:
-        journal.unlink(missing_ok=True)
-        if part.launched:
-            target.unlink(missing_ok=True)
+        _discard_progress(target, part)
     settings = _as_stored(settings)
     earlier, done = _load_journal(journal)
     if earlier is not None:
         _check_same_settings(earlier, settings, journal)
-    block = list(part.block(len(items)))
+    keys = [items[i] for i in part.block(len(items))]
     if part.launched and target.exists():
-        rows, problems = _read_jsonl(target), _read_jsonl(report_path(target))  # finished by an earlier run
-        resumed = len(block)
+        rows, problems = _read_outputs(target)  # finished by an earlier run
+        resumed = len(keys)
     else:
-        resumed = sum(items[i] in done for i in block)
-        todo = [items[i] for i in block if items[i] not in done]
+        resumed = sum(key in done for key in keys)
         journal.parent.mkdir(parents=True, exist_ok=True)
-        with open(journal, "a") as log, tqdm(total=len(block), initial=resumed, desc=desc, unit=unit) as bar:
+        with open(journal, "a") as log, tqdm(total=len(keys), initial=resumed, desc=desc, unit=unit) as bar:
             if earlier is None:
                 log.write(json.dumps({"settings": settings}) + "\n")
+            todo = [key for key in keys if key not in done]
             for start in range(0, len(todo), batch_size):
-                keys = todo[start : start + batch_size]
-                for key, outcome in zip(keys, work(keys), strict=True):
-                    entry = {"key": key, "rows": outcome.rows, "problems": outcome.problems}
-                    log.write(json.dumps(entry) + "\n")
-                    done[key] = entry
-                log.flush()
-                bar.update(len(keys))
-        entries = [done[items[i]] for i in block]
-        rows = [row for entry in entries for row in entry["rows"]]
-        problems = [p for entry in entries for p in entry["problems"]]
+                batch = todo[start : start + batch_size]
+                _log_outcomes(log, batch, work(batch), done)
+                bar.update(len(batch))
+        rows, problems = _rows_and_problems([done[key] for key in keys])
         if finish is not None and not part.launched:
-            rows, dropped = finish(rows)
-            problems += dropped
+            rows, problems = _finished(finish, rows, problems)
         _write_outputs(target, rows, problems)
         if not part.launched:
             journal.unlink()  # a launched part's stays beside it, so that a relaunch checks its settings
     if part.launched and part.rank == 0:
-        parts = [part_path(out, rank, part.world_size) for rank in range(part.world_size)]
-        wait_for_parts(parts, progress_path)
-        rows, problems = [], []
-        for path in parts:
-            rows += _read_jsonl(path)
-            problems += _read_jsonl(report_path(path))
-        if finish is not None:
-            rows, dropped = finish(rows)
-            problems += dropped
-        _write_outputs(out, rows, problems)
-        for path in parts:
-            path.unlink()
-            report_path(path).unlink(missing_ok=True)
-            progress_path(path).unlink(missing_ok=True)
+        rows, problems = _merge_parts(out, part.world_size, finish)
         target = out
     complete = not part.launched or part.rank == 0
-    return Summary(target, len(block), resumed, len(rows), Counter(p["kind"] for p in problems), complete)
+    return Summary(target, len(keys), resumed, len(rows), Counter(p["kind"] for p in problems), complete)
+
+
+def _discard_progress(target: Path, part: Part) -> None:
+    """Forget an earlier run: its progress file, and a launched part's finished output."""
+    progress_path(target).unlink(missing_ok=True)
+    if part.launched:
+        target.unlink(missing_ok=True)
+
+
+def _log_outcomes(log, keys: list[str], outcomes: list[Outcome], done: dict[str, dict]) -> None:
+    """Append each finished item to the progress file and to `done`, flushed before the next batch starts."""
+    for key, outcome in zip(keys, outcomes, strict=True):
+        entry = {"key": key, "rows": outcome.rows, "problems": outcome.problems}
+        log.write(json.dumps(entry) + "\n")
+        done[key] = entry
+    log.flush()
+
+
+def _rows_and_problems(entries: list[dict]) -> tuple[list[dict], list[dict]]:
+    rows = [row for entry in entries for row in entry["rows"]]
+    return rows, [p for entry in entries for p in entry["problems"]]
+
+
+def _finished(
+    finish: Callable[[list[dict]], tuple[list[dict], list[dict]]], rows: list[dict], problems: list[dict]
+) -> tuple[list[dict], list[dict]]:
+    """The rows `finish` keeps, and the problems with those it drops added."""
+    rows, dropped = finish(rows)
+    return rows, problems + dropped
+
+
+def _merge_parts(
+    out: Path, world_size: int, finish: Callable[[list[dict]], tuple[list[dict], list[dict]]] | None
+) -> tuple[list[dict], list[dict]]:
+    """Rank 0 of a launch: wait for every part, write their rows and problems as `out` and its report, remove
+    the parts."""
+    parts = [part_path(out, rank, world_size) for rank in range(world_size)]
+    wait_for_parts(parts, progress_path)
+    rows, problems = [], []
+    for path in parts:
+        part_rows, part_problems = _read_outputs(path)
+        rows += part_rows
+        problems += part_problems
+    if finish is not None:
+        rows, problems = _finished(finish, rows, problems)
+    _write_outputs(out, rows, problems)
+    for path in parts:
+        path.unlink()
+        report_path(path).unlink(missing_ok=True)
+        progress_path(path).unlink(missing_ok=True)
+    return rows, problems
+
+
+def _read_outputs(target: Path) -> tuple[list[dict], list[dict]]:
+    """The rows and problems a finished run wrote to `target` and its report."""
+    return _read_jsonl(target), _read_jsonl(report_path(target))
 
 
 def _write_outputs(target: Path, rows: list[dict], problems: list[dict]) -> None:

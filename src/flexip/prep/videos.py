@@ -162,32 +162,17 @@ def prepare_videos(
     overwrite: bool = False,
 ) -> Summary:
     """Write the variant pairs of every clip under `folder` to `out`, their frames under `frames_dir`."""
-    if not (math.isfinite(min_gap) and min_gap >= 0):
-        raise FlexIPError(f"--min-gap {min_gap}: give the seconds between sampled frames, 0 or more")
-    if not 0 <= cut_threshold <= 1:
-        raise FlexIPError(f"--cut-threshold {cut_threshold}: give a share of colour between 0 and 1")
-    if max_pairs < 1:
-        raise FlexIPError(f"--max-pairs {max_pairs}: give 1 or more")
+    _check_sampling(min_gap, cut_threshold, max_pairs)
     check_min_size(min_size)
     check_distance(dedup_distance)
     folder, out, frames_dir = check_input_folder(Path(folder), "clips"), Path(out), Path(frames_dir)
     check_output(out, part, overwrite)
-    if frames_dir.exists() and not frames_dir.is_dir():
-        raise FlexIPError(f"--frames-dir {frames_dir} is a file; give a folder for the frames")
-    if frames_dir.resolve() == folder.resolve():
-        raise FlexIPError(f"--frames-dir {frames_dir} is the clips folder itself; give another folder")
-    check_writable(frames_dir, "--frames-dir")
+    _check_frames_dir(frames_dir, folder)
     items = scan_files(folder, exclude=(frames_dir,), out=out)
     if not items:
         raise no_files(folder, "clips")
     if not overwrite and not progress_path(part.output(out)).exists():
-        # A fresh run writes frames only where no earlier run (or anything else) put files.
-        taken = [rel for rel in (items[i] for i in part.block(len(items))) if (frames_dir / rel).exists()]
-        if taken:
-            raise FlexIPError(
-                f"--frames-dir {frames_dir} already holds frames of {taken[0]} (and {len(taken) - 1} more clips); "
-                "give an empty folder, or pass --overwrite to replace them"
-            )
+        _refuse_taken_frames(frames_dir, [items[i] for i in part.block(len(items))])
 
     def one(rel: str) -> Outcome:
         path = folder / rel
@@ -199,20 +184,8 @@ def prepare_videos(
         if not pairs:
             return Outcome(problems=[problem(path, "no-pairs", f"{sampled} sampled frames give no pair of "
                 "one shot that is not near-identical; lower --min-gap or --dedup-distance")])  # fmt: skip
-        names = {}
-        for sample in {sample.index: sample for pair in pairs for sample in pair}.values():
-            # The clip's file name is its folder: a.mp4 and a.mov differ.
-            name = frames_dir / rel / f"{sample.index:06d}.jpg"
-            atomic_write_bytes(name, sample.jpeg)
-            names[sample.index] = relative(name, out.parent)
-        caption = sidecar_caption(path)
-        rows = [
-            with_caption({"reference": names[a.index], "target": names[b.index], "modality": "video",
-                          "source": rel, "kind": "frames", "times": [round(a.time, 3), round(b.time, 3)]},
-                         caption)  # fmt: skip
-            for a, b in pairs
-        ]
-        return Outcome(rows=rows)
+        names = _write_frames(pairs, frames_dir / rel, out.parent)
+        return Outcome(rows=_pair_rows(pairs, names, rel, sidecar_caption(path)))
 
     return run_items(
         out, items, lambda keys: [one(key) for key in keys], part=part, restart=overwrite,
@@ -221,3 +194,60 @@ def prepare_videos(
                   "--min-gap": min_gap, "--cut-threshold": cut_threshold},
         desc=f"clips{part.label}", unit="clip",
     )  # fmt: skip
+
+
+def _check_sampling(min_gap: float, cut_threshold: float, max_pairs: int) -> None:
+    if not (math.isfinite(min_gap) and min_gap >= 0):
+        raise FlexIPError(f"--min-gap {min_gap}: give the seconds between sampled frames, 0 or more")
+    if not 0 <= cut_threshold <= 1:
+        raise FlexIPError(f"--cut-threshold {cut_threshold}: give a share of colour between 0 and 1")
+    if max_pairs < 1:
+        raise FlexIPError(f"--max-pairs {max_pairs}: give 1 or more")
+
+
+def _check_frames_dir(frames_dir: Path, folder: Path) -> None:
+    if frames_dir.exists() and not frames_dir.is_dir():
+        raise FlexIPError(f"--frames-dir {frames_dir} is a file; give a folder for the frames")
+    if frames_dir.resolve() == folder.resolve():
+        raise FlexIPError(f"--frames-dir {frames_dir} is the clips folder itself; give another folder")
+    check_writable(frames_dir, "--frames-dir")
+
+
+def _refuse_taken_frames(frames_dir: Path, clips: list[str]) -> None:
+    """A fresh run writes frames only where no earlier run (or anything else) put files."""
+    taken = [rel for rel in clips if (frames_dir / rel).exists()]
+    if taken:
+        raise FlexIPError(
+            f"--frames-dir {frames_dir} already holds frames of {taken[0]} (and {len(taken) - 1} more "
+            "clips); give an empty folder, or pass --overwrite to replace them"
+        )
+
+
+def _write_frames(pairs: list[Pair], clip_dir: Path, manifest_dir: Path) -> dict[int, str]:
+    """Write each frame of `pairs` once, into the clip's own folder; their paths relative to the manifest, by
+    sample index."""
+    names = {}
+    for sample in {sample.index: sample for pair in pairs for sample in pair}.values():
+        # The clip's file name is its folder: a.mp4 and a.mov differ.
+        name = clip_dir / f"{sample.index:06d}.jpg"
+        atomic_write_bytes(name, sample.jpeg)
+        names[sample.index] = relative(name, manifest_dir)
+    return names
+
+
+def _pair_rows(pairs: list[Pair], names: dict[int, str], rel: str, caption: str | None) -> list[dict]:
+    """The manifest rows of the clip `rel`'s pairs, whose frames are at `names` (by sample index)."""
+    return [
+        with_caption(
+            {
+                "reference": names[a.index],
+                "target": names[b.index],
+                "modality": "video",
+                "source": rel,
+                "kind": "frames",
+                "times": [round(a.time, 3), round(b.time, 3)],
+            },
+            caption,
+        )
+        for a, b in pairs
+    ]

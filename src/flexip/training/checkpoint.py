@@ -37,7 +37,7 @@ from torch import nn
 from ..atomic import atomic_write_bytes
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
-from ..models.files import WEIGHTS_NAME
+from ..models.config_file import WEIGHTS_NAME
 from .sharded import adapter_state, load_state, save_state, strategy, write_adapter
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")

@@ -11,15 +11,19 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from torch import nn
 
-from ..denoisers import DENOISERS, Denoiser
+from ..denoisers.registry import DENOISERS, Denoiser
 from ..errors import FlexIPError
-from ..families import Family, family_named, family_of_unet, refuse_pickled_weights
-from ..reference import ReferenceEncoder
-from .config import ModelConfig
+from ..families.registry import Family, family_named, family_of_unet
+from ..model_paths import refuse_pickled_weights
+from ..references.encoder import ReferenceEncoder
+from .config import PRECISION_DTYPES, ModelConfig
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # mixed_precision -> frozen models' dtype
+
+def frozen_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype the frozen models are stored in under the config's `mixed_precision`."""
+    return getattr(torch, PRECISION_DTYPES[mixed_precision])
 
 
 @dataclass

@@ -1,18 +1,15 @@
 """The training configuration: typed dataclasses read from YAML, with `--set key=value` overrides.
 
-Unknown keys are errors that name the key (with the closest known one), so a typo never silently trains with
-a default. Relative paths are taken from the current directory, like every other command-line path.
+The typed-config loader (settings/typed_config.py) refuses an unknown key, naming the closest known one, so a
+typo never silently trains with a default; `TrainConfig.validate` checks what types cannot say. Relative paths
+are taken from the current directory, like every other command-line path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import difflib
 import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +17,34 @@ import yaml
 
 from ..defaults import BASE_MODEL, DINO_ENCODER, IMAGE_ENCODER
 from ..errors import FlexIPError
-from ..families import family_named
-from ..models.config import GateConfig, PersonalizationConfig, PreservationConfig, check_values
-from ..models.gate import MODALITIES
+from ..families.names import check_family_name
+from ..models.config import MODALITIES, GateConfig, PersonalizationConfig, PreservationConfig
+from ..settings.typed_config import from_mapping
+
+# mixed_precision -> the dtype the frozen models are stored in (a name in settings.numbers.DTYPES); the
+# adapter trains in float32 whatever it is.
+PRECISION_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _at_least(value: int, least: int, key: str) -> None:
+    if value < least:
+        raise FlexIPError(f"config {key}: {value} must be at least {least}")
+
+
+def _share(value: float, key: str) -> None:
+    if not 0.0 <= value <= 1.0:  # also NaN
+        raise FlexIPError(f"config {key}: {value} must be in [0, 1]")
+
+
+def _off_or_positive(value: float, key: str) -> None:
+    if not 0 <= value < math.inf:  # also NaN
+        raise FlexIPError(f"config {key}: {value} must be 0 (off) or positive, and finite")
+
+
+def _seed(value: int, key: str) -> None:
+    # numpy's global seed (which accelerate's set_seed also sets) takes 32 bits.
+    if not 0 <= value < 2**32:
+        raise FlexIPError(f"config {key}: {value} must be between 0 and 2**32 - 1")
 
 
 @dataclass
@@ -45,6 +67,12 @@ class ModelConfig:
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
+    def check(self) -> None:
+        self.preservation.check("config", "model.preservation.")
+        self.personalization.check("config", "model.personalization.")
+        self.gate.check("config", "model.gate.")
+        check_family_name(self.tiny_family, "config model.tiny_family")
+
 
 @dataclass
 class DataConfig:
@@ -66,6 +94,36 @@ class DataConfig:
     # target's scene: it teaches the dial's preservation end to outrank the prompt (docs/demo-model.md, Part 2).
     swap_captions: float = 0.0
 
+    def check(self) -> None:
+        """Sizes and shares in range, and exactly one source of pairs (a manifest, shards or a cache)."""
+        _at_least(self.resolution, 1, "data.resolution")
+        if self.resolution % 8:
+            raise FlexIPError(
+                f"config data.resolution: {self.resolution} must be a multiple of 8 (the VAE's and the "
+                f"pipelines' grid), e.g. {max(8, self.resolution // 8 * 8)}"
+            )
+        _share(self.video_fraction, "data.video_fraction")
+        _share(self.swap_captions, "data.swap_captions")
+        _at_least(self.prefetch_factor, 1, "data.prefetch_factor")
+        if self.num_workers < 0:
+            raise FlexIPError(f"config data.num_workers: {self.num_workers} must be 0 or more")
+        _at_least(self.lanes, 1, "data.lanes")
+        if self.shards and self.cache:
+            raise FlexIPError(
+                "config data.shards and data.cache are both set: a cache is made from shards, train from one of "
+                "them"
+            )
+        if not (self.manifest or self.shards or self.cache):
+            raise FlexIPError(
+                "config data.manifest is empty: name the JSONL training manifest (docs/formats.md), or set "
+                "data.shards or data.cache"
+            )
+        if (self.shards or self.cache) and self.swap_captions:
+            raise FlexIPError(
+                "config data.swap_captions draws captions from the whole data set, which a stream of shards "
+                "cannot: set it to 0, or train from data.manifest"
+            )
+
 
 @dataclass
 class DropoutConfig:
@@ -84,6 +142,15 @@ class DropoutConfig:
             return self.text_on_image_pairs
         return self.text
 
+    def check(self) -> None:
+        for modality in MODALITIES:
+            rates = (self.text_rate(modality), self.image, self.both)
+            if not (min(rates) >= 0 and sum(rates) <= 1):  # also NaN
+                raise FlexIPError(
+                    f"config dropout: {self} must be non-negative probabilities summing to at most 1 for "
+                    f"{modality} pairs"
+                )
+
 
 @dataclass
 class ValidationConfig:
@@ -95,6 +162,20 @@ class ValidationConfig:
     steps: int = 30  # DDIM steps
     guidance_scale: float = 7.5
     seed: int = 0
+
+    def check(self) -> None:
+        _at_least(self.every, 1, "validation.every")
+        _at_least(self.steps, 1, "validation.steps")
+        if not math.isfinite(self.guidance_scale):
+            raise FlexIPError(f"config validation.guidance_scale: {self.guidance_scale} must be finite")
+        _seed(self.seed, "validation.seed")
+        if not self.prompts or not self.preservation:
+            raise FlexIPError(
+                "config validation.prompts and validation.preservation need at least one entry each"
+            )
+        bad_g = [g for g in self.preservation if not 0.0 <= g <= 1.0]
+        if bad_g:
+            raise FlexIPError(f"config validation.preservation: {bad_g} outside [0, 1]")
 
 
 @dataclass
@@ -109,9 +190,11 @@ class TrainConfig:
     batch_size: int = 8  # per process and micro-step
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
-    lr_warmup_steps: int = 0  # linear warm-up from learning_rate / N to learning_rate over N optimizer steps; 0 = off
+    # Linear warm-up from learning_rate / N to learning_rate over N optimizer steps; 0 = off.
+    lr_warmup_steps: int = 0
     max_grad_norm: float = 0.0  # clip the adapter's gradient norm to this before each optimizer step; 0 = off
-    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes' 8-bit AdamW: CUDA only, a quarter of the state)
+    # adamw | adamw8bit (bitsandbytes' 8-bit AdamW: CUDA only, a quarter of the state)
+    optimizer: str = "adamw"
     weight_decay: float = 0.01  # AdamW; never applied to the gate logits (method.md §2.4)
     # Min-SNR-gamma loss weighting (Hang et al. 2023): each sample's MSE times min(SNR, gamma) / SNR; 0 = plain
     # MSE. It shifts weight to the noisy steps where a subject's global look (colour, background) is decided;
@@ -121,11 +204,10 @@ class TrainConfig:
     # 1 + this, the rest 1; video pairs have no target mask. 0 = off. A small subject is a few latent pixels
     # whose error the background drowns out (docs/demo-model.md, Part 2).
     subject_loss_weight: float = 0.0
-    mixed_precision: str = (
-        "no"  # no | fp16 | bf16: frozen models are stored in this dtype, the adapter in fp32
-    )
+    mixed_precision: str = "no"  # no | fp16 | bf16: the frozen models' dtype (PRECISION_DTYPES)
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
-    tf32: bool = False  # allow TF32 matmuls and convolutions (Ampere and later GPUs): faster, slightly less exact
+    # Allow TF32 matmuls and convolutions (Ampere and later GPUs): faster, slightly less exact.
+    tf32: bool = False
     compile_unet: bool = False  # torch.compile the frozen UNet, adapter attached (the first steps compile)
     checkpoint_every: int = 1000  # optimizer steps between full-state checkpoints
     keep_checkpoints: int = 3  # the newest K checkpoints are kept
@@ -133,90 +215,44 @@ class TrainConfig:
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard and/or wandb
 
     def validate(self) -> None:
-        """Check values that YAML types cannot express; raises FlexIPError naming the key."""
-        positive = {
-            "max_steps": self.max_steps, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps, "keep_checkpoints": self.keep_checkpoints,
-            "log_every": self.log_every, "data.resolution": self.data.resolution, "validation.every": self.validation.every,
-            "validation.steps": self.validation.steps,
-        }  # fmt: skip
-        for key, value in positive.items():
-            if value < 1:
-                raise FlexIPError(f"config {key}: {value} must be at least 1")
-        data = self.data
-        if data.resolution % 8:
-            raise FlexIPError(
-                f"config data.resolution: {data.resolution} must be a multiple of 8 (the VAE's and the "
-                f"pipelines' grid), e.g. {max(8, data.resolution // 8 * 8)}"
-            )
-        shares = {"video_fraction": data.video_fraction, "swap_captions": data.swap_captions}
-        for key, value in shares.items():
-            if not 0.0 <= value <= 1.0:
-                raise FlexIPError(f"config data.{key}: {value} must be in [0, 1]")
-        for key in ("min_snr_gamma", "subject_loss_weight"):
-            if not 0 <= getattr(self, key) < math.inf:  # also NaN
-                raise FlexIPError(f"config {key}: {getattr(self, key)} must be 0 (off) or positive, and finite")
-        if not 0 < self.learning_rate < math.inf:
-            raise FlexIPError(f"config learning_rate: {self.learning_rate} must be a finite number above 0, e.g. 1e-4")
-        if not (isinstance(self.lr_warmup_steps, int) and self.lr_warmup_steps >= 0):
-            raise FlexIPError(f"config lr_warmup_steps: {self.lr_warmup_steps} must be 0 (off) or a positive integer")
-        if not 0 <= self.max_grad_norm < math.inf:
-            raise FlexIPError(f"config max_grad_norm: {self.max_grad_norm} must be 0 (off) or positive, and finite")
-        if self.optimizer not in ("adamw", "adamw8bit"):
-            raise FlexIPError(f"config optimizer: {self.optimizer!r} is not one of adamw, adamw8bit")
-        if self.data.prefetch_factor < 1:
-            raise FlexIPError(f"config data.prefetch_factor: {self.data.prefetch_factor} must be at least 1")
-        if not 0 <= self.weight_decay < math.inf:
-            raise FlexIPError(f"config weight_decay: {self.weight_decay} must be 0 (off) or positive, and finite")
-        if not math.isfinite(self.validation.guidance_scale):
-            raise FlexIPError(f"config validation.guidance_scale: {self.validation.guidance_scale} must be finite")
-        # numpy's global seed (which accelerate's set_seed also sets) takes 32 bits.
-        for key, seed in (("seed", self.seed), ("validation.seed", self.validation.seed)):
-            if not 0 <= seed < 2**32:
-                raise FlexIPError(f"config {key}: {seed} must be between 0 and 2**32 - 1")
-        for part in ("preservation", "personalization", "gate"):
-            check_values(getattr(self.model, part), "config", f"model.{part}.")
-        family_named(self.model.tiny_family, "config model.tiny_family")
-        if self.data.num_workers < 0:
-            raise FlexIPError(f"config data.num_workers: {self.data.num_workers} must be 0 or more")
-        drop = self.dropout
-        for modality in MODALITIES:
-            rates = (drop.text_rate(modality), drop.image, drop.both)
-            if not (min(rates) >= 0 and sum(rates) <= 1):  # also NaN
-                raise FlexIPError(
-                    f"config dropout: {drop} must be non-negative probabilities summing to at most 1 for "
-                    f"{modality} pairs"
-                )
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise FlexIPError(
-                f"config mixed_precision: {self.mixed_precision!r} is not one of no, fp16, bf16"
-            )
+        """Check what the fields' types cannot say: ranges, choices and settings that exclude each other;
+        raises FlexIPError naming the key."""
+        self._check_run()
+        self._check_optimization()
+        self.model.check()
+        self.data.check()
+        self.dropout.check()
+        self.validation.check()
+
+    def _check_run(self) -> None:
+        """How long the run is, how often it checkpoints and logs, and where its metrics go."""
+        for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every",
+                    "keep_checkpoints", "log_every"):  # fmt: skip
+            _at_least(getattr(self, key), 1, key)
+        _seed(self.seed, "seed")
         unknown = sorted(set(self.log_with) - {"tensorboard", "wandb"})
         if unknown:
             raise FlexIPError(f"config log_with: {unknown} unknown; choose from tensorboard, wandb")
-        if self.data.shards and self.data.cache:
+
+    def _check_optimization(self) -> None:
+        """The optimizer, its schedule and the loss's weights, and the precision the models run in."""
+        if not 0 < self.learning_rate < math.inf:
             raise FlexIPError(
-                "config data.shards and data.cache are both set: a cache is made from shards, train from one of them"
+                f"config learning_rate: {self.learning_rate} must be a finite number above 0, e.g. 1e-4"
             )
-        if not (self.data.manifest or self.data.shards or self.data.cache):
+        if self.lr_warmup_steps < 0:
             raise FlexIPError(
-                "config data.manifest is empty: name the JSONL training manifest (docs/formats.md), or set "
-                "data.shards or data.cache"
+                f"config lr_warmup_steps: {self.lr_warmup_steps} must be 0 (off) or a positive integer"
             )
-        if (self.data.shards or self.data.cache) and self.data.swap_captions:
+        for key in ("max_grad_norm", "weight_decay", "min_snr_gamma", "subject_loss_weight"):
+            _off_or_positive(getattr(self, key), key)
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            raise FlexIPError(f"config optimizer: {self.optimizer!r} is not one of adamw, adamw8bit")
+        if self.mixed_precision not in PRECISION_DTYPES:
             raise FlexIPError(
-                "config data.swap_captions draws captions from the whole data set, which a stream of shards cannot: "
-                "set it to 0, or train from data.manifest"
+                f"config mixed_precision: {self.mixed_precision!r} is not one of "
+                f"{', '.join(PRECISION_DTYPES)}"
             )
-        if self.data.lanes < 1:
-            raise FlexIPError(f"config data.lanes: {self.data.lanes} must be at least 1")
-        if not self.validation.prompts or not self.validation.preservation:
-            raise FlexIPError(
-                "config validation.prompts and validation.preservation need at least one entry each"
-            )
-        bad_g = [g for g in self.validation.preservation if not 0.0 <= g <= 1.0]
-        if bad_g:
-            raise FlexIPError(f"config validation.preservation: {bad_g} outside [0, 1]")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
@@ -241,7 +277,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConf
         if not sep or not key:
             raise FlexIPError(f"--set {override!r}: expected KEY=VALUE, e.g. --set data.num_workers=0")
         _assign(data, key.strip().split("."), yaml.safe_load(text), f"--set {key}")
-    config = _build(TrainConfig, data, str(path))
+    config = from_mapping(TrainConfig, data, str(path))
     config.validate()
     return config
 
@@ -257,42 +293,3 @@ def _assign(data: dict, keys: list[str], value, where: str) -> None:
             raise FlexIPError(f"{where}: {key} is not a section")
         data = child
     data[keys[-1]] = value
-
-
-def _build(cls, data, source: str, prefix: str = ""):
-    """Turn nested dicts into `cls`, checking every key and value type against the dataclass fields."""
-    if not isinstance(data, dict):
-        raise FlexIPError(
-            f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping of keys, got {data!r}"
-        )
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(names)}"
-            raise FlexIPError(f"{source}: unknown key {prefix}{key} ({hint})")
-    return cls(**{key: _convert(value, hints[key], source, f"{prefix}{key}") for key, value in data.items()})
-
-
-def _convert(value, kind, source: str, key: str):
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # only `X | None` is used
-        if value is None:
-            return None
-        (kind,) = [k for k in typing.get_args(kind) if k is not type(None)]
-    if dataclasses.is_dataclass(kind):
-        return _build(kind, value, source, f"{key}.")
-    if typing.get_origin(kind) is list:
-        if not isinstance(value, list):
-            raise FlexIPError(f"{source}: {key} must be a list, got {value!r}")
-        (item,) = typing.get_args(kind)
-        return [_convert(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
-    if kind is float and isinstance(value, str):
-        # PyYAML reads "1e-4" (no dot) as a string; any other string gets the typed error below.
-        with contextlib.suppress(ValueError):
-            return float(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise FlexIPError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
-    return value

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import FlexIPError
 from ..manifest import read_manifest_records
-from ..models.gate import MODALITIES
+from ..models.config import MODALITIES
 
 MAX_CONSECUTIVE_BAD = 32  # more bad samples in a row than this means the data itself is broken
 

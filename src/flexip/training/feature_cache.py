@@ -37,8 +37,14 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes, check_writable
 from ..errors import FlexIPError
-from ..models.gate import MODALITIES
-from .components import DTYPES, FrozenModels, absolute_reference, load_frozen_models, prepare_tiny_models
+from ..models.config import MODALITIES
+from .components import (
+    FrozenModels,
+    absolute_reference,
+    frozen_dtype,
+    load_frozen_models,
+    prepare_tiny_models,
+)
 from .config import DropoutConfig, TrainConfig
 from .data import UNREADABLE, load_pair
 from .objective import EncodedBatch, condition_dropout
@@ -151,7 +157,7 @@ def write_cache(
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     if config.model.tiny_models:
         prepare_tiny_models(config.model)
-    models = load_frozen_models(config.model, DTYPES[config.mixed_precision])
+    models = load_frozen_models(config.model, frozen_dtype(config.mixed_precision))
     for module in models.modules():
         module.to(device)
     report = out.parent / f"{out.name}.report.jsonl"

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
-from ..denoisers import denoiser_of
+from ..denoisers.registry import denoiser_of
 from ..models.adapter import FlexIPAdapter
-from ..models.gate import MODALITIES
+from ..models.config import MODALITIES
 from .components import FrozenModels
 from .config import DropoutConfig
 

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from ..models.config import FlexIPConfig
-from ..models.files import WEIGHTS_NAME
+from ..models.config_file import WEIGHTS_NAME
 from .config import TrainConfig
 from .objective import FlexIPTrainingModel
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import FlexIPError
-from ..models.gate import MODALITIES
+from ..models.config import MODALITIES
 from .checkpoint import TrainingState
 from .config import TrainConfig
 from .data import MixedBatchSampler, MixedStream, Pair, PairDataset, collate, load_pair, read_manifest

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import FlexIPError
-from ..models.gate import MODALITIES
+from ..models.config import MODALITIES
 from .data import MAX_CONSECUTIVE_BAD, UNREADABLE, Pair, modality_at
 
 Place = tuple[int, int, int]  # (pass, slot in the pass's shard order, index of the next sample in that shard)

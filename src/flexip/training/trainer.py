@@ -26,7 +26,7 @@ from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_bytes, check_writable
-from ..denoisers import denoiser_of
+from ..denoisers.registry import denoiser_of
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
 from ..models.gate import COVERAGE_BINS, MODALITIES, coverage_counts, coverage_shares
@@ -38,7 +38,13 @@ from .checkpoint import (
     register_hooks,
     save_checkpoint,
 )
-from .components import DTYPES, FrozenModels, absolute_reference, load_frozen_models, prepare_tiny_models
+from .components import (
+    FrozenModels,
+    absolute_reference,
+    frozen_dtype,
+    load_frozen_models,
+    prepare_tiny_models,
+)
 from .config import TrainConfig, config_to_yaml
 from .feature_cache import feature_shapes
 from .objective import FlexIPTrainingModel
@@ -176,7 +182,9 @@ def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> R
     for tracker in config.log_with:
         module, install = TRACKER_PACKAGES[tracker]
         if importlib.util.find_spec(module) is None:
-            raise FlexIPError(f"config log_with: {tracker} is not installed; `pip install {install}` or remove it")
+            raise FlexIPError(
+                f"config log_with: {tracker} is not installed; `pip install {install}` or remove it"
+            )
     check_optimizer(config)
     if config.tf32:  # TF32 matmuls and convolutions on Ampere and later GPUs: faster, 10 mantissa bits
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -209,7 +217,7 @@ def build(run: Run) -> Built:
     """The frozen models on the device, a fresh adapter attached to the UNet, and the data stream."""
     config = run.config
     source = open_source(config, run.accelerator.num_processes)
-    models = load_frozen_models(config.model, DTYPES[config.mixed_precision])
+    models = load_frozen_models(config.model, frozen_dtype(config.mixed_precision))
     for module in models.modules():
         module.to(run.accelerator.device)
     if source.cache is not None:
@@ -312,101 +320,145 @@ def _batches(loader: torch.utils.data.DataLoader):
             batches._shutdown_workers()
 
 
+class _Tally:
+    """What the loop counts for its metric lines: this process's loss, micro-steps and skipped pairs over the
+    optimizer step under way, and the window's (all processes) since the last line."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum, self.micro_steps, self.skipped = torch.zeros((), device=device), 0, 0
+        # Samples per modality and tenth of the dial: this step's on this process, and the window's over all.
+        self.step_coverage = torch.zeros(len(MODALITIES), COVERAGE_BINS, device=device, dtype=torch.long)
+        self.window_coverage = torch.zeros_like(self.step_coverage)
+        self.new_window()
+
+    def new_window(self) -> None:
+        self.window_start, self.window_samples, self.window_losses = time.perf_counter(), 0, []
+        self.window_coverage.zero_()
+
+    def add(self, loss: torch.Tensor, g: torch.Tensor, modality: torch.Tensor, samples: int) -> None:
+        """One micro-step's loss and gate values, over `samples` pairs on all processes."""
+        self.window_samples += samples
+        self.loss_sum += loss.detach().float()
+        self.step_coverage += coverage_counts(g, modality)
+        self.micro_steps += 1
+
+    def end_step(self, accelerator: Accelerator, stop_requested: bool) -> tuple[float, int, bool]:
+        """(the step's mean loss, the pairs it skipped, whether any process was asked to stop), all processes
+        agreeing: the step's one collective sums the loss, the counts and the gate's coverage over them."""
+        counts = torch.tensor(
+            [self.micro_steps, self.skipped, stop_requested], device=self.loss_sum.device, dtype=torch.float32
+        )
+        totals = accelerator.reduce(
+            torch.cat([self.loss_sum[None], counts, self.step_coverage.flatten().float()]), reduction="sum"
+        )
+        self.window_coverage += totals[4:].view_as(self.window_coverage).long()
+        step_loss = float(totals[0] / totals[1])
+        self.window_losses.append(step_loss)
+        self.loss_sum.zero_()
+        self.step_coverage.zero_()
+        self.micro_steps = self.skipped = 0
+        return step_loss, int(totals[2]), bool(totals[3] > 0)
+
+
+def _log_metrics(run: Run, state: TrainingState, tally: _Tally, lr: float, gate: dict[str, float]) -> None:
+    """The window's metric line, to the trackers and metrics.jsonl; then a new window starts."""
+    elapsed = time.perf_counter() - tally.window_start
+    metrics = {
+        "loss": sum(tally.window_losses) / len(tally.window_losses), "lr": lr,
+        **{f"g_{m}": gate[m] for m in MODALITIES},
+        "samples_per_second": tally.window_samples / elapsed, "skipped_samples": state.skipped,
+    }  # fmt: skip
+    coverage = {f"gate_coverage_{m}": shares for m, shares in coverage_shares(tally.window_coverage).items()}
+    run.accelerator.log({**metrics, **_tenths(coverage)}, step=state.step)
+    if run.accelerator.is_main_process:
+        with open(run.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": state.step, **metrics, **coverage}) + "\n")
+    tally.new_window()
+
+
+def _data_gave_out(
+    error: FlexIPError, run: Run, model, optimizer, adapter: FlexIPAdapter, state: TrainingState,
+    stepped: tuple[int, dict], stop: StopSignals,
+) -> FlexIPError:  # fmt: skip
+    """The error to raise when the data gives out (too many unreadable samples in a row), after saving the steps
+    done. With several processes the others wait in the step's all-reduce, so only a lone process can save."""
+    if run.accelerator.num_processes == 1 and state.step:
+        state.samples, places = stepped
+        with stop.saving():
+            checkpoint_and_export(run, model, optimizer, adapter, state, places)
+    # From a worker process, torch puts the worker's traceback before the message's own line.
+    line = str(error).strip().splitlines()[-1]
+    return FlexIPError(line.removeprefix(f"{FlexIPError.__module__}.FlexIPError: "))
+
+
+def _start_records(run: Run) -> None:
+    """The run's resolved config.yaml (main process) and its trackers, which record the config too."""
+    if run.accelerator.is_main_process:
+        atomic_write_bytes(run.run_dir / "config.yaml", config_to_yaml(run.config).encode())
+    run.accelerator.init_trackers("flexip", config=_flat(dataclasses.asdict(run.config)))
+
+
+def _micro_step(run: Run, built: Built, model, optimizer, state: TrainingState, batch: dict, generator):
+    """One micro-batch through accelerate's canonical step (accumulate, backward, step: the optimizer steps at
+    the accumulation's end); returns its loss, and each sample's g and modality."""
+    config, accelerator = run.config, run.accelerator
+    generator.manual_seed(_batch_seed(config.seed, batch["positions"][0]))
+    with accelerator.accumulate(model):
+        encoded = built.source.encode(built.models, batch, config.dropout, generator)
+        loss, g = model(encoded, generator)
+        set_learning_rate(optimizer, learning_rate(config, state.step))  # DeepSpeed steps in backward
+        accelerator.backward(loss)
+        if config.max_grad_norm and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(built.adapter.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss, g, encoded.modality
+
+
 def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool:
     """Optimizer steps until `max_steps` or a stop signal; returns whether a signal stopped it."""
     config, accelerator, adapter = run.config, run.accelerator, built.adapter
-    device, world = accelerator.device, accelerator.num_processes
+    samples_per_batch = config.batch_size * accelerator.num_processes
     loader = data_loader(built.source, accelerator, state)
     references = validation_references(validation_pairs(built.source))
-    places = dict(state.stream.get("places", {}))  # each lane's readers after the batches consumed (streaming)
-    if accelerator.is_main_process:
-        atomic_write_bytes(run.run_dir / "config.yaml", config_to_yaml(config).encode())
-    accelerator.init_trackers("flexip", config=_flat(dataclasses.asdict(config)))
+    # Each lane's readers after the batches consumed (streaming).
+    places = dict(state.stream.get("places", {}))
+    _start_records(run)
 
-    generator = torch.Generator(device)
+    generator = torch.Generator(accelerator.device)
     model.train()  # the frozen UNet too: it has no dropout, and diffusers checkpoints activations only in train mode
     progress = tqdm(total=config.max_steps, initial=state.step, desc="training", unit="step",
                     disable=not accelerator.is_local_main_process)  # fmt: skip
-    window_start, window_samples, window_losses = time.perf_counter(), 0, []
-    loss_sum, micro_steps, skipped = torch.zeros((), device=device), 0, 0
-    # Samples per modality and tenth of the dial: this step's on this process, and the window's over all.
-    step_coverage = torch.zeros(len(MODALITIES), COVERAGE_BINS, device=device, dtype=torch.long)
-    window_coverage = torch.zeros_like(step_coverage)
-    interrupted = False
+    tally, stopping = _Tally(accelerator.device), False
     stepped = state.samples, dict(places)  # where the stream stood after the last optimizer step
     with StopSignals() as stop, _batches(loader) as batches:
         while state.step < config.max_steps:
             try:
                 batch = next(batches)
             except FlexIPError as e:
-                # The data gave out (too many unreadable samples in a row): the steps done are kept. With
-                # several processes the others wait in the step's all-reduce, so only a lone process can save.
-                if world == 1 and state.step:
-                    state.samples, places = stepped
-                    with stop.saving():
-                        checkpoint_and_export(run, model, optimizer, adapter, state, places)
+                error = _data_gave_out(e, run, model, optimizer, adapter, state, stepped, stop)
                 progress.close()  # before the error's line
-                # From a worker process, torch puts the worker's traceback before the message's own line.
-                line = str(e).strip().splitlines()[-1]
-                raise FlexIPError(line.removeprefix(f"{FlexIPError.__module__}.FlexIPError: ")) from e
+                raise error from e
             for message in batch["skipped"]:
                 logger.warning(f"skipped an unreadable training pair: {message}", main_process_only=False)
-            skipped += len(batch["skipped"])
+            tally.skipped += len(batch["skipped"])
             places.update(batch.get("lanes", {}))
-            generator.manual_seed(_batch_seed(config.seed, batch["positions"][0]))
-            with accelerator.accumulate(model):
-                encoded = built.source.encode(built.models, batch, config.dropout, generator)
-                loss, g = model(encoded, generator)
-                set_learning_rate(optimizer, learning_rate(config, state.step))  # DeepSpeed steps in backward
-                accelerator.backward(loss)
-                if config.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(adapter.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.samples += config.batch_size * world
-            window_samples += config.batch_size * world
-            loss_sum += loss.detach().float()
-            step_coverage += coverage_counts(g, encoded.modality)
-            micro_steps += 1
+            loss, g, modality = _micro_step(run, built, model, optimizer, state, batch, generator)
+            state.samples += samples_per_batch
+            tally.add(loss, g, modality, samples_per_batch)
             if not accelerator.sync_gradients:
                 continue
 
             state.step += 1
-            # The step's one collective: the mean loss, the skipped samples, any stop request and the gate's
-            # coverage, over all processes.
-            counts = torch.tensor([micro_steps, skipped, stop.requested], device=device, dtype=torch.float32)
-            totals = accelerator.reduce(
-                torch.cat([loss_sum[None], counts, step_coverage.flatten().float()]), reduction="sum"
-            )
-            window_coverage += totals[4:].view_as(window_coverage).long()
-            step_loss, state.skipped, stopping = (
-                float(totals[0] / totals[1]),
-                state.skipped + int(totals[2]),
-                totals[3] > 0,
-            )
-            window_losses.append(step_loss)
-            loss_sum.zero_()
-            step_coverage.zero_()
-            micro_steps = skipped = 0
+            step_loss, skipped, stopping = tally.end_step(accelerator, stop.requested)
+            state.skipped += skipped
             stepped = state.samples, dict(places)
             progress.update(1)
             gate = adapter.gate.learned_values()
             progress.set_postfix(loss=f"{step_loss:.4f}", **{f"g_{m}": f"{gate[m]:.2f}" for m in MODALITIES})
             last = state.step == config.max_steps
             if state.step % config.log_every == 0 or last:
-                elapsed = time.perf_counter() - window_start
-                metrics = {
-                    "loss": sum(window_losses) / len(window_losses), "lr": optimizer.param_groups[0]["lr"],
-                    **{f"g_{m}": gate[m] for m in MODALITIES},
-                    "samples_per_second": window_samples / elapsed, "skipped_samples": state.skipped,
-                }  # fmt: skip
-                coverage = {f"gate_coverage_{m}": shares for m, shares in coverage_shares(window_coverage).items()}
-                accelerator.log({**metrics, **_tenths(coverage)}, step=state.step)
-                if accelerator.is_main_process:
-                    with open(run.run_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps({"step": state.step, **metrics, **coverage}) + "\n")
-                window_start, window_samples, window_losses = time.perf_counter(), 0, []
-                window_coverage.zero_()
+                _log_metrics(run, state, tally, optimizer.param_groups[0]["lr"], gate)
             # The checkpoint first: whatever happens while sampling the contact sheet, the step is kept.
             if stopping or state.step % config.checkpoint_every == 0 or last:
                 with stop.saving():
@@ -414,7 +466,6 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
             if state.step % config.validation.every == 0 or last:
                 validate(run, built, references, state.step)
             if stopping:
-                interrupted = True
                 break
     progress.close()
-    return interrupted
+    return stopping

@@ -18,7 +18,8 @@ from PIL import Image
 
 from ..contact_sheet import contact_sheet
 from ..models.adapter import FlexIPAdapter
-from ..pipeline import FlexIPInjection, flexip_pipeline_for
+from ..pipeline.injection import FlexIPInjection
+from ..pipeline.pipeline import flexip_pipeline_for
 from .components import FrozenModels
 from .config import ValidationConfig
 from .data import UNREADABLE, Pair, load_rgb

@@ -1,0 +1,74 @@
+"""The command line answers every mistake it can see without models before torch is imported: ranges, forms,
+block names read from the adapter's file, files that must or must not exist, the output's writability.
+
+The cases run in one fresh Python (torch is already imported in this one), each through `main(argv)`.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "train" / "tiny.yaml"
+
+# Each case's command calls main(argv); the script reports the exit code, stderr's lines and whether torch
+# was imported by then.
+SCRIPT = """
+import contextlib, io, json, sys
+from flexip.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append([code, err.getvalue().strip().splitlines(), "torch" in sys.modules])
+print(json.dumps(results))
+"""
+
+
+def test_mistakes_are_answered_before_torch_is_imported(tmp_path, tiny_models):
+    reference = tmp_path / "dog.png"
+    Image.new("RGB", (32, 32), "white").save(reference)
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"an earlier result")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "contact_sheet.png").write_bytes(b"an earlier sweep")
+    adapter = str(tiny_models.adapter)
+    out = str(tmp_path / "new.png")
+
+    def generate(*extra):
+        return ["generate", "--reference", str(reference), "--prompt", "a dog", "--out", out, *extra]
+
+    cases = [  # (argv, what the one line names)
+        (generate("--preservation", "2"), "--preservation=2"),
+        (generate("--preservation", "0.9:0.3:wavy"), "wavy"),
+        (generate("--preservation", "sideways=0.5", "--adapter", adapter), "'sideways'"),
+        (generate("--preservation", "up.block_9=0.5", "--adapter", adapter), "'block_9'"),
+        (generate("--scale", "down=0,side=1", "--adapter", adapter), "'side'"),
+        (generate("--preservation", "sideways=0.5"), "'sideways'"),  # the embedded model's adapter file
+        (generate("--scale", "11"), "--scale=11"),
+        (generate("--steps", "0"), "--steps=0"),
+        (generate("--seed", "-1"), "--seed=-1"),
+        (generate("--guidance", "nan"), "--guidance"),
+        (generate("--dtype", "float16", "--adapter", str(tmp_path / "missing")), "missing"),
+        (generate("--reference-weights", "0"), "sum to 0"),
+        (["generate", "--reference", str(reference), "--prompt", "a", "--out", str(taken)], "already exists"),
+        (["generate", "--reference", str(reference), "--prompt", "a", "--out", str(reference)], "--reference"),
+        (["generate", "--reference", str(tmp_path / "none.png"), "--prompt", "a", "--out", out], "none.png"),
+        (["sweep", "--reference", str(reference), "--prompt", "a", "--out", str(tmp_path / "sweep")], "--overwrite"),
+        (["demo", "--scale", "-1", "--out", str(tmp_path / "demo")], "--scale=-1"),
+        (["serve", "--adapter", str(tmp_path / "missing")], "missing"),
+        (["train", "--config", str(TINY), "--set", "batch_size=0", "--output-dir", str(tmp_path / "run")], "batch_size"),
+        (["train", "--config", str(TINY), "--set", "learning_rat=1e-4"], "learning_rate"),
+        (["train", "--config", str(tmp_path / "none.yaml")], "none.yaml"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps([argv for argv, _ in cases])],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    for (argv, named), (code, lines, torch_imported) in zip(cases, json.loads(done.stdout), strict=True):
+        assert code == 2, (argv, lines)
+        assert len(lines) == 1 and named in lines[0], (argv, lines)
+        assert not torch_imported, (argv, lines)
