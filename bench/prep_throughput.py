@@ -17,12 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import av
 import numpy as np
+from test_prep_models import save_tiny_qwen2_vl
 
 from flexip.prep.captions import Captioner
 from flexip.prep.images import prepare_images
 from flexip.prep.videos import prepare_videos, sample_clip
 from prep_media import noise
-from test_prep_models import save_tiny_qwen2_vl
 
 PHOTOS, PHOTO_SIZE = 200, (768, 512)
 CLIPS, CLIP_SECONDS, CLIP_SIZE, FPS = 3, 10, 480, 30

@@ -20,6 +20,7 @@ from PIL import Image
 from fixtures import DEMO_MODEL, DREAMBENCH, TEST_ADAPTERS, TINY_MODELS, flexip_pipe, need_shared, picture
 from flexip import FlexIPAdapter
 from flexip.app.service import Service
+from flexip.evaluation.tiny_backbones import save_tiny_backbones
 from flexip.families.registry import SDXL
 from flexip.pipeline.front_end import load_pipeline
 from flexip.tiny import ModelSet, save_tiny_model_set
@@ -42,8 +43,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> ModelSet:
-    """The tiny model set (base, image_encoder, dinov2, adapter) with random weights. Treat it as read-only."""
-    return save_tiny_model_set(tmp_path_factory.mktemp("tiny-models"))
+    """The tiny model set with random weights, every part `flexip tiny-models` writes (base, image_encoder,
+    dinov2, adapter, data, benchmark, and the metrics' backbones). Treat it as read-only."""
+    models = save_tiny_model_set(tmp_path_factory.mktemp("tiny-models"))
+    save_tiny_backbones(models.root)
+    return models
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
-"""What the tests share besides their fixtures (conftest.py): models only the tests need, built offline from
-the tiny kit's parts (`flexip.tiny`): an IP-Adapter for the tiny base, and the evaluation metrics'
-backbones; a short `flexip train` on the kit; pipelines on the kit; and the small readers and makers of test
-inputs and outputs. Kept here, not in the library: no user runs them."""
+"""What the tests share besides their fixtures (conftest.py): a model only the tests need, built offline from
+the tiny kit's parts (`flexip.tiny`): an IP-Adapter for the tiny base; a short `flexip train` on the kit;
+pipelines on the kit; and the small readers and makers of test inputs and outputs. Kept here, not in the
+library: no user runs them."""
 
 from __future__ import annotations
 
@@ -15,15 +15,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
 
 from flexip.cli import main
-from flexip.evaluation.aesthetic import AestheticHead
 from flexip.evaluation.methods import IP_ADAPTER_FILES
 from flexip.families.registry import SD15, Family
 from flexip.pipeline.output import SETTINGS_CHUNK
 from flexip.settings.generation import ModelSettings
-from flexip.tiny import IMAGE_SIZE, WIDTH, build_tiny_base, build_tiny_image_encoders, byte_level_tokenizer
+from flexip.tiny import build_tiny_base, build_tiny_image_encoders
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "train" / "tiny.yaml"
@@ -75,33 +73,6 @@ def save_tiny_ip_adapter(directory: str | os.PathLike, seed: int = 0, family: Fa
         tensors[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"] = attention.to_v.weight.detach().clone()
     save_file(tensors, models / weight)
     return Path(directory)
-
-
-def save_tiny_eval_models(root: str | os.PathLike, seed: int = 0) -> Path:
-    """Tiny metric backbones for evaluation tests: `clip/` (transformers CLIPModel + CLIPProcessor), `dino/`
-    (a DINO-style ViTModel without pooler) and `aesthetic.safetensors` (an aesthetic head on the tiny CLIP)."""
-    root = Path(root)
-    torch.manual_seed(seed)
-    tokenizer = byte_level_tokenizer()
-    text_config = {
-        "vocab_size": len(tokenizer), "hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-    }  # fmt: skip
-    vision_config = {"hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "image_size": IMAGE_SIZE, "patch_size": 8}  # fmt: skip
-    clip = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=WIDTH))
-    size = {"shortest_edge": IMAGE_SIZE}
-    crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    clip.save_pretrained(root / "clip")
-    CLIPProcessor(image_processor=CLIPImageProcessor(size=size, crop_size=crop), tokenizer=tokenizer).save_pretrained(
-        root / "clip"
-    )
-    dino = ViTModel(ViTConfig(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                              image_size=IMAGE_SIZE, patch_size=8), add_pooling_layer=False)  # fmt: skip
-    dino.save_pretrained(root / "dino")
-    save_file(AestheticHead(embed_dim=WIDTH).state_dict(), root / "aesthetic.safetensors")
-    return root
 
 
 # kind -> (SD1.5 class, SDXL class) of the stock pipelines `load_flexip` is tested on

@@ -236,7 +236,8 @@ def test_no_function_in_the_library_is_over_the_cap():
 def test_package_inits_import_nothing():
     """A package's `__init__.py` is its docstring, so importing one module of a package (a torch-free one the
     command line needs before torch) never imports the rest; `flexip/__init__.py` exports lazily, and
-    `flexip/cli/__init__.py` is the command's entry point, `main`, on the standard library and the error type."""
+    `flexip/cli/__init__.py` is the command's entry point, `main`, on the standard library, the error type and
+    the thread policy (`cli/threads.py`, torch-free)."""
     importing = []
     for path in LIBRARY.rglob("__init__.py"):
         if path == LIBRARY / "__init__.py":
@@ -245,7 +246,7 @@ def test_package_inits_import_nothing():
         imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
         if path == LIBRARY / "cli" / "__init__.py":
             imports = [node for node in imports if isinstance(node, ast.ImportFrom) and node.level
-                       and node.module != "errors"]  # fmt: skip
+                       and node.module not in ("errors", "threads")]  # fmt: skip
         if imports:
             importing.append(str(path.relative_to(REPO)))
     assert not importing, f"these package inits import modules: {importing}"
@@ -257,3 +258,37 @@ def test_tests_are_laid_out_by_room():
     rooms = {path.name for path in LIBRARY.iterdir() if path.is_dir() and path.name != "__pycache__"}
     folders = {path.name for path in (REPO / "tests").iterdir() if path.is_dir() and path.name != "__pycache__"}
     assert folders - rooms <= {"demo", "bench"}, f"test folders that name no room: {sorted(folders - rooms)}"
+
+
+# Code, help texts and docs cite only documents a reader has: the method's description is the repository's own
+# `docs/method.md` (help texts, read without the repository, cite the paper), and every section cited exists.
+METHOD = REPO / "docs" / "method.md"
+CITED_DOCUMENT = re.compile(r"([\w./-]*\b(?:method|ecosystem|style)\.md)\)?((?:[,;]? ?§\d+(?:\.\d+)?)*)")
+
+
+def cited_documents(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, document as cited, sections cited) of every citation of the method or house notes in `path`."""
+    return [
+        (number, document, re.findall(r"§(\d+(?:\.\d+)?)", sections))
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        for document, sections in CITED_DOCUMENT.findall(line)
+    ]
+
+
+def test_citations_name_documents_in_the_repository(tmp_path):
+    example = tmp_path / "example.py"
+    example.write_text('"""Gate (method.md §2.4) and docs/method.md §2.3, §4; see ../shared/docs/style.md."""\n')
+    assert cited_documents(example) == [
+        (1, "method.md", ["2.4"]), (1, "docs/method.md", ["2.3", "4"]), (1, "../shared/docs/style.md", [])
+    ]
+    sections = set(re.findall(r"^#+ (\d+(?:\.\d+)?)\.? ", METHOD.read_text(), re.MULTILINE))
+    bad = []
+    for path in text_files():
+        for number, document, cited in cited_documents(path):
+            found = [place.resolve() for place in (REPO / document, path.parent / document) if place.is_file()]
+            where = f"{path.relative_to(REPO)}:{number}"
+            if not any(place.is_relative_to(REPO) for place in found):
+                bad.append(f"{where}: {document} is no file of the repository")
+            elif METHOD in found and not set(cited) <= sections:
+                bad.append(f"{where}: docs/method.md has no section {sorted(set(cited) - sections)}")
+    assert not bad, "cite docs/method.md (or the paper, in help texts):\n" + "\n".join(bad)

@@ -5,8 +5,10 @@ subjects in one picture. The measurement generates the dial pairs of `recipes.de
 at linear schedules of the same mean g (a linear schedule over N steps visits progress i / (N - 1), so its mean
 is (start + end) / 2 exactly) and compares the judge's identity and prompt match, pair by pair.
 
-    python -m recipes.demo.control sheets --out docs/images
+    python -m recipes.demo.control sheets --out runs/control
     python -m recipes.demo.control measure --pairs 60 --out runs/control
+
+Files already in --out are replaced only with --overwrite (the README's sheets are docs/images/control-*.png).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ STEPS, GUIDANCE = 50, 7.5  # as `flexip demo` and the dial measurement
 # Constant dials and the linear schedules of the same mean g, both ways.
 MEASURED = [0.6, DialSchedule(0.9, 0.3), DialSchedule(0.3, 0.9), 0.5, DialSchedule(1.0, 0.0), DialSchedule(0.0, 1.0)]
 SIZE = 32  # px: the demo model's pictures
+# What each command writes into --out.
+OUTPUTS = {"sheets": [f"control-{name}.png" for name in ("references", "blocks", "schedule", "masks")],
+           "measure": ["control.json", "control.md"]}  # fmt: skip
 
 
 def load_pipe():
@@ -187,8 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=20, help="dial pairs for `measure` (default: 20)")
     parser.add_argument("--seeds", type=int, default=4, help="seeds per pair and value (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="which pairs are drawn (default: 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    existing = [name for name in OUTPUTS[args.what] if (out / name).exists()]
+    if existing and not args.overwrite:
+        names = ", ".join(existing)
+        parser.error(f"{out} holds {names} already: pass --overwrite to replace them, or give another --out")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     pipe = load_pipe()

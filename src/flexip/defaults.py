@@ -1,5 +1,5 @@
-"""The models FlexIP uses when none is named: the real ones it is built on (method.md §2), and the embedded
-demo model the package ships."""
+"""The models FlexIP uses when none is named: the real ones it is built on (docs/method.md §2), and the
+embedded demo model the package ships."""
 
 from pathlib import Path
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .errors import FlexIPError
 
 SCHEDULERS = {
-    "ddim": "DDIMScheduler",  # method.md §4's default
+    "ddim": "DDIMScheduler",  # docs/method.md §4's default
     "euler": "EulerDiscreteScheduler",
     "euler-a": "EulerAncestralDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",  # DPM-Solver++ (its default algorithm_type)

@@ -12,6 +12,10 @@ Layout written under `root` (docs/formats.md):
     adapter/        FlexIP adapter directory, whose config points at ../image_encoder and ../dinov2
     data/           a tiny training set (`manifest.jsonl`, docs/formats.md): coloured shapes on plain grounds,
                     image pairs with masks and short clips of a shape moving, so `flexip train` has data offline
+    benchmark/      a tiny evaluation benchmark (`benchmark.jsonl`, `flexip eval generate --benchmark jsonl`):
+                    a few shapes as subjects, each with its reference picture and prompts
+    metrics/        the metrics' backbones (`clip/`, `dino/`, `aesthetic.safetensors`), which evaluation builds
+                    (`flexip.evaluation.tiny_backbones`) and `flexip tiny-models` writes
 """
 
 from __future__ import annotations
@@ -78,6 +82,32 @@ class ModelSet:
         """The tiny training set's manifest (written by `save_tiny_model_set`)."""
         return self.data / "manifest.jsonl"
 
+    @property
+    def benchmark(self) -> Path:
+        """The tiny evaluation benchmark, a JSONL file (written by `save_tiny_model_set`)."""
+        return self.root / "benchmark" / "benchmark.jsonl"
+
+    @property
+    def metrics(self) -> Path:
+        """The folder of the metrics' backbones (written by `flexip.evaluation.tiny_backbones`)."""
+        return self.root / "metrics"
+
+    @property
+    def clip_model(self) -> Path:
+        """A CLIP model with text and image towers: `flexip eval score --clip-model` (and the IQA's, the
+        aesthetic head's)."""
+        return self.metrics / "clip"
+
+    @property
+    def dino_model(self) -> Path:
+        """A DINO ViT: `flexip eval score --dino-model`."""
+        return self.metrics / "dino"
+
+    @property
+    def aesthetic_head(self) -> Path:
+        """An aesthetic head on `clip_model`'s image embeddings: `flexip eval score --aesthetic-head`."""
+        return self.metrics / "aesthetic.safetensors"
+
 
 def byte_level_tokenizer() -> CLIPTokenizer:
     """A CLIP BPE tokenizer with no merges: every byte is a token, so any prompt tokenizes offline."""
@@ -87,6 +117,29 @@ def byte_level_tokenizer() -> CLIPTokenizer:
     chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def tiny_text_config(tokenizer: CLIPTokenizer) -> dict:
+    """A CLIP text encoder's config at the kit's size for `tokenizer` (the base's; the metrics' CLIP's)."""
+    return {
+        "vocab_size": len(tokenizer), "hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+    }  # fmt: skip
+
+
+# A CLIP vision tower's config at the kit's size (the reference encoder's, and the metrics' CLIP's).
+TINY_VISION_CONFIG = {
+    "hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "image_size": IMAGE_SIZE, "patch_size": 8,
+}  # fmt: skip
+
+
+def tiny_clip_image_processor() -> CLIPImageProcessor:
+    """CLIP's image processing at the kit's IMAGE_SIZE."""
+    return CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
 
 
 def build_tiny_base(seed: int = 0, family: Family = SD15):
@@ -132,11 +185,7 @@ def build_tiny_base(seed: int = 0, family: Family = SD15):
         sample_size=IMAGE_SIZE,
     )
     tokenizer = byte_level_tokenizer()
-    text_config = {
-        "vocab_size": len(tokenizer), "hidden_size": WIDTH, "intermediate_size": 37, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-    }  # fmt: skip
+    text_config = tiny_text_config(tokenizer)
     text = {"tokenizer": tokenizer, "text_encoder": CLIPTextModel(CLIPTextConfig(**text_config))}
     if xl:
         wider = {**text_config, "hidden_size": XL_SECOND_WIDTH, "projection_dim": XL_SECOND_WIDTH}
@@ -152,26 +201,19 @@ def build_tiny_base(seed: int = 0, family: Family = SD15):
 def build_tiny_image_encoders(seed: int = 0) -> tuple:
     """(CLIP vision model, its processor, DINOv2 model, its processor), all at 32 px."""
     torch.manual_seed(seed)
-    clip = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=WIDTH, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=8, projection_dim=WIDTH,
-        )
-    )
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VISION_CONFIG, projection_dim=WIDTH))
     dino = Dinov2Model(
         Dinov2Config(
             hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
             image_size=IMAGE_SIZE, patch_size=8,
         )
     )
-    size = {"shortest_edge": IMAGE_SIZE}
-    crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    clip_processor = CLIPImageProcessor(size=size, crop_size=crop)
     # DINOv2 uses ImageNet statistics, unlike CLIP.
     dino_processor = BitImageProcessor(
-        size=size, crop_size=crop, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
-    )
-    return clip, clip_processor, dino, dino_processor
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    )  # fmt: skip
+    return clip, tiny_clip_image_processor(), dino, dino_processor
 
 
 # The tiny training set: flat shapes on flat grounds, drawn at IMAGE_SIZE. Not the demo world (recipes/demo):
@@ -246,13 +288,39 @@ def save_tiny_data_set(root: str | os.PathLike, seed: int = 0) -> Path:
     return manifest
 
 
+# The tiny evaluation benchmark: each subject is a shape drawn once as its reference, restaged by prompts.
+BENCHMARK_SUBJECTS = {"red_circle": ("circle", "red", "white"), "blue_square": ("square", "blue", "gray")}
+BENCHMARK_PROMPTS = ("a {color} {shape} on a black background", "a small {color} {shape} in a corner")
+
+
+def save_tiny_benchmark(root: str | os.PathLike) -> Path:
+    """Write the tiny evaluation benchmark under `root`: each subject's reference picture, and
+    `benchmark.jsonl` with a line per subject and prompt (`flexip eval generate --benchmark jsonl`);
+    returns the JSONL file's path."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for subject, (shape, color, ground) in BENCHMARK_SUBJECTS.items():
+        centre = IMAGE_SIZE / 2
+        image, _ = _draw_shape(shape, _COLORS[color], _GROUNDS[ground], centre, centre, radius=9)
+        image.save(root / f"{subject}.png")
+        for prompt in BENCHMARK_PROMPTS:
+            lines.append({"subject": subject, "category": "shape", "reference": f"{subject}.png",
+                          "prompt": prompt.format(color=color, shape=shape)})  # fmt: skip
+    benchmark = root / "benchmark.jsonl"
+    benchmark.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return benchmark
+
+
 def save_tiny_model_set(
     root: str | os.PathLike, seed: int = 0, overwrite: bool = False, family: Family = SD15
 ) -> ModelSet:
-    """Build the whole tiny model set (its base of `family`) with random weights and save it under `root`.
+    """Build the tiny model set (its base of `family`) with random weights and save it under `root`: every
+    part but metrics/, which `flexip.evaluation.tiny_backbones` writes.
 
-    Each part (base/, image_encoder/, dinov2/, adapter/, data/) is written atomically, so a part that exists is
-    complete: it is kept as it is (a trained adapter put there survives) unless `overwrite` replaces it.
+    Each part (base/, image_encoder/, dinov2/, adapter/, data/, benchmark/) is written atomically, so a part
+    that exists is complete: it is kept as it is (a trained adapter put there survives) unless `overwrite`
+    replaces it.
     """
     models = ModelSet(Path(root))
     base = build_tiny_base(seed, family)
@@ -276,6 +344,7 @@ def save_tiny_model_set(
                 to_v.weight.normal_(std=to_v.in_features**-0.5)
     writers = {  # data first: a written base/ (what training checks for) implies the data
         models.data: lambda tmp: save_tiny_data_set(tmp, seed),
+        models.benchmark.parent: save_tiny_benchmark,
         models.base: base.save_pretrained,
         models.image_encoder: lambda tmp: (clip.save_pretrained(tmp), clip_processor.save_pretrained(tmp)),
         models.dinov2: lambda tmp: (dino.save_pretrained(tmp), dino_processor.save_pretrained(tmp)),
@@ -291,5 +360,6 @@ def save_tiny_model_set(
 def existing_parts(root: str | os.PathLike) -> list[str]:
     """The parts of a model set already under `root`, which `save_tiny_model_set` keeps unless told otherwise."""
     models = ModelSet(Path(root))
-    parts = (models.data, models.base, models.image_encoder, models.dinov2, models.adapter)
+    parts = (models.data, models.benchmark.parent, models.base, models.image_encoder, models.dinov2,
+             models.adapter, models.metrics)  # fmt: skip
     return [f"{part.name}/" for part in parts if part.exists()]

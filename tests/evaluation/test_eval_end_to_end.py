@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures import DREAMBENCH, pixels, rows, save_tiny_eval_models, save_tiny_ip_adapter
+from fixtures import DREAMBENCH, pixels, rows, save_tiny_ip_adapter
 from flexip.cli import main
+from flexip.tiny import ModelSet
 
 # The module itself: `flexip.evaluation` exports a function of the same name.
 generate_module = importlib.import_module("flexip.evaluation.generate")
@@ -29,10 +30,8 @@ pytestmark = pytest.mark.usefixtures("dreambench")
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory) -> Path:
-    root = save_tiny_eval_models(tmp_path_factory.mktemp("eval-models"))
-    save_tiny_ip_adapter(root / "ip-adapter")
-    return root
+def tiny_ip_adapter(tmp_path_factory) -> Path:
+    return save_tiny_ip_adapter(tmp_path_factory.mktemp("ip-adapter"))
 
 
 def generate(
@@ -43,11 +42,12 @@ def generate(
             "--out", str(out), *extra]  # fmt: skip
 
 
-def score(kit: Path, *results: Path, identity: str = "reference") -> list[str]:
-    clip = str(kit / "clip")
+def score(models: ModelSet, *results: Path, identity: str = "reference") -> list[str]:
+    """`flexip eval score` on the tiny kit's metric backbones."""
+    clip = str(models.clip_model)
     return ["eval", "score", *map(str, results), "--clip-model", clip, "--iqa-model", clip,
-            "--aesthetic-model", clip, "--dino-model", str(kit / "dino"),
-            "--aesthetic-head", str(kit / "aesthetic.safetensors"), "--identity", identity]  # fmt: skip
+            "--aesthetic-model", clip, "--dino-model", str(models.dino_model),
+            "--aesthetic-head", str(models.aesthetic_head), "--identity", identity]  # fmt: skip
 
 
 def summary(directory: Path) -> list[dict]:
@@ -55,7 +55,7 @@ def summary(directory: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, capsys):
+def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, tiny_ip_adapter, capsys):
     flexip, ip_adapter, sd, folder = (tmp_path / name for name in ("flexip", "ip-adapter", "sd", "folder"))
     flexip_args = [
         "--method",
@@ -66,7 +66,7 @@ def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, 
         "0.2,0.5,0.8",
     ]
     assert main(generate(tiny_models, flexip, *flexip_args)) == 0
-    ip_adapter_args = ["--method", "ip-adapter", "--ip-adapter", str(kit / "ip-adapter"), "--scale", "0,1"]
+    ip_adapter_args = ["--method", "ip-adapter", "--ip-adapter", str(tiny_ip_adapter), "--scale", "0,1"]
     assert main(generate(tiny_models, ip_adapter, *ip_adapter_args)) == 0
     assert main(generate(tiny_models, sd, "--method", "sd")) == 0
 
@@ -99,10 +99,11 @@ def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, 
     imported = (folder / "images" / "folder" / "dog" / "01" / "sample.png").read_bytes()
     assert imported == (sd / "images" / "sd" / "dog" / "01" / "0.png").read_bytes()
 
-    assert main(score(kit, flexip, ip_adapter, sd, folder)) == 0
+    assert main(score(tiny_models, flexip, ip_adapter, sd, folder)) == 0
     scores = rows(flexip / "scores.jsonl")
     assert len(scores) == len(manifest)
-    assert scores[0]["clip_model"] == str(kit / "clip") and scores[0]["dino_model"] == str(kit / "dino")
+    assert scores[0]["clip_model"] == str(tiny_models.clip_model)
+    assert scores[0]["dino_model"] == str(tiny_models.dino_model)
     assert scores[0]["identity"] == "reference"
     for row in scores:
         assert all(np.isfinite(row[m]) for m in ("CLIP-T", "CLIP-I", "DINO-I", "CLIP-IQA", "Aesthetic"))
@@ -111,7 +112,7 @@ def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, 
         (dial, category) for dial in ("0.2", "0.5", "0.8") for category in ("all", "live", "object")
     }
     assert all(row["images"] == "2" for row in table if row["category"] != "all")
-    assert all(row["aesthetic_head"] == str(kit / "aesthetic.safetensors") for row in table)
+    assert all(row["aesthetic_head"] == str(tiny_models.aesthetic_head) for row in table)
     assert "Backbones" in (flexip / "summary.md").read_text()
     # The same images score the same, whichever method directory they sit in.
     assert [row["CLIP-T"] for row in summary(sd)] == [row["CLIP-T"] for row in summary(folder)]
@@ -147,15 +148,15 @@ def test_generate_score_rank_curve_for_every_method(tmp_path, tiny_models, kit, 
 
     # Identity against all real images is another protocol: recorded, and never ranked against the first.
     shutil.copytree(sd, tmp_path / "sd-all")
-    assert main(score(kit, tmp_path / "sd-all", identity="all")) == 2  # the copy holds sd's scores
-    assert main([*score(kit, tmp_path / "sd-all", identity="all"), "--overwrite"]) == 0
+    assert main(score(tiny_models, tmp_path / "sd-all", identity="all")) == 2  # the copy holds sd's scores
+    assert main([*score(tiny_models, tmp_path / "sd-all", identity="all"), "--overwrite"]) == 0
     assert summary(tmp_path / "sd-all")[0]["CLIP-I"] != summary(sd)[0]["CLIP-I"]
     assert main(["eval", "rank", str(sd), str(tmp_path / "sd-all"), "--out", str(report), "--overwrite"]) == 2
     assert "scored differently" in capsys.readouterr().err
 
 
 def test_interrupt_resume_and_two_processes_give_the_same_files(
-    tmp_path, tiny_models, kit, monkeypatch, capsys
+    tmp_path, tiny_models, monkeypatch, capsys
 ):
     args = ["--method", "flexip", "--adapter", str(tiny_models.adapter), "--preservation", "0.2,0.8"]
     one = tmp_path / "one" / "flexip"
@@ -172,7 +173,7 @@ def test_interrupt_resume_and_two_processes_give_the_same_files(
     assert main(generate(tiny_models, one, *args)) == 130
     assert sorted(one.rglob("*.png")) == sorted(saved)
     before = {path: path.stat().st_mtime_ns for path in saved}
-    assert main(score(kit, one)) == 2
+    assert main(score(tiny_models, one)) == 2
     assert "5 of 8 images are missing" in capsys.readouterr().err
     monkeypatch.setattr(generate_module, "_save", save)
     assert main(generate(tiny_models, one, *args)) == 0
@@ -211,7 +212,7 @@ def test_dtype_is_used_and_recorded(tmp_path, tiny_models):
     assert not np.array_equal(pixels(tmp_path / "fp32" / image), pixels(tmp_path / "bf16" / image))
 
 
-def test_user_mistakes_are_one_line_errors(tmp_path, tiny_models, kit, capsys):
+def test_user_mistakes_are_one_line_errors(tmp_path, tiny_models, capsys):
     assert main(generate(tiny_models, tmp_path / "a", "--method", "flexip")) == 2
     assert "--method flexip needs --adapter" in capsys.readouterr().err
     assert (
@@ -221,7 +222,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path, tiny_models, kit, capsys):
     assert "one --scale" in capsys.readouterr().err
     assert main(generate(tiny_models, tmp_path / "a", "--method", "folder", "--images", str(tmp_path))) == 2
     assert "no images for subject bear_plushie" in capsys.readouterr().err
-    assert main(["eval", "score", str(tmp_path), "--aesthetic-head", str(kit / "aesthetic.safetensors")]) == 2
+    assert main(["eval", "score", str(tmp_path), "--aesthetic-head", str(tiny_models.aesthetic_head)]) == 2
     assert "not a results directory" in capsys.readouterr().err
 
 
@@ -237,10 +238,12 @@ def test_flexip_runs_on_the_base_its_adapter_records(tmp_path, tiny_models):
     assert (tmp_path / "recorded" / image).read_bytes() == (tmp_path / "given" / image).read_bytes()
 
 
-def test_a_run_whose_models_do_not_load_leaves_nothing_to_refuse_a_rerun(tmp_path, tiny_models, kit, capsys):
+def test_a_run_whose_models_do_not_load_leaves_nothing_to_refuse_a_rerun(
+    tmp_path, tiny_models, tiny_ip_adapter, capsys
+):
     one_prompt = {"subjects": "dog", "prompts": "1"}
     runs = [  # (method, its model's flag, the right path, the error for a wrong one)
-        ("ip-adapter", "--ip-adapter", kit / "ip-adapter", "cannot load the IP-Adapter"),
+        ("ip-adapter", "--ip-adapter", tiny_ip_adapter, "cannot load the IP-Adapter"),
         ("flexip", "--adapter", tiny_models.adapter, "flexip_config.json not found"),
     ]
     for method, flag, good, error in runs:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, CLIPModel
 
-from fixtures import need_shared, save_tiny_eval_models
+from fixtures import need_shared
 from flexip.errors import FlexIPError
 from flexip.evaluation import metrics
 from flexip.evaluation.aesthetic import AestheticHead
@@ -24,7 +24,7 @@ from flexip.evaluation.rank import mrank, ranks
 REPO = Path(__file__).resolve().parents[2]
 LAION_HEAD = REPO.parent / "shared" / "data" / "laion-aesthetic" / "sac+logos+ava1-l14-linearMSE.pth"
 
-# method.md §5, Table 1 (DreamBench+ / MSBench): mRank, then CLIP-T, CLIP-I, DINO-I, CLIP-IQA, Aesthetic.
+# docs/method.md §5, Table 1 (DreamBench+ / MSBench): mRank, CLIP-T, CLIP-I, DINO-I, CLIP-IQA, Aesthetic.
 TABLE_1 = {
     "BLIP-Diffusion": (8.8, 0.166, 0.681, 0.374, 0.486, 5.234),
     "ELITE": (6.2, 0.269, 0.793, 0.657, 0.522, 5.437),
@@ -121,8 +121,7 @@ def test_dino_transform_resizes_short_side_crops_centre_and_normalises():
 
 
 class _TensorFeatures(torch.nn.Module):
-    """torchmetrics 1.9 expects tensors from get_*_features; transformers 5 returns model outputs
-    (ecosystem.md)."""
+    """torchmetrics 1.9 expects tensors from get_*_features; transformers 5 returns model outputs."""
 
     def __init__(self, model: CLIPModel):
         super().__init__()
@@ -137,11 +136,11 @@ class _TensorFeatures(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def aligned_clip(tmp_path_factory) -> ClipFeatures:
-    """The tiny CLIP, bent so that every image and text embedding points nearly the same way: cosines are
-    positive (torchmetrics clamps CLIPScore at 0) and CLIP-IQA is far from saturating at 0 or 1."""
-    root = save_tiny_eval_models(tmp_path_factory.mktemp("eval-models"))
-    model = CLIPModel.from_pretrained(root / "clip")
+def aligned_clip(tiny_models) -> ClipFeatures:
+    """The tiny kit's metric CLIP, bent so that every image and text embedding points nearly the same
+    way: cosines are positive (torchmetrics clamps CLIPScore at 0) and CLIP-IQA is far from saturating at 0
+    or 1."""
+    model = CLIPModel.from_pretrained(tiny_models.clip_model)
     with torch.no_grad():
         vision_bias = torch.randn(
             model.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(0)
@@ -154,7 +153,7 @@ def aligned_clip(tmp_path_factory) -> ClipFeatures:
         )
         model.text_model.final_layer_norm.weight.mul_(0.2)
         model.text_model.final_layer_norm.bias.copy_(text_bias)
-    return ClipFeatures(model, AutoProcessor.from_pretrained(root / "clip"), "aligned tiny CLIP")
+    return ClipFeatures(model, AutoProcessor.from_pretrained(tiny_models.clip_model), "aligned tiny CLIP")
 
 
 def _fixtures(count: int) -> tuple[list[Image.Image], list[torch.Tensor]]:
@@ -236,17 +235,17 @@ def test_aesthetic_head_refuses_other_architectures(tmp_path):
 # --- CLIP-T against each image's own prompt ----------------------------------------------------------------
 
 
-def test_clip_t_scores_each_image_against_its_own_prompt(tmp_path):
+def test_clip_t_scores_each_image_against_its_own_prompt(tmp_path, tiny_models):
     """A batch of images with different prompts: each image's CLIP-T is its cosine with its own prompt, and
     with any other prompt of the batch it would differ (so one prompt for all, or prompts shifted by one, fail)."""
     from flexip.evaluation.results import PlannedImage
     from flexip.evaluation.score import Scorer
     from flexip.evaluation.score_config import ScoreConfig
 
-    root = save_tiny_eval_models(tmp_path)
-    clip = str(root / "clip")
-    config = ScoreConfig(aesthetic_head=str(root / "aesthetic.safetensors"), clip_model=clip,
-                         dino_model=str(root / "dino"), iqa_model=clip, aesthetic_model=clip)  # fmt: skip
+    clip, dino, head = map(str, (tiny_models.clip_model, tiny_models.dino_model, tiny_models.aesthetic_head))
+    config = ScoreConfig(
+        aesthetic_head=head, clip_model=clip, dino_model=dino, iqa_model=clip, aesthetic_model=clip
+    )
     scorer = Scorer(config)
     images, _ = _fixtures(4)
     images[0].save(tmp_path / "reference.png")

@@ -1,4 +1,4 @@
-"""The invariants of the gated cross-attention (method.md §2.3), on the tiny model set."""
+"""The invariants of the gated cross-attention (docs/method.md §2.3), on the tiny model set."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The dynamic weight gate (method.md §2.4): its starting values, and a dial that stays covered in training."""
+"""The dynamic weight gate (docs/method.md §2.4): its starting values, and a dial that stays covered in
+training."""
 
 from __future__ import annotations
 

@@ -58,7 +58,8 @@ def test_reference_changes_the_image(pipe, pictures):
 
 
 def test_guidance_unconditional_half_uses_null_reference_and_negative_embeddings(pipe, adapter, pictures):
-    """method.md §4: the unconditional half gets P and S of the null reference, S from the embeddings used."""
+    """docs/method.md §4: the unconditional half gets P and S of the null reference, S from the embeddings
+    used."""
     generator = torch.Generator().manual_seed(3)
     prompt_embeds, negative_embeds = torch.randn(2, 1, 77, 32, generator=generator)
     seen = []

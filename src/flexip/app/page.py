@@ -36,6 +36,27 @@ DEFAULTS = SamplingSettings()  # the page starts where `flexip generate` does
 INPUTS = ("reference", "prompt", "preservation", "mode", "count", "seed", "randomize", "steps", "guidance",
           "scheduler", "scale", "negative", "dial", "more", "weights", "masks")  # fmt: skip
 
+BOX_PX = 360  # the height of the reference's and the result's boxes: fixed, so the page keeps its shape
+TINY_PX = 128  # a picture at most this many pixels a side is shown with its pixels as squares
+# Pictures are fitted to their boxes, small ones enlarged. A tiny one (the demo model's are 32 pixels) is
+# enlarged by nearest neighbour, where the browser's smoothing would blur it past judging; only the display
+# changes, a download is the file itself. Sweep captions wrap rather than end in an ellipsis.
+CSS = """
+#reference img, #result img { width: 100%; height: 100%; object-fit: contain; }
+#gallery .caption-label { white-space: normal; overflow-wrap: anywhere; }
+"""
+JS = f"""() => {{
+    const show = (image) => {{
+        if (image instanceof HTMLImageElement && image.closest("#reference, #result, #gallery")) {{
+            const tiny = Math.max(image.naturalWidth, image.naturalHeight) <= {TINY_PX};
+            image.style.imageRendering = tiny ? "pixelated" : "";
+        }}
+    }};
+    document.addEventListener("load", (event) => show(event.target), true);
+    // and the pictures that loaded before this ran
+    document.querySelectorAll("img").forEach((image) => image.complete && show(image));
+}}"""
+
 INTRO = """# flexip: the preservation dial
 Give a picture of a subject and a prompt. **Preservation** near 1 keeps the subject's identity and detail; near
 0 the prompt restyles it freely. Move the dial and generate again: the reference is encoded once."""
@@ -62,7 +83,7 @@ def build_page(service: Service) -> gr.Blocks:
 def _main_controls() -> dict[str, gr.components.Component]:
     """The reference, the prompt (or the built-in example) and the dial: one value, or a sweep from 0 to 1."""
     reference = gr.Image(label="reference (the subject)", type="filepath", sources=["upload", "clipboard"],
-                         elem_id="reference")  # fmt: skip
+                         height=BOX_PX, elem_id="reference")  # fmt: skip
     prompt = gr.Textbox(label="prompt", placeholder="a dog on the beach", elem_id="prompt")
     gr.Examples([[str(DEMO_REFERENCE), DEMO_PROMPT]], [reference, prompt], label="built-in example",
                 cache_examples=False)  # fmt: skip
@@ -112,9 +133,9 @@ def _result_views() -> dict[str, gr.components.Component]:
     return {
         "status": gr.Markdown(label="status", elem_id="status"),
         "image": gr.Image(label="result (PNG with its settings)", type="filepath", format="png", interactive=False,
-                          buttons=["download", "fullscreen"], elem_id="result"),
-        "gallery": gr.Gallery(label="sweep, preservation from 0 (left) to 1 (right)", columns=5, format="png",
-                              visible=False, elem_id="gallery"),
+                          height=BOX_PX, buttons=["download", "fullscreen"], elem_id="result"),
+        "gallery": gr.Gallery(label="sweep: each image's preservation in its corner", columns=5, format="png",
+                              object_fit="contain", height=BOX_PX, visible=False, elem_id="gallery"),
         "sheet": gr.File(label="contact sheet (PNG)", visible=False, elem_id="sheet"),
         "command": gr.Textbox(label="the same as a command", interactive=False, buttons=["copy"], elem_id="command"),
     }  # fmt: skip
@@ -186,9 +207,7 @@ def _answer(service: Service, values: tuple, stop: threading.Event, on_step) -> 
         return f"**Error:** {e}", None, [], None, "", gr.skip()
     except Cancelled as e:
         return f"Stopped {e}.", None, [], None, "", gr.skip()
-    images = [
-        (str(path), f"preservation {value.text()}") for path, value in zip(result.images, result.values)
-    ]
+    images = [(str(path), value.text()) for path, value in zip(result.images, result.values)]
     if len(images) == 1:
         return result.report, images[0][0], [], None, result.command, checked.sampling.seed
     return result.report, None, images, str(result.sheet), result.command, checked.sampling.seed
@@ -249,7 +268,7 @@ def running(service_factory, host: str = "127.0.0.1", port: int = 7860) -> Itera
             page.launch(
                 server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
                 show_error=False, max_file_size=MAX_UPLOAD_BYTES, allowed_paths=[], enable_monitoring=False,
-                mcp_server=False, ssr_mode=False, pwa=False, footer_links=["api"],
+                mcp_server=False, ssr_mode=False, pwa=False, footer_links=["api"], css=CSS, js=JS,
             )  # fmt: skip
         except OSError as e:
             raise FlexIPError(f"cannot listen on {host}:{port} ({e}); choose another --port or --host") from e

@@ -29,7 +29,7 @@ from PIL import Image
 from ..contact_sheet import contact_sheet
 from ..demo_subject import DEMO_REFERENCE
 from ..errors import FlexIPError
-from ..pipeline.front_end import LoadedModel, generate, record
+from ..pipeline.front_end import LoadedModel, generate, note_demo_model, record
 from ..pipeline.images import load_mask_image, load_reference_image
 from ..pipeline.output import image_name, save_image
 from ..pipeline.subjects import check_subjects
@@ -215,6 +215,7 @@ class Service:
         step (raises Cancelled); `on_step(done, total)` hears of each step."""
         stop = stop or threading.Event()
         loaded = self._loaded(request.scheduler)
+        note_demo_model(loaded, [request.reference, *request.more_references], "flexip serve")
         injection = loaded.pipe.flexip
         reused = injection.is_encoded(request.reference)
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`flexip eval generate|score|rank|curve`: the DreamBench-style evaluation of method.md §5."""
+"""`flexip eval generate|score|rank|curve`: the DreamBench-style evaluation of docs/method.md §5."""
 
 from __future__ import annotations
 
@@ -269,7 +269,7 @@ def _register_rank(commands) -> None:
         "rank",
         help="the mRank table of results directories and published numbers",
         description="Rank every method (each dial value of a results directory is one entry) on each of the "
-        "five metrics, 1 = best, ties sharing their mean rank, and average: mRank (method.md §5). CSV inputs hold "
+        "five metrics, 1 = best, ties sharing their mean rank, and average: mRank (the FlexIP paper's Table 1). CSV inputs hold "
         "published numbers: columns method,CLIP-T,CLIP-I,DINO-I,CLIP-IQA,Aesthetic.",
     )
     p.add_argument(

@@ -26,7 +26,8 @@ preservation: 1 keeps the subject's identity and fine detail, 0 lets the prompt 
 block as down=0.9,mid=0.6,up=0.3 (finer: up.block_0=0.5; unnamed blocks keep 0.5), or over the steps as
 START:END (0.9:0.3, or 0.9:0.3:cosine). Several --reference are one subject's images, mixed by
 --reference-weights (equal by default); with one --mask each (white = the subject), one subject per mask.
-Without --adapter the embedded default model is used. For several values, use `flexip sweep`."""
+Without --adapter the embedded demo model is used: it knows only its own procedural world of small shapes
+(on a photograph it says so). For several values, use `flexip sweep`."""
 
 
 def register(subparsers) -> None:
@@ -61,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.out, [*args.reference, *(args.mask or [])], args.overwrite)
     subjects = read_subjects(args)
 
-    from ..pipeline.front_end import generate, load_pipeline, record  # torch: once the command is known good
+    # torch: once the command is known good
+    from ..pipeline.front_end import generate, load_pipeline, note_demo_model, record
     from ..pipeline.output import save_image
 
     loaded = load_pipeline(models)
+    note_demo_model(loaded, subjects.images, "flexip generate")
     image = generate(loaded, args.prompt, values=values, sampling=sampling, **subjects.call_arguments())[0]
     settings = record(args.prompt, models=models, sampling=sampling, loaded=loaded, **subjects.record())
     save_image(image, out, {**settings, "preservation": values[0].record()})

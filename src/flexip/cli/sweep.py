@@ -61,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_directory(args.out, output_names(values), args.overwrite, [*args.reference, *(args.mask or [])])
     subjects = read_subjects(args)
 
-    from ..pipeline.front_end import load_pipeline  # torch: once the command is known good
+    from ..pipeline.front_end import load_pipeline, note_demo_model  # torch: once the command is known good
 
-    sheet = sweep(load_pipeline(models), args.prompt, subjects, values, models, sampling, out)
+    loaded = load_pipeline(models)
+    note_demo_model(loaded, subjects.images, "flexip sweep")
+    sheet = sweep(loaded, args.prompt, subjects, values, models, sampling, out)
     print(f"wrote {len(values)} images and the contact sheet {sheet}")
     return 0
 

@@ -12,12 +12,15 @@ from ..errors import FlexIPError
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "tiny-models",
-        help="write a tiny random model set (base, encoders, adapter, a small data set) for tests and plumbing checks",
+        help="write a tiny random model set (base, encoders, adapter, metric backbones, small data sets) for "
+        "tests and plumbing checks",
         description="Write a complete tiny model set with random weights in the real diffusers/transformers "
-        "formats: DIR/base (a Stable Diffusion 1.5 pipeline, or SDXL's with --family sdxl), DIR/image_encoder "
-        "(CLIP vision), DIR/dinov2, DIR/adapter "
-        "(FlexIP), DIR/data (a small training set: manifest.jsonl and its pictures). Its pictures are noise; it "
-        "exists so everything, training included, can be run without downloading weights.",
+        "formats: DIR/base (a Stable Diffusion 1.5 pipeline, or SDXL's with --family sdxl), "
+        "DIR/image_encoder (CLIP vision), DIR/dinov2, DIR/adapter (FlexIP), DIR/data (a small training set: "
+        "manifest.jsonl and its pictures of coloured shapes), DIR/benchmark (benchmark.jsonl, for `flexip eval "
+        "generate --benchmark jsonl`) and DIR/metrics (clip/, dino/ and aesthetic.safetensors, the backbones "
+        "`flexip eval score` loads). It exists so that everything, training and evaluation included, runs "
+        "without downloading weights; the pictures its random models make, and their scores, mean nothing.",
     )
     parser.add_argument(
         "directory", help="where to write the model set (created; parts already there are kept as they are)"
@@ -38,6 +41,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluation.tiny_backbones import save_tiny_backbones
     from ..families.registry import family_named
     from ..tiny import existing_parts, save_tiny_model_set
 
@@ -48,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     kept = [] if args.overwrite else existing_parts(check_writable(args.directory, "DIR"))
     family = family_named(args.family)
     models = save_tiny_model_set(args.directory, seed=args.seed, overwrite=args.overwrite, family=family)
-    print(
-        f"wrote the tiny {family.title} model set to {models.root}: base/, image_encoder/, dinov2/, adapter/, data/"
-    )
+    save_tiny_backbones(models.root, seed=args.seed, overwrite=args.overwrite)
+    parts = "base/, image_encoder/, dinov2/, adapter/, data/, benchmark/, metrics/"
+    print(f"wrote the tiny {family.title} model set to {models.root}: {parts}")
     if kept:
         print(f"kept what was already there: {', '.join(kept)} (pass --overwrite to replace them)")
     return 0

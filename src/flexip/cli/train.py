@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train the adapters on a JSONL manifest of reference/target pairs",
-        description="Train FlexIP's adapters and gate on a frozen Stable Diffusion (method.md §3). The run folder "
+        description="Train FlexIP's adapters and gate on a frozen Stable Diffusion (the FlexIP paper's recipe, arXiv 2504.07405). The run folder "
         "gets config.yaml, metrics.jsonl, TensorBoard logs (logs/), contact sheets (samples/), checkpoints/ and "
         "the exported adapter/ that `flexip generate --adapter` loads. For many GPUs: "
         "`accelerate launch --num_processes N -m flexip train ...`.",

@@ -61,7 +61,7 @@ class Denoiser(ABC):
         them so that it reaches the joined layers: `condition_for(text, sample)` builds it."""
 
 
-    # Training (method.md §3).
+    # Training (docs/method.md §3).
 
     @abstractmethod
     def check_schedule(self, scheduler, where: str) -> None:

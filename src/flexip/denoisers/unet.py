@@ -66,11 +66,11 @@ class UNetCrossAttention(Denoiser):
         return args, kwargs
 
     def check_schedule(self, scheduler, where: str) -> None:
-        """FlexIP trains a UNet with the epsilon objective (method.md §3)."""
+        """FlexIP trains a UNet with the epsilon objective (docs/method.md §3)."""
         if scheduler.config.prediction_type != "epsilon":
             raise FlexIPError(
                 f"{where} predicts {scheduler.config.prediction_type!r}; FlexIP trains with the epsilon objective "
-                "(method.md §3): use an epsilon-prediction model such as Stable Diffusion 1.5"
+                "(docs/method.md §3): use an epsilon-prediction model such as Stable Diffusion 1.5"
             )
 
     def noisy_and_target(

@@ -1,4 +1,4 @@
-"""The LAION "improved aesthetic predictor" head (ecosystem.md, Aesthetic): an MLP on the L2-normalised
+"""The LAION "improved aesthetic predictor" head (docs/decisions/evaluation.md): an MLP on the L2-normalised
 OpenAI CLIP ViT-L/14 image embedding that predicts a score of roughly 1..10."""
 
 from __future__ import annotations
@@ -70,13 +70,33 @@ class AestheticHead(nn.Module):
                     "read only for that known head: save your head's state dict as .safetensors instead"
                 )
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        if "layers.0.weight" not in state_dict:
-            raise FlexIPError(f"{path}: not an aesthetic head (no tensor layers.0.weight)")
-        head = cls(embed_dim=state_dict["layers.0.weight"].shape[1])
-        try:
-            head.load_state_dict(state_dict, strict=True)
-        except RuntimeError as e:
+        fix = "give LAION's head file or a safetensors copy of its state dict"
+        first = state_dict.get("layers.0.weight")
+        if first is None or first.ndim != 2:
+            raise FlexIPError(f"{path}: not an aesthetic head (no 2-d tensor layers.0.weight); {fix}")
+        head = cls(embed_dim=first.shape[1])
+        differences = _differences(head.state_dict(), state_dict)
+        if differences:
             raise FlexIPError(
-                f"{path}: the tensors do not match the aesthetic head's architecture: {e}"
-            ) from e
+                f"{path}: the tensors do not match the aesthetic head's architecture ({differences}); {fix}"
+            )
+        head.load_state_dict(state_dict, strict=True)
         return head.eval().requires_grad_(False)
+
+
+def _differences(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """The names and shapes that differ between two state dicts, in a few words ("" where none do)."""
+
+    def names(keys) -> str:
+        keys = sorted(keys)
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    missing, unexpected = expected.keys() - found.keys(), found.keys() - expected.keys()
+    differences = [f"missing {names(missing)}"] if missing else []
+    differences += [f"unexpected {names(unexpected)}"] if unexpected else []
+    differences += [
+        f"{key} is {tuple(found[key].shape)}, not {tuple(expected[key].shape)}"
+        for key in sorted(expected.keys() & found.keys())
+        if found[key].shape != expected[key].shape
+    ]
+    return "; ".join(differences)

@@ -1,4 +1,5 @@
-"""Benchmarks as lists of cases (subject, prompt, reference), under the zero-shot protocol of ecosystem.md.
+"""Benchmarks as lists of cases (subject, prompt, reference), under the zero-shot protocol
+(docs/method.md §5).
 
 The protocol, written into every result file:
 - the reference is ONE image per subject (DreamBench: `00.jpg` unless told otherwise);

@@ -1,5 +1,5 @@
-"""The trade-off curve (method.md §2.4, §5): identity (DINO-I, CLIP-I) against prompt fidelity (CLIP-T) as the
-dial moves, one labelled point per preservation value or scale, and how smoothly each method moves along
+"""The trade-off curve (docs/method.md §2.4, §5): identity (DINO-I, CLIP-I) against prompt fidelity (CLIP-T)
+as the dial moves, one labelled point per preservation value or scale, and how smoothly each method moves along
 it."""
 
 from __future__ import annotations

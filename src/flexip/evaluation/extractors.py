@@ -1,10 +1,12 @@
-"""Feature extractors for the metrics: the only part of evaluation that loads weights (style.md, habit 6).
+"""Feature extractors for the metrics: the only part of evaluation that loads weights.
 
 Each is configured by a hub id or a local directory, and its name is written into every result file, because
-the backbones differ between papers (ecosystem.md: DINO ViT-S/16 vs ViT-S/8 vs DINOv2; CLIP ViT-B/32 vs L/14).
+the backbones differ between papers (DINO ViT-S/16 vs ViT-S/8 vs DINOv2; CLIP ViT-B/32 vs L/14).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +14,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoProcessor, CLIPModel
 
 from ..errors import FlexIPError
+from ..model_paths import check_hub_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,12 +41,26 @@ def dino_transform(image: Image.Image, crop_size: int = 224, resize: int = 256) 
 
 
 def _load(loader, name: str, what: str, **kwargs):
+    """`loader(name)`, failing in one line that names the option `what` and the model."""
+    check_hub_model(name, what)
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise FlexIPError(f"{what} {name} does not exist; give a local model directory or a hub id")
     try:
         return loader(name, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # what transformers raises for a folder or file it cannot read
+        reason = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise FlexIPError(
-            f"could not load the {what} {name!r}: {e}; give a hub id or a local model directory"
+            f"{what} {name!r} cannot be loaded ({reason}); give a local model directory or a hub id"
         ) from e
+
+
+def _config(name: str, what: str, model_types: tuple[str, ...], wanted: str):
+    """The model's config, read before its weights: a model of another kind is refused in one line, where its
+    weights would load with warnings and fail on the first image, or not load at all."""
+    config = _load(AutoConfig.from_pretrained, name, what)
+    if config.model_type not in model_types:
+        raise FlexIPError(f"{what} {name!r} is a {config.model_type!r} model, not {wanted}")
+    return config
 
 
 def _pooled(output) -> torch.Tensor:
@@ -59,11 +76,18 @@ class DinoFeatures:
         self.name = name
 
     @classmethod
-    def from_pretrained(cls, name: str, device: torch.device | str = "cpu") -> DinoFeatures:
-        config = _load(AutoConfig.from_pretrained, name, "DINO model")
+    def from_pretrained(
+        cls, name: str, device: torch.device | str = "cpu", what: str = "--dino-model"
+    ) -> DinoFeatures:
+        """The DINO ViT or DINOv2 `name` (a hub id or local directory); `what` names it in errors."""
+        wanted = (
+            "a DINO ViT or DINOv2 (model type 'vit' or 'dinov2'): give one such as facebook/dino-vits16, or "
+            "offline the metrics/dino folder that `flexip tiny-models DIR` writes"
+        )
+        config = _config(name, what, ("vit", "dinov2"), wanted)
         # A ViT's pooler is an untrained dense layer for DINO checkpoints; the metric uses the raw [CLS].
         extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}
-        model = _load(AutoModel.from_pretrained, name, "DINO model", **extra)
+        model = _load(AutoModel.from_pretrained, name, what, **extra)
         return cls(model.to(device), name)
 
     @torch.no_grad()
@@ -86,9 +110,27 @@ class ClipFeatures:
         self.name = name
 
     @classmethod
-    def from_pretrained(cls, name: str, device: torch.device | str = "cpu") -> ClipFeatures:
-        model = _load(CLIPModel.from_pretrained, name, "CLIP model")
-        processor = _load(AutoProcessor.from_pretrained, name, "CLIP processor")
+    def from_pretrained(
+        cls, name: str, device: torch.device | str = "cpu", what: str = "--clip-model"
+    ) -> ClipFeatures:
+        """The CLIP model `name` (a hub id or local directory) and its processor; `what` names it in
+        errors."""
+        wanted = (
+            "a CLIP model with text and image towers (model type 'clip'): give one such as "
+            "openai/clip-vit-large-patch14, or offline the metrics/clip folder that `flexip tiny-models DIR` "
+            "writes"
+        )
+        _config(name, what, ("clip",), wanted)
+        try:
+            processor = AutoProcessor.from_pretrained(name)
+        except (OSError, ValueError):  # a model saved without its processor's files
+            processor = None
+        if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+            raise FlexIPError(
+                f"{what} {name!r} has no CLIP processor (a tokenizer and an image processor); save the "
+                "model's CLIPProcessor in its folder (processor.save_pretrained)"
+            )
+        model = _load(CLIPModel.from_pretrained, name, what)
         return cls(model.to(device), processor, name)
 
     @torch.no_grad()

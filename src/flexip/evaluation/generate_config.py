@@ -1,6 +1,6 @@
 """The sampling settings every generating method shares, validated up front and recorded in generation.json.
 
-Methods differ only in themselves (method.md §4): the same base, scheduler, steps, guidance and seeds.
+Methods differ only in themselves (docs/method.md §4): the same base, scheduler, steps, guidance and seeds.
 Kept free of torch, like `methods`, so that the command line can offer the choices without importing it.
 """
 

@@ -10,8 +10,8 @@ A method tells `generate`
   value in the order of `dials`.
 
 Every generating method shares `Sampling` (base, scheduler, steps, guidance, seeds, safety checker off), so
-methods differ only in themselves (method.md §4). Importing this module imports neither torch nor diffusers
-(each `load` does), so that the command line can offer the choices quickly.
+methods differ only in themselves (docs/method.md §4). Importing this module imports neither torch nor
+diffusers (each `load` does), so that the command line can offer the choices quickly.
 """
 
 from __future__ import annotations
@@ -156,10 +156,15 @@ class _Sampled(Method):
 def _stable_diffusion(base: str, dtype: torch.dtype):
     """The base's own text-to-image pipeline: Stable Diffusion 1.5's or SDXL's, as its model_index.json says."""
     from ..families.registry import SD15, family_of_base, load_base
+    from ..pipeline.pipeline import cast_components
 
     family = family_of_base(base) or SD15
     try:
-        return load_base(family, base, torch_dtype=dtype)
+        pipe = load_base(family, base)
+        cast_components(pipe, dtype)  # as FlexIPPipeline.from_pretrained casts, on any diffusers version
+        return pipe
+    except FlexIPError:
+        raise
     except (OSError, ValueError, TypeError) as e:
         raise FlexIPError(
             f"cannot load a {family.title} base model from {base!r}: {str(e).splitlines()[0]}"
@@ -265,6 +270,10 @@ class IPAdapterMethod(_Sampled):
         return self.scale
 
     def _pipeline(self, dtype: torch.dtype):
+        from ..model_paths import check_hub_model
+
+        weight = f"{self.ip_adapter_subfolder}/{self.ip_adapter_weight}"
+        check_hub_model(self.ip_adapter, "--ip-adapter", weight)  # before the base loads: fail at once
         pipe = _stable_diffusion(self.base, dtype)
         try:
             pipe.load_ip_adapter(

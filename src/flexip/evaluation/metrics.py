@@ -1,5 +1,5 @@
-"""The five image metrics of method.md §5 as pure tensor maths on features (ecosystem.md gives the
-definitions).
+"""The five image metrics of docs/method.md §5 as pure tensor maths on features (their definitions:
+docs/decisions/evaluation.md).
 
 Feature extractors (extractors.py, aesthetic.py) turn images and prompts into the tensors taken here, so the
 maths can be tested on hand-built features and the backbones swapped without touching it.

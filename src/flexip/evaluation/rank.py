@@ -1,4 +1,4 @@
-"""mRank (method.md §5): rank the methods compared on each metric (1 = best), then average over the
+"""mRank (docs/method.md §5): rank the methods compared on each metric (1 = best), then average over the
 metrics."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def ranks(values: list[float]) -> list[float]:
 def mrank(table: dict[str, dict[str, float]], metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
     """{method: {metric: value}} -> {method: mean rank over `metrics`}, every metric higher-is-better.
 
-    The paper does not say how ties rank; shared mean ranks reproduce its Table 1 within 0.1 (ecosystem.md).
+    The paper does not say how ties rank; shared mean ranks reproduce Table 1 within 0.1 (docs/method.md §5).
     """
     methods = list(table)
     missing = [(method, metric) for method in methods for metric in metrics if metric not in table[method]]

@@ -50,21 +50,28 @@ class Scorer:
     def __init__(self, config: ScoreConfig, device: torch.device | str = "cpu"):
         self.config = config
         self.aesthetic = AestheticHead.from_file(config.aesthetic_head)  # first: a small file, quick to check
-        clips: dict[str, ClipFeatures] = {}
-        for name in (config.clip_model, config.iqa_model, config.aesthetic_model):
-            if name not in clips:
-                clips[name] = ClipFeatures.from_pretrained(name, device)
+        options: dict[str, list[str]] = {}  # each CLIP, loaded once, and the options that name it
+        for option, name in (
+            ("--clip-model", config.clip_model),
+            ("--iqa-model", config.iqa_model),
+            ("--aesthetic-model", config.aesthetic_model),
+        ):
+            options.setdefault(name, []).append(option)
+        clips = {}
+        for name, named in options.items():
+            clips[name] = ClipFeatures.from_pretrained(name, device, "/".join(named))
         self.clip, self.iqa, self.aesthetic_clip = (
             clips[config.clip_model],
             clips[config.iqa_model],
             clips[config.aesthetic_model],
         )
-        self.dino = DinoFeatures.from_pretrained(config.dino_model, device)
+        self.dino = DinoFeatures.from_pretrained(config.dino_model, device, "--dino-model")
         if self.aesthetic.embed_dim != self.aesthetic_clip.model.config.projection_dim:
             raise FlexIPError(
                 f"the aesthetic head {config.aesthetic_head} reads {self.aesthetic.embed_dim}-d embeddings "
-                f"but {config.aesthetic_model} gives {self.aesthetic_clip.model.config.projection_dim}-d ones; "
-                "use --aesthetic-model openai/clip-vit-large-patch14 with the LAION head"
+                f"but --aesthetic-model {config.aesthetic_model} gives "
+                f"{self.aesthetic_clip.model.config.projection_dim}-d ones; give the CLIP the head was trained "
+                "on (openai/clip-vit-large-patch14 for LAION's head)"
             )
         self.anchors = self.iqa.text_embeds(list(metrics.CLIP_IQA_PROMPTS))
         self._real: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # path -> (CLIP, DINO) features

@@ -11,7 +11,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..errors import FlexIPError
-from ..model_paths import refuse_pickled_weights
+from ..model_paths import check_hub_model, refuse_pickled_weights
 from .family import Family
 from .names import check_family_name
 from .sd15 import StableDiffusion15
@@ -95,6 +95,7 @@ def load_base(family: Family, base: str | os.PathLike, base_config: str | os.Pat
                 components = []  # the loader says what is wrong with the index
             for component in components:
                 refuse_pickled_weights(path / component, f"base's {component}")
+        check_hub_model(base, "the base model", "model_index.json", loading.get("revision"))
         # Safetensors only, locally and from the hub: a pickled component is refused, never unpickled.
         return family.text_to_image.from_pretrained(os.fspath(base), use_safetensors=True, **loading)
     if path.suffix != ".safetensors":
@@ -102,6 +103,8 @@ def load_base(family: Family, base: str | os.PathLike, base_config: str | os.Pat
             f"{path}: a single-file base must be a .safetensors file (.ckpt and .bin files are pickles, which flexip "
             "never opens: they can run code); convert it to safetensors, or give a diffusers directory"
         )
+    if base_config is not None:
+        check_hub_model(base_config, "base_config", "model_index.json")
     config = {} if base_config is None else {"config": os.fspath(base_config)}
     return family.text_to_image.from_single_file(os.fspath(path), **config, **loading)
 

@@ -40,7 +40,7 @@ def _module_key(layer_name: str) -> str:
 
 
 class FlexIPAdapter(nn.Module):
-    """Preservation adapter, Personalization adapter, gate, and per-layer branch K/V (method.md §2).
+    """Preservation adapter, Personalization adapter, gate, and per-layer branch K/V (docs/method.md §2).
 
     Build one for a UNet with `FlexIPAdapter.for_unet`, or load one with `from_pretrained`. `attach(unet)`
     installs it into the UNet's cross-attention layers, `detach(unet)` restores the original processors.
@@ -134,7 +134,7 @@ class FlexIPAdapter(nn.Module):
         layer_weights: dict[nn.Module, BranchWeights] | None = None, *, null_rows: torch.Tensor | None = None,
         may_use: tuple[bool, bool] = (False, False), **condition,
     ) -> FlexIPCondition:  # fmt: skip
-        """A denoiser call's condition: the one builder, for training and generation alike (method.md §2.3, §4).
+        """A denoiser call's condition: the one builder for training and generation (docs/method.md §2.3, §4).
 
         `references` holds each subject's (CLIP embedding (rows, d), DINOv2 tokens (rows, n, d)), a row per sample
         of the call; the rows in `null_rows` get the null reference, all-zero features (guidance's unconditional

@@ -1,4 +1,4 @@
-"""Dynamic weight gate (method.md §2.4): the preservation weight g in [0, 1]."""
+"""Dynamic weight gate (docs/method.md §2.4): the preservation weight g in [0, 1]."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Personalization adapter (method.md §2.2): text tokens S grounded in the CLIP [CLS] embedding."""
+"""Personalization adapter (docs/method.md §2.2): text tokens S grounded in the CLIP [CLS] embedding."""
 
 from __future__ import annotations
 

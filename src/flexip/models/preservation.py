@@ -1,4 +1,5 @@
-"""Preservation adapter (method.md §2.1): identity tokens P from DINOv2 block features and the CLIP embedding."""
+"""Preservation adapter (docs/method.md §2.1): identity tokens P from DINOv2 block features and the CLIP
+embedding."""
 
 from __future__ import annotations
 

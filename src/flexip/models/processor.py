@@ -1,4 +1,5 @@
-"""Gated decoupled cross-attention (method.md §2.3): the processor that replaces each cross-attention layer's.
+"""Gated decoupled cross-attention (docs/method.md §2.3): the processor that replaces each cross-attention
+layer's.
 
     Z = Attn(Q, K_text, V_text) + s * (g * Attn(Q, K_P, V_P) + (1 - g) * Attn(Q, K_S, V_S))
 

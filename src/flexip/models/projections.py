@@ -1,5 +1,5 @@
-"""Each cross-attention layer's key/value projections of the two branches (method.md §2.3): the adapter's
-weights inside the denoiser's layers."""
+"""Each cross-attention layer's key/value projections of the two branches (docs/method.md §2.3): the
+adapter's weights inside the denoiser's layers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Perceiver resampler: a fixed set of query tokens re-reads a variable set of feature tokens.
 
-The Preservation adapter (method.md §2.1) uses it over DINOv2 block features. Each layer lets the queries attend
-to the features *and* to the queries themselves (keys/values = features ⊕ queries), as in the Perceiver
+The Preservation adapter (docs/method.md §2.1) uses it over DINOv2 block features. Each layer lets the queries
+attend to the features *and* to the queries themselves (keys/values = features ⊕ queries), as in the Perceiver
 (Jaegle et al., 2021) and IP-Adapter Plus.
 """
 

@@ -1,6 +1,6 @@
 """One FlexIP call, the same for `FlexIPPipeline` and for every stock pipeline given FlexIP by `load_flexip`.
 
-The path a `preservation` value takes, from the call to the attention processor (method.md §2.3, §4):
+The path a `preservation` value takes, from the call to the attention processor (docs/method.md §2.3, §4):
 
 1. `flexip_call` checks it (`flexip.settings.dial`): one value or a list (a sweep), each a number in [0, 1],
    a per-block dict or a schedule, resolved to one value per joined layer (a `LayerDial`); `scale`

@@ -1,15 +1,20 @@
 """What every front end (the command line, a web page) does with its settings (`flexip.settings.generation`):
-load the pipeline they name (`load_pipeline`), generate (`generate`), and record everything needed to
-reproduce an image beside it (`record`)."""
+load the pipeline they name (`load_pipeline`), generate (`generate`), record everything needed to reproduce an
+image beside it (`record`), and say what the embedded demo model is when it gets a user's picture
+(`note_demo_model`)."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import __version__
+from ..demo_subject import DEMO_REFERENCE, demo_reference
 from ..errors import FlexIPError
 from ..schedulers import make_scheduler
 from ..settings.generation import ModelSettings, SamplingSettings
@@ -22,6 +27,9 @@ class LoadedModel:
     pipe: FlexIPPipeline  # on the chosen device, with the chosen scheduler
     embedded: EmbeddedModel | None  # the embedded default, when no adapter was named
     record: dict  # base, adapter, device and dtype as resolved, for the files written
+    # Set once `note_demo_model` has spoken; the copies a web page makes of this object (one per scheduler)
+    # share it, so a server says it once.
+    noted: threading.Event = field(default_factory=threading.Event)
 
 
 def resolve_device(device: str | None, name: str = "device") -> torch.device:
@@ -48,20 +56,78 @@ def load_pipeline(settings: ModelSettings) -> LoadedModel:
     device = resolve_device(settings.device, name=f"{settings.prefix}device")
     dtype_name = settings.dtype or ("float16" if device.type == "cuda" else "float32")
     embedded = None
-    if settings.adapter is None:
-        embedded = embedded_model()
-        adapter, base = embedded.models.adapter, settings.base or embedded.models.base
-    else:
-        adapter, base = settings.adapter, settings.base
-    pipe = FlexIPPipeline.from_pretrained(
-        base, adapter=adapter, torch_dtype=getattr(torch, dtype_name), base_config=settings.base_config
-    )
+    with _without_file_bars():
+        if settings.adapter is None:
+            embedded = embedded_model()
+            adapter, base = embedded.models.adapter, settings.base or embedded.models.base
+        else:
+            adapter, base = settings.adapter, settings.base
+        pipe = FlexIPPipeline.from_pretrained(
+            base, adapter=adapter, torch_dtype=getattr(torch, dtype_name), base_config=settings.base_config
+        )
     pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler)
-    pipe.to(device)
+    # diffusers warns that a float16 pipeline moved to a CPU will fail; it runs there (slowly), so the
+    # warning would be untrue.
+    pipe.to(device, silence_dtype_warnings=True)
     record = {"base": pipe.config._name_or_path, "adapter": str(adapter), "device": str(device), "dtype": dtype_name}
     if settings.base_config:
         record["base_config"] = settings.base_config
     return LoadedModel(pipe, embedded, record)
+
+
+@contextlib.contextmanager
+def _without_file_bars():
+    """Without transformers' progress bars per model file ("Loading weights" for the text encoder and both
+    reference encoders, "Writing model shards" when the embedded stand-in is built), each over in a blink: a
+    front end loads once. diffusers' one bar over the pipeline's parts, and any download's, stay."""
+    try:
+        from transformers.utils.logging import set_tqdm_hook
+    except ImportError:  # transformers 4, which draws no such bars
+        yield
+        return
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") in ("Loading weights", "Writing model shards"):
+            kwargs = {**kwargs, "disable": True}
+        return factory(*args, **kwargs) if previous is None else previous(factory, args, kwargs)
+
+    previous = set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        set_tqdm_hook(previous)
+
+
+REAL_PICTURES = (
+    'for real pictures, train an adapter on a real base model and pass it with --adapter (README, "Train")'
+)
+DEMO_MODEL_NOTE = (
+    "the embedded model is a demo of the preservation dial, trained only on its own procedural world of "
+    f"small coloured shapes, so a photograph comes out as an abstract 32 px picture; {REAL_PICTURES}"
+)
+STAND_IN_NOTE = (
+    "this copy of flexip lacks its trained demo model, so the embedded model is the tiny random stand-in and "
+    f"its pictures are noise; {REAL_PICTURES}"
+)
+
+
+def note_demo_model(loaded: LoadedModel, references: list, command: str) -> None:
+    """Say once per loaded model, in one line on stderr, what the embedded demo model is and how to get real
+    pictures, when it is given a picture of the user's (`references`: RGB PIL images) rather than the built-in
+    subject it was made for."""
+    if loaded.embedded is None or loaded.noted.is_set() or all(map(_is_demo_subject, references)):
+        return
+    loaded.noted.set()
+    note = DEMO_MODEL_NOTE if loaded.embedded.trained else STAND_IN_NOTE
+    print(f"{command}: note: {note}", file=sys.stderr)
+
+
+def _is_demo_subject(image) -> bool:
+    """Whether `image` has the built-in subject's pixels (from its file, the web page's example or a copy)."""
+    if not DEMO_REFERENCE.is_file():
+        return False
+    demo = demo_reference()
+    return image.size == demo.size and image.convert("RGB").tobytes() == demo.tobytes()
 
 
 def generate(

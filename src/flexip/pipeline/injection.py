@@ -1,4 +1,4 @@
-"""How a diffusers pipeline's UNet gets P, S and g without the pipeline knowing (method.md §2.3, §4).
+"""How a diffusers pipeline's UNet gets P, S and g without the pipeline knowing (docs/method.md §2.3, §4).
 
 Stable Diffusion pipelines call `unet(latents, t, encoder_hidden_states=prompt_embeds, ...)` with plain text
 embeddings. `FlexIPInjection` holds the adapter attached to the UNet and a forward pre-hook that, while a call
@@ -236,8 +236,8 @@ class FlexIPInjection:
             (reference.clip_embeds.expand(rows, -1), reference.dino_tokens.expand(rows, -1, -1))
             for reference in (reference.to(text.device, text.dtype) for reference in state.references)
         ]
-        # Guidance: diffusers puts the unconditional half first. It gets the null reference (method.md §4); its
-        # S comes from the negative prompt's embeddings, which are that half of `text`.
+        # Guidance: diffusers puts the unconditional half first. It gets the null reference
+        # (docs/method.md §4); its S comes from the negative prompt's embeddings, which are that half of `text`.
         null_rows = torch.arange(rows, device=text.device) < n if state.guided else None
         subjects = state.subjects
         for subject in subjects:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -57,11 +58,8 @@ class _WithReference:
             )
         loading = {name: value for name, value in (("revision", revision), ("variant", variant)) if value is not None}
         stock = _stock_pipeline(family, base, base_config, loading)
-        # Cast after loading (diffusers renamed its dtype argument across versions), and only when needed:
-        # diffusers 0.42 warns on every cast.
-        modules = [module for module in stock.components.values() if isinstance(module, torch.nn.Module)]
-        if torch_dtype is not None and any(module.dtype != torch_dtype for module in modules):
-            stock.to(dtype=torch_dtype)
+        if torch_dtype is not None:
+            cast_components(stock, torch_dtype)
         target = flexip_pipeline_for(family)
         settings = {name: stock.config[name] for name in family.pipeline_settings}
         pipe = target(**stock.components, **settings)
@@ -109,7 +107,7 @@ class _WithReference:
 
 
 class FlexIPPipeline(_WithReference, StableDiffusionPipeline):
-    """diffusers' `StableDiffusionPipeline` with FlexIP attached (method.md §2.3, §4).
+    """diffusers' `StableDiffusionPipeline` with FlexIP attached (docs/method.md §2.3, §4).
 
     Build it with `FlexIPPipeline.from_pretrained(base, adapter=...)` (an SDXL adapter gives a
     `FlexIPXLPipeline`). Everything diffusers' pipeline does (any scheduler, `pipe.to(...)`, callbacks, LoRA)
@@ -168,6 +166,28 @@ def _stock_pipeline(family: Family, base, base_config, loading: dict):
         raise FlexIPError(
             f"cannot load a {family.title} base model from {str(base)!r} ({str(e).splitlines()[0]}); {hint}"
         ) from e
+
+
+def cast_components(pipe, dtype: torch.dtype) -> None:
+    """Cast a loaded diffusers pipeline's models that are not in `dtype` to it.
+
+    After loading rather than while: diffusers renamed its loading argument (`torch_dtype`, now `dtype`)
+    across the versions flexip supports. diffusers' models warn on every cast that some of their modules
+    "should be kept in float32", even where the list of them is empty, as it is for Stable Diffusion's UNet
+    and VAE: only that empty warning is kept off the console.
+    """
+
+    def not_empty_warning(record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    logger.addFilter(not_empty_warning)
+    try:
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module) and module.dtype != dtype:
+                module.to(dtype=dtype)
+    finally:
+        logger.removeFilter(not_empty_warning)
 
 
 _PIPELINES = {SD15.name: FlexIPPipeline, SDXL.name: FlexIPXLPipeline}

@@ -78,7 +78,7 @@ def _with_reference(stock_class: type) -> type:
                                reference_masks)  # fmt: skip
 
         __call__.__doc__ = (
-            f"{stock_class.__name__}'s call with FlexIP (method.md §2.3): `reference` (a PIL image, an image path "
+            f"{stock_class.__name__}'s call with FlexIP (arXiv 2504.07405): `reference` (a PIL image, an image path "
             "or an EncodedReference, or a list of them with `reference_weights` and `reference_masks`), "
             "`preservation` g in [0, 1], a per-block dict or a flexip.DialSchedule, or a list of them made in one "
             "batch from one starting noise (default 0.5; 1 keeps the subject's identity, 0 follows the prompt's "

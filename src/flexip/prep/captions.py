@@ -1,7 +1,7 @@
 """`flexip prep caption`: captions for a manifest's targets, from a vision-language model or an existing column.
 
-The paper captions its video frames with Qwen2-VL (method.md §3) to improve instruction fidelity; image pairs
-can be captioned the same way. Rows that already have a caption are kept as they are, so a re-run (or a run
+The paper captions its video frames with Qwen2-VL (docs/method.md §3) to improve instruction fidelity; image
+pairs can be captioned the same way. Rows that already have a caption are kept as they are, so a re-run (or a run
 over a manifest with sidecar captions) only captions what is missing. Each generated caption records its model
 in `caption_from`.
 
@@ -19,6 +19,7 @@ import torch
 
 from ..errors import FlexIPError
 from ..manifest import PATH_FIELDS, read_manifest_records
+from ..model_paths import check_hub_model
 from .folders import relative
 from .pictures import Unusable, open_picture
 from .progress import Outcome, Summary, check_output, check_resume, problem, run_items
@@ -45,6 +46,7 @@ class Captioner:
         from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
 
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        check_hub_model(name, "--model")
         try:
             model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(name)

@@ -1,4 +1,4 @@
-"""`flexip prep images`: a folder of photos -> invariant pairs (method.md §3, the paper's SAM/BrushData part).
+"""`flexip prep images`: a folder of photos -> invariant pairs (docs/method.md §3: the paper's SAM/BrushData).
 
 An invariant pair's reference is its own target, the subject taken from the same picture: the trainer cuts the
 reference out by the pair's mask (or crops it) at load time. Every file is decoded once to validate it; near

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..errors import FlexIPError
+from ..model_paths import check_hub_model
 
 
 class SubjectSegmenter:
@@ -25,6 +26,7 @@ class SubjectSegmenter:
     def from_pretrained(cls, name: str, device: str) -> SubjectSegmenter:
         from transformers import AutoImageProcessor, AutoModelForMaskGeneration
 
+        check_hub_model(name, "--mask-model")
         try:
             model = AutoModelForMaskGeneration.from_pretrained(name)
             processor = AutoImageProcessor.from_pretrained(name)

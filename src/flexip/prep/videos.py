@@ -1,4 +1,4 @@
-"""`flexip prep videos`: a folder of clips -> variant pairs, two frames of one shot (method.md §3).
+"""`flexip prep videos`: a folder of clips -> variant pairs, two frames of one shot (docs/method.md §3).
 
 Every frame is decoded (PyAV) to find scene cuts; frames at least `min_gap` seconds apart are sampled, and pairs
 are drawn only inside a shot, never across a cut, farthest apart in time first, skipping pairs whose frames are

@@ -1,4 +1,5 @@
-"""The two frozen image encoders of a reference (method.md §2): CLIP's image embedding and DINOv2's block features."""
+"""The two frozen image encoders of a reference (docs/method.md §2): CLIP's image embedding and DINOv2's block
+features."""
 
 from __future__ import annotations
 

@@ -144,10 +144,6 @@ class Dial:
     def __eq__(self, other) -> bool:
         return isinstance(other, Dial) and (self.form, self.quantity) == (other.form, other.quantity)
 
-    @property
-    def scheduled(self) -> bool:
-        return callable(self.form)
-
     def resolve(self, layers: Sequence[str], names: BlockNames) -> LayerDial:
         """The value in each of `layers` (an adapter's, which `names` places in blocks), or its schedule; worked
         out once per adapter (the command line resolves it before torch loads, the call finds it done)."""

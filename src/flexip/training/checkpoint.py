@@ -152,6 +152,11 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[tuple[
     return path, []
 
 
+def recorded_lanes(path: Path) -> int | None:
+    """The lanes the stream of the (whole) checkpoint at `path` was cut into; None for a run from a manifest."""
+    return json.loads((path / STATE_NAME).read_text()).get("stream", {}).get("lanes")
+
+
 def move_aside(path: Path) -> Path:
     """Rename a damaged checkpoint out of rotation (`damaged-checkpoint-N`, numbered if taken); returns it."""
     target, number = path.with_name(f"damaged-{path.name}"), 1

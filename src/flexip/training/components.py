@@ -14,7 +14,7 @@ from torch import nn
 from ..denoisers.registry import DENOISERS, Denoiser
 from ..errors import FlexIPError
 from ..families.registry import Family, family_named, family_of_unet
-from ..model_paths import refuse_pickled_weights
+from ..model_paths import check_hub_model, refuse_pickled_weights
 from ..references.encoder import ReferenceEncoder
 from .config import PRECISION_DTYPES, ModelConfig
 
@@ -114,6 +114,7 @@ def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
     """Every frozen model, in `dtype`, with gradients off."""
     base = config.base
     _check_local("base", base)
+    check_hub_model(base, "config model.base", "model_index.json")
 
     def part(cls, subfolder, **kwargs):
         return _load("base", base, lambda: cls.from_pretrained(base, subfolder=subfolder, **kwargs))
@@ -133,6 +134,7 @@ def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
     }
     if config.vae:
         _check_local("vae", config.vae)
+        check_hub_model(config.vae, "config model.vae")
         refuse_pickled_weights(Path(config.vae), "model.vae")
         vae = _load(
             "vae", config.vae,

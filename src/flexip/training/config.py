@@ -62,7 +62,7 @@ class ModelConfig:
     # for real models. base/image_encoder/dino_encoder still name the directories to load.
     tiny_models: str = ""
     tiny_family: str = "sd15"  # the base family of the tiny model set written there: sd15 or sdxl
-    dino_layer: int = -2  # which DINOv2 hidden state feeds the Preservation adapter (method.md §2.1)
+    dino_layer: int = -2  # which DINOv2 hidden state feeds the Preservation adapter (docs/method.md §2.1)
     preservation: PreservationConfig = field(default_factory=PreservationConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -83,12 +83,14 @@ class DataConfig:
     # A feature cache folder to train from instead (`flexip prep cache`): the frozen encoders' outputs, made
     # once. Replaces `manifest`.
     cache: str = ""
-    # Shards and caches stream in this many lanes (training/stream.py): a multiple of processes x num_workers,
-    # at most the number of shards. A resumed run must keep it.
-    lanes: int = 8
+    # Shards and caches stream in lanes, each read by one DataLoader worker of one process (training/stream.py).
+    # null: fitted to the shards and to the processes x num_workers launched (up to 8 lanes; fewer workers when
+    # the shards are fewer than the readers), and a resume keeps the checkpoint's. A number pins the stream, so
+    # that other hardware reads the same one: a multiple of processes x num_workers, at most the shards.
+    lanes: int | None = None
     resolution: int = 512  # target images are resized and centre-cropped to this many pixels
     video_fraction: float = 0.5  # share of video (variant) pairs in every batch; 0.5 = the paper's 1:1
-    num_workers: int = 4  # DataLoader worker processes that read and augment images
+    num_workers: int = 4  # DataLoader worker processes that read and augment images (a stream: at most this)
     prefetch_factor: int = 2  # batches each worker loads ahead (with num_workers > 0)
     # Share of image pairs captioned with another image pair's caption, so that only the reference shows the
     # target's scene: it teaches the dial's preservation end to outrank the prompt (docs/demo-model.md, Part 2).
@@ -107,7 +109,10 @@ class DataConfig:
         _at_least(self.prefetch_factor, 1, "data.prefetch_factor")
         if self.num_workers < 0:
             raise FlexIPError(f"config data.num_workers: {self.num_workers} must be 0 or more")
-        _at_least(self.lanes, 1, "data.lanes")
+        if self.lanes is not None and self.lanes < 1:
+            raise FlexIPError(
+                f"config data.lanes: {self.lanes} must be at least 1, or null to fit the lanes to the shards"
+            )
         if self.shards and self.cache:
             raise FlexIPError(
                 "config data.shards and data.cache are both set: a cache is made from shards, train from one of "
@@ -127,7 +132,7 @@ class DataConfig:
 
 @dataclass
 class DropoutConfig:
-    """Classifier-free-guidance condition dropout (method.md §3): disjoint per-sample probabilities."""
+    """Classifier-free-guidance condition dropout (docs/method.md §3): disjoint per-sample probabilities."""
 
     text: float = 0.05  # caption replaced by the empty prompt
     image: float = 0.05  # reference replaced by the null (all-zero) reference
@@ -195,7 +200,7 @@ class TrainConfig:
     max_grad_norm: float = 0.0  # clip the adapter's gradient norm to this before each optimizer step; 0 = off
     # adamw | adamw8bit (bitsandbytes' 8-bit AdamW: CUDA only, a quarter of the state)
     optimizer: str = "adamw"
-    weight_decay: float = 0.01  # AdamW; never applied to the gate logits (method.md §2.4)
+    weight_decay: float = 0.01  # AdamW; never applied to the gate logits (docs/method.md §2.4)
     # Min-SNR-gamma loss weighting (Hang et al. 2023): each sample's MSE times min(SNR, gamma) / SNR; 0 = plain
     # MSE. It shifts weight to the noisy steps where a subject's global look (colour, background) is decided;
     # the demo recipe needs it (docs/demo-model.md, Part 2).

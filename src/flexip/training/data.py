@@ -150,7 +150,7 @@ def augment_reference(
 ) -> Image.Image:
     """An invariant pair's reference: the subject cut out by its mask, or a random crop; flipped half the time.
 
-    Without it the adapters could copy the target pixel for pixel (method.md §3: reference = target).
+    Without it the adapters could copy the target pixel for pixel (docs/method.md §3: reference = target).
     """
     if mask is not None and rng.random() < 0.5:
         # Subject on white, cropped to its box: what a user's cut-out reference looks like.

@@ -1,5 +1,5 @@
-"""The training objective (method.md §3): the frozen denoiser's loss with the gated adapters (for the UNet,
-epsilon-prediction MSE; the denoiser draws the noise and timesteps and says the target: `flexip.denoisers`).
+"""The training objective (docs/method.md §3): the frozen denoiser's loss with the gated adapters (for the
+UNet, epsilon-prediction MSE; the denoiser draws the noise and timesteps and says the target: `flexip.denoisers`).
 
 `encode_batch` runs the frozen encoders (no gradient) and applies condition dropout; `FlexIPTrainingModel`
 is the one module handed to `accelerator.prepare`, so DDP syncs exactly the parameters that train.
@@ -92,9 +92,9 @@ class FlexIPTrainingModel(nn.Module):
         noisy, timesteps, target = self.denoiser.noisy_and_target(self.noise_scheduler, batch.latents, generator)
 
         # g per sample from its modality's logit plus noise: the gradient reaches the logits through the
-        # branch weights g and 1 - g (method.md §2.4).
+        # branch weights g and 1 - g (docs/method.md §2.4).
         g = self.adapter.gate(batch.modality, generator=generator)
-        # Image dropout = the null reference through both adapters, as in guidance (method.md §4).
+        # Image dropout = the null reference through both adapters, as in guidance (docs/method.md §4).
         condition = self.adapter(
             batch.clip_embeds, batch.dino_tokens, batch.text_embeds, preservation=g, null_rows=batch.drop_image
         )

@@ -24,14 +24,15 @@ from .data import MixedBatchSampler, MixedStream, Pair, PairDataset, collate, lo
 from .feature_cache import FeatureCache, collate_cached, encode_cached_batch, load_cached
 from .objective import encode_batch
 from .signals import ignore_stop_signals
-from .stream import SHARD_ERRORS, ShardBatches, check_lanes, pair_of, shard_samples, shard_urls
+from .stream import SHARD_ERRORS, Lanes, ShardBatches, fit_lanes, pair_of, shard_samples, shard_urls
 
 VALIDATION_SHARDS = 4  # shards searched for the validation sheet's references before giving up on a modality
 
 
 @dataclass
 class Source:
-    """One run's data: `pairs` and their `stream` for a manifest, `urls` (and `cache`) for shards."""
+    """One run's data: `pairs` and their `stream` for a manifest, `urls` (and `cache`) and their `lanes` for
+    shards."""
 
     config: TrainConfig
     pairs: list[Pair] | None = None
@@ -39,6 +40,7 @@ class Source:
     urls: list[str] | None = None
     cache: FeatureCache | None = None
     shapes: dict[str, tuple] | None = None  # a cache's features for the loaded models (feature_shapes)
+    lanes: Lanes | None = None
 
     @property
     def encode(self) -> Callable:
@@ -46,8 +48,9 @@ class Source:
         return encode_cached_batch if self.cache is not None else encode_batch
 
 
-def open_source(config: TrainConfig, num_processes: int) -> Source:
-    """The configured data, checked against the run's shape (batch size, processes, workers) before any work."""
+def open_source(config: TrainConfig, num_processes: int, recorded_lanes: int | None = None) -> Source:
+    """The configured data, checked against the run's shape (batch size, processes, workers) before any work;
+    `recorded_lanes`: the lanes of the stream a resumed checkpoint recorded."""
     data = config.data
     if data.shards or data.cache:
         key = "data.cache" if data.cache else "data.shards"
@@ -55,8 +58,8 @@ def open_source(config: TrainConfig, num_processes: int) -> Source:
         urls = shard_urls(data.cache or data.shards)
         if cache is not None:
             cache.check(config, urls)
-        check_lanes(urls, data.lanes, num_processes * max(data.num_workers, 1), key)
-        return Source(config, urls=urls, cache=cache)
+        lanes = fit_lanes(len(urls), num_processes, data.num_workers, data.lanes, recorded_lanes, key)
+        return Source(config, urls=urls, cache=cache, lanes=lanes)
     pairs = read_manifest(data.manifest)
     stream = MixedStream([p.modality for p in pairs], data.video_fraction, config.seed)  # refuses a missing modality
     batch = config.batch_size * num_processes
@@ -102,13 +105,8 @@ def data_loader(source: Source, accelerator, state: TrainingState) -> torch.util
     if source.urls is None:
         sampler = MixedBatchSampler(source.stream, config.batch_size, state.samples, rank, world)
         dataset = PairDataset(source.pairs, data.resolution, config.seed, data.swap_captions, target_masks)
-        loading = {"batch_sampler": sampler, "collate_fn": collate}
+        loading, workers = {"batch_sampler": sampler, "collate_fn": collate}, data.num_workers
     else:
-        if state.stream and state.stream["lanes"] != data.lanes:
-            raise FlexIPError(
-                f"config data.lanes: {data.lanes}, but the checkpoint's stream was cut into {state.stream['lanes']} "
-                f"lanes; resume with --set data.lanes={state.stream['lanes']}"
-            )
         if source.cache is not None:
             load = functools.partial(
                 load_cached, variants=source.cache.variants, subject=target_masks, shapes=source.shapes
@@ -118,11 +116,10 @@ def data_loader(source: Source, accelerator, state: TrainingState) -> torch.util
             load = functools.partial(_load_images, resolution=data.resolution, target_masks=target_masks)
             collate_batch = collate
         dataset = ShardBatches(
-            source.urls, data.lanes, config.batch_size, data.video_fraction, config.seed,
+            source.urls, source.lanes.count, config.batch_size, data.video_fraction, config.seed,
             state.samples // config.batch_size, rank, world, state.stream.get("places"), load, collate_batch,
         )  # fmt: skip
-        loading = {"batch_size": None}
-    workers = data.num_workers
+        loading, workers = {"batch_size": None}, source.lanes.workers
     return torch.utils.data.DataLoader(
         dataset, **loading, num_workers=workers, worker_init_fn=ignore_stop_signals,
         pin_memory=accelerator.device.type == "cuda", prefetch_factor=data.prefetch_factor if workers else None,

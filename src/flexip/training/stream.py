@@ -4,7 +4,8 @@ exact resume.
 The shards are cut into `lanes` lanes: shard s belongs to lane s mod L, and global batch b is drawn from lane
 b mod L. Process r of W takes batches r, r + W, ... (as from a manifest) and DataLoader worker k of K every K-th
 of those, so with L a multiple of W * K each lane is read by one worker of one process: processes and workers
-read disjoint shards, and together they yield the one-process stream, batch for batch.
+read disjoint shards, and together they yield the one-process stream, batch for batch. `fit_lanes` chooses L
+(unless `data.lanes` pins it) and K, and a resume keeps the L its checkpoint records.
 
 In a lane each modality has its own reader, which goes through the lane's shards pass after pass (a seeded
 shard order per pass) and takes that modality's samples: position p of a batch takes the next sample of the
@@ -24,6 +25,7 @@ import hashlib
 import json
 import tarfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -73,18 +75,89 @@ def lane_urls(urls: list[str], lanes: int, lane: int) -> list[str]:
     return urls[lane::lanes]
 
 
-def check_lanes(urls: list[str], lanes: int, readers: int, where: str) -> None:
-    """Refuse lanes that some reader would share or that would hold no shard."""
-    if lanes % readers:
+# Fitted lanes stop at 8 where the shards and readers allow more: a stream of 8 lanes resumes on 1, 2, 4 or 8
+# readers (processes x workers), and more lanes would only need more shards.
+FITTED_LANES = 8
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """How a stream is cut and read: `count` lanes, `workers` DataLoader workers per process, and `note`, the
+    line that says so in the run's log."""
+
+    count: int
+    workers: int
+    note: str
+
+
+def fit_lanes(
+    shards: int, processes: int, num_workers: int, pinned: int | None, recorded: int | None, where: str
+) -> Lanes:
+    """The lanes of a stream of `shards` shards (`where` names them) read by `processes` processes.
+
+    Each lane has one reader in the whole job, so processes x workers must divide the lanes, and each lane needs
+    a shard. A `pinned` count (data.lanes) is checked as it is; otherwise a resume keeps the count its checkpoint
+    `recorded`, and a fresh run takes the most readers the shards allow (fewer workers than `num_workers` when
+    the shards are fewer than processes x num_workers) times as many as fit up to FITTED_LANES and the shards.
+    Workers are then the most, up to `num_workers`, whose readers divide the lanes (0 stays 0: the process reads).
+    """
+    if pinned is not None:
+        count, why = _check_pinned(shards, processes * max(num_workers, 1), pinned, recorded, where)
+    elif recorded is not None:
+        count, why = _check_recorded(shards, processes, recorded, where), "the checkpoint's"
+    else:
+        if processes > shards:
+            raise FlexIPError(
+                f"{processes} processes need a shard each (each reads shards of its own), and {where} has {shards}; "
+                f"cut the data into at least {processes} shards (`flexip prep shards --shard-size`) or launch fewer "
+                "processes"
+            )
+        step = processes * min(max(num_workers, 1), shards // processes)
+        count = step * max(1, min(FITTED_LANES, shards) // step)
+        why = "fitted to the shards, processes and workers; data.lanes pins them"
+    workers = max((k for k in range(1, num_workers + 1) if count % (processes * k) == 0), default=0)
+    note = f"{where}: {_units(shards, 'shard')} in {_units(count, 'lane')} ({why}), "
+    note += f"{_units(workers, 'DataLoader worker')} per process"
+    if workers < num_workers:
+        note += f" (data.num_workers asks {num_workers}, but each lane has one reader)"
+    return Lanes(count, workers, note)
+
+
+def _units(number: int, unit: str) -> str:
+    return f"{number} {unit}{'s' * (number != 1)}"
+
+
+def _check_pinned(shards: int, readers: int, pinned: int, recorded: int | None, where: str) -> tuple[int, str]:
+    if recorded is not None and pinned != recorded:
         raise FlexIPError(
-            f"config data.lanes: {lanes} is not a multiple of the {readers} readers (processes x DataLoader "
-            f"workers); set data.lanes to a multiple of {readers}, and keep it when resuming"
+            f"config data.lanes: {pinned}, but the checkpoint's stream was cut into {recorded} lanes; resume "
+            f"with --set data.lanes={recorded}, or null (which keeps the checkpoint's)"
         )
-    if len(urls) < lanes:
+    if pinned % readers:
         raise FlexIPError(
-            f"config data.lanes: {lanes} lanes need at least as many shards, {where} has {len(urls)}; lower "
-            "data.lanes or cut the data into more shards (`flexip prep shards --shard-size`)"
+            f"config data.lanes: {pinned} is not a multiple of the {readers} readers (processes x DataLoader "
+            f"workers); set data.lanes to a multiple of {readers}, or to null to fit it to the shards and readers"
         )
+    if shards < pinned:
+        raise FlexIPError(
+            f"config data.lanes: {pinned} lanes need at least as many shards, {where} has {shards}; set data.lanes "
+            "to null (fitted to the shards) or cut the data into more shards (`flexip prep shards --shard-size`)"
+        )
+    return pinned, "pinned by data.lanes"
+
+
+def _check_recorded(shards: int, processes: int, recorded: int, where: str) -> int:
+    if recorded % processes:
+        raise FlexIPError(
+            f"the checkpoint's stream was cut into {recorded} lanes, which {processes} processes cannot share "
+            f"(each reads lanes of its own); resume with a number of processes that divides {recorded}"
+        )
+    if shards < recorded:
+        raise FlexIPError(
+            f"the checkpoint's stream was cut into {recorded} lanes, and {where} has {_units(shards, 'shard')}; "
+            "resume with the shards it was trained on"
+        )
+    return recorded
 
 
 def key_number(key: str) -> int:
@@ -171,7 +244,7 @@ class LaneReader:
             if whole and not found:
                 raise FlexIPError(
                     f"lane {self.lane}'s {len(self.urls)} shards (e.g. {self.urls[0]}) hold no "
-                    f"{MODALITIES[self.modality]} pairs: lower data.lanes, reshuffle the shards, or set "
+                    f"{MODALITIES[self.modality]} pairs: pin data.lanes lower, reshuffle the shards, or set "
                     "data.video_fraction to 0 or 1"
                 )
             pass_, slot = pass_ + 1, 0

@@ -1,4 +1,4 @@
-"""`train(config)`: the FlexIP training run (method.md §3) on one process or many, through accelerate.
+"""`train(config)`: the FlexIP training run (docs/method.md §3) on one process or many, through accelerate.
 
 Named phases, top to bottom (dinov2's habit): `start` the run (accelerator, generated inputs, the checkpoint to
 resume), `build` the models and data, `build_optimizer` (optimization.py), `restore` a checkpoint, then `loop`, which checkpoints
@@ -35,6 +35,7 @@ from .checkpoint import (
     export_adapter,
     list_checkpoints,
     load_checkpoint,
+    recorded_lanes,
     register_hooks,
     save_checkpoint,
 )
@@ -216,7 +217,10 @@ def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> R
 def build(run: Run) -> Built:
     """The frozen models on the device, a fresh adapter attached to the UNet, and the data stream."""
     config = run.config
-    source = open_source(config, run.accelerator.num_processes)
+    recorded = recorded_lanes(run.resume_from) if run.resume_from else None
+    source = open_source(config, run.accelerator.num_processes, recorded)
+    if source.lanes is not None:
+        logger.info(source.lanes.note)
     models = load_frozen_models(config.model, frozen_dtype(config.mixed_precision))
     for module in models.modules():
         module.to(run.accelerator.device)
@@ -255,12 +259,12 @@ def checkpoint_and_export(
     `places`: where this process's lanes stand (streaming; stream.py). Lane l is always read by process
     l mod W, so each process contributes its own lanes to the checkpoint's stream state.
     """
-    if run.config.data.shards or run.config.data.cache:
+    if state.stream:  # streaming: `loop` set its lanes
         rank, world = run.accelerator.process_index, run.accelerator.num_processes
         merged = {}
         for part in gather_object([{lane: p for lane, p in places.items() if int(lane) % world == rank}]):
             merged.update(part)
-        state.stream = {"lanes": run.config.data.lanes, "places": merged}
+        state.stream["places"] = merged
     path = save_checkpoint(
         run.accelerator, model, optimizer, adapter, state, run.run_dir, run.config.keep_checkpoints
     )
@@ -421,8 +425,11 @@ def loop(run: Run, built: Built, model, optimizer, state: TrainingState) -> bool
     samples_per_batch = config.batch_size * accelerator.num_processes
     loader = data_loader(built.source, accelerator, state)
     references = validation_references(validation_pairs(built.source))
-    # Each lane's readers after the batches consumed (streaming).
+    # Each lane's readers after the batches consumed (streaming); the checkpoints record the lanes, which a
+    # resume keeps.
     places = dict(state.stream.get("places", {}))
+    if built.source.lanes is not None:
+        state.stream["lanes"] = built.source.lanes.count
     _start_records(run)
 
     generator = torch.Generator(accelerator.device)

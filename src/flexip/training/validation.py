@@ -2,7 +2,7 @@
 
 Rows are (reference, prompt), columns the reference and one image per g; every image of a row starts from the
 same noise, so a row shows what the dial alone changes. It samples through `FlexIPPipeline` (DDIM and
-classifier-free guidance, method.md §4) built on the training UNet and adapter, so a validation image is
+classifier-free guidance, docs/method.md §4) built on the training UNet and adapter, so a validation image is
 what a user of the exported adapter gets.
 """
 
