@@ -161,9 +161,9 @@ def cross_attention_calls(pipe, run) -> list[tuple]:
     return calls
 
 
-def picture(seed: int) -> Image.Image:
-    """A 48x40 image of random pixels drawn from `seed`."""
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+def picture(seed: int, size: tuple[int, int] = (40, 48)) -> Image.Image:
+    """An image of random pixels drawn from `seed`, `size` (height, width), 40x48 by default."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
 
 
 def left_half(height: int = 32, width: int = 32) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures import picture
 from flexip.cli import main
 from flexip.pipeline import embedded
 
@@ -18,7 +19,7 @@ STEPS = "2"
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("reference") / "dog.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
+    picture(0).save(path)
     return path
 
 

@@ -4,10 +4,9 @@ never for an adapter the user names."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from fixtures import picture
 from flexip.cli import main
 from flexip.demo_subject import DEMO_PROMPT, DEMO_REFERENCE
 
@@ -18,7 +17,7 @@ NOTE = "note: the embedded model is a demo of the preservation dial"
 def photo(tmp_path_factory):
     """A picture of the user's: nothing like the demo world."""
     path = tmp_path_factory.mktemp("photo") / "dog.jpg"
-    Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
+    picture(5, (48, 64)).save(path)
     return path
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from fixtures import picture
 from flexip import FlexIPError
 from flexip.pipeline.front_end import generate, load_pipeline, record
 from flexip.settings.generation import ModelSettings, SamplingSettings
@@ -32,7 +32,7 @@ def test_a_front_end_generates_from_the_settings_alone(tiny_models):
     models = ModelSettings(adapter=str(tiny_models.adapter), device="cpu", scheduler="dpm++")
     sampling = SamplingSettings(steps=2, guidance=3.0, seed=5)
     loaded = load_pipeline(models)
-    reference = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    reference = picture(0)
     first = generate(loaded, "a dog", reference, [0.0, 1.0], sampling)
     again = generate(loaded, "a dog", reference, [1.0], sampling)
     assert len(first) == 2
