@@ -17,12 +17,22 @@ import pytest
 import torch
 from PIL import Image
 
-from fixtures import DEMO_MODEL, DREAMBENCH, TEST_ADAPTERS, TINY_MODELS, flexip_pipe, need_shared, picture
+from fixtures import (
+    DEMO_MODEL,
+    DREAMBENCH,
+    TEST_ADAPTERS,
+    TINY_MODELS,
+    flexip_pipe,
+    need_shared,
+    picture,
+    save_calibrated,
+)
 from flexip import FlexIPAdapter
 from flexip.app.service import Service
 from flexip.evaluation.tiny_backbones import save_tiny_backbones
 from flexip.families.registry import SDXL
 from flexip.pipeline.front_end import load_pipeline
+from flexip.settings.generation import ModelSettings
 from flexip.tiny import ModelSet, save_tiny_model_set
 
 torch.set_num_threads(1)
@@ -95,6 +105,43 @@ def load_test_adapter(tiny_models):
 
 
 @pytest.fixture(scope="session")
+def calibrated_adapter(tiny_models, load_test_adapter, tmp_path_factory) -> Path:
+    """The directory of the test adapter (`load_test_adapter`) calibrated by hand (`fixtures.CALIBRATION`), on the
+    tiny base. Treat it as read-only."""
+    return save_calibrated(load_test_adapter(), tmp_path_factory.mktemp("calibrated") / "adapter", tiny_models)
+
+
+@pytest.fixture(scope="session")
+def calibrated_model(tiny_models, calibrated_adapter):
+    """`calibrated_adapter` on the tiny base, loaded as the command line and the web page load it, no progress
+    bar. Tests only generate with it."""
+    loaded = load_pipeline(ModelSettings(adapter=str(calibrated_adapter), base=str(tiny_models.base), device="cpu"))
+    loaded.pipe.set_progress_bar_config(disable=True)
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_models(tmp_path_factory) -> ModelSet:
+    """The tiny model set on a tiny FLUX.1 base, written by `flexip tiny-models --family flux` (metrics' backbones
+    too). Treat it as read-only."""
+    from flexip.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-flux-models")
+    assert main(["tiny-models", str(root), "--family", "flux"]) == 0
+    return ModelSet(root)
+
+
+@pytest.fixture(scope="session")
+def load_flux_test_adapter(tiny_flux_models):
+    """`load_test_adapter` for the tiny FLUX.1 model set."""
+
+    def load() -> FlexIPAdapter:
+        return with_random_personalization(FlexIPAdapter.from_pretrained(tiny_flux_models.adapter))
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def load_xl_test_adapter(tiny_xl_models):
     """`load_test_adapter` for the tiny SDXL model set."""
 
@@ -119,8 +166,8 @@ def images():
 
 @pytest.fixture(scope="module")
 def family() -> str:
-    """The family ("sd15" or "sdxl") of the tiny model set a module's `adapter` and `pipe` are on; a module on
-    SDXL overrides it, one on both overrides it with params."""
+    """The family ("sd15", "sdxl" or "flux") of the tiny model set a module's `adapter` and `pipe` are on; a
+    module on another family overrides it, one on several overrides it with params."""
     return "sd15"
 
 

@@ -5,6 +5,7 @@ library: no user runs them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ from flexip.cli import main
 from flexip.evaluation.methods import IP_ADAPTER_FILES
 from flexip.families.registry import SD15, Family
 from flexip.pipeline.output import SETTINGS_CHUNK
+from flexip.settings.calibration import Calibration, CalibrationPoint
 from flexip.settings.generation import ModelSettings
 from flexip.tiny import build_tiny_base, build_tiny_image_encoders
 
@@ -28,8 +30,8 @@ TINY_CONFIG = REPO / "configs" / "train" / "tiny.yaml"
 DREAMBENCH = REPO.parent / "shared" / "data" / "dreambench"  # in the project's shared data (`need_shared`)
 DEMO_MODEL = ModelSettings(device="cpu")  # the embedded demo model, as the web page serves it by default
 # A family's name -> the conftest fixtures of its tiny model set and of its test adapter.
-TINY_MODELS = {"sd15": "tiny_models", "sdxl": "tiny_xl_models"}
-TEST_ADAPTERS = {"sd15": "load_test_adapter", "sdxl": "load_xl_test_adapter"}
+TINY_MODELS = {"sd15": "tiny_models", "sdxl": "tiny_xl_models", "flux": "tiny_flux_models"}
+TEST_ADAPTERS = {"sd15": "load_test_adapter", "sdxl": "load_xl_test_adapter", "flux": "load_flux_test_adapter"}
 
 
 def train_on_the_kit(tiny_models, run: Path, *extra: str) -> int:
@@ -102,6 +104,25 @@ def stock_pipeline(kind: str, base, family: Family = SD15):
     return pipe
 
 
+# A calibration of the dial made by hand, far from the identity (u 0.25 -> g 0.1, u 0.5 -> g 0.6): what the
+# tests of the calibrated dial give an adapter's file.
+CALIBRATION = Calibration(
+    dial=[0.0, 0.25, 0.5, 1.0], gate=[0.0, 0.1, 0.6, 1.0],
+    points=[CalibrationPoint(g, identity, prompt) for g, identity, prompt in
+            [(0.0, 0.2, 0.3), (0.25, 0.5, 0.29), (0.5, 0.55, 0.2), (1.0, 0.6, 0.18)]],
+    identity_scorer="dino-i tiny", prompt_scorer="clip-t tiny", pair_set="by hand", pairs=2, seeds=[0, 1], images=16,
+)  # fmt: skip
+
+
+def save_calibrated(adapter, directory: Path, models) -> Path:
+    """`adapter` with `CALIBRATION`, written into `directory` as an adapter directory on the model set `models`
+    (a `flexip.tiny.ModelSet`)."""
+    adapter.config = dataclasses.replace(adapter.config, calibration=CALIBRATION, base_model=str(models.base),
+                                         image_encoder=str(models.image_encoder), dino_encoder=str(models.dinov2))
+    adapter.save_pretrained(directory)
+    return directory
+
+
 def flexip_pipe(base, adapter):
     """A FlexIPPipeline on the base model at `base` with `adapter`, no progress bar."""
     from flexip import FlexIPPipeline
@@ -112,7 +133,7 @@ def flexip_pipe(base, adapter):
 
 
 def tiny_flexip_pipe(request, family: str):
-    """A FlexIPPipeline of its own on the tiny model set of `family` ("sd15" or "sdxl") with a fresh test
+    """A FlexIPPipeline of its own on the tiny model set of `family` ("sd15", "sdxl" or "flux") with a fresh test
     adapter (random Personalization residuals), for a test that changes it; `request` is the test's or the
     fixture's."""
     models = request.getfixturevalue(TINY_MODELS[family])

@@ -66,7 +66,9 @@ FLOORS = [
     {"models", "references", "demo_subject"},
     {"tiny", "manifest"},
     {"pipeline"},
-    {"training", "evaluation", "app", "prep"},
+    {"evaluation", "app", "prep"},
+    {"calibration"},
+    {"training"},
     {"cli"},
     {"__main__"},
 ]

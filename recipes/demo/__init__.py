@@ -28,10 +28,10 @@ from recipes.demo.world import (
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "src" / "flexip" / "assets" / "demo"
 
 __all__ = [
-    "SHIPPED_DIR",
     "CLASSES",
     "IDENTITY_ATTRIBUTES",
     "SCENE_ATTRIBUTES",
+    "SHIPPED_DIR",
     "Identity",
     "Scene",
     "caption",

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from flexip.calibration.curve import largest_step_share
 from flexip.evaluation.curve import largest_jump_share
 from recipes.demo.world import (
     BACKGROUNDS,
@@ -44,6 +45,9 @@ TARGETS = (
     ("prompt_spearman", "<=", -0.9),
     ("identity_gain", ">=", 0.3),  # identity match at the largest g minus at the smallest
     ("prompt_gain", ">=", 0.2),  # prompt match at the smallest g minus at the largest
+    # The largest step between neighbouring values along the trade-off curve (both scores scaled to their range),
+    # as a share of the curve's length: 0.25 is perfectly even over five values.
+    ("largest_step", "<=", 0.35),
 )
 REFERENCE_SIZE = 32  # px: the size the training references had
 
@@ -115,14 +119,15 @@ class DialScores:
 
 @torch.no_grad()
 def measure(pipe, judge, pairs: list[DialPair], seeds: int, values: list[float], steps: int, guidance: float,
-            progress: bool = True) -> DialScores:  # fmt: skip
-    """Generate every (pair, seed, value) with `pipe` (a FlexIPPipeline) and score each image with `judge`."""
+            progress: bool = True, dial: str = "preservation") -> DialScores:  # fmt: skip
+    """Generate every (pair, seed, value) with `pipe` (a FlexIPPipeline) and score each image with `judge`;
+    `dial` is the call argument the values are ("preservation", calibrated on a calibrated adapter, or "gate")."""
     identity, prompt, images = [], {}, []
     for pair in tqdm(pairs, desc="dial pairs", disable=not progress):
         # Image i of a pair starts from seed i's noise at every value, so the values differ by the dial alone.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in range(seeds)]
         out = pipe(
-            pair.prompt, reference=pair.reference, preservation=values, num_images_per_prompt=seeds,
+            pair.prompt, reference=pair.reference, **{dial: values}, num_images_per_prompt=seeds,
             num_inference_steps=steps, guidance_scale=guidance, generator=generators,
         ).images  # fmt: skip
         captions = [pair.prompt] * len(out)
@@ -168,6 +173,7 @@ def summarize(scores: DialScores) -> dict:
         "prompt_spearman": spearman(scores.values, prompt["mean"]),
         "identity_gain": float(identity[-1] - identity[0]),
         "prompt_gain": float(prompt["mean"][0] - prompt["mean"][-1]),
+        "largest_step": largest_step_share(identity, prompt["mean"]),
         # The eval curve's smoothness: the largest change between neighbouring values as a share of the range.
         "identity_smoothness": largest_jump_share(identity.tolist()),
         "prompt_smoothness": largest_jump_share(prompt["mean"].tolist()),
@@ -203,7 +209,7 @@ def markdown(summary: dict) -> str:
     lines = [
         f"{summary['pairs']} subject/prompt pairs x {summary['seeds']} seeds per dial value.",
         "",
-        "| g | identity match | prompt match | " + " | ".join(attributes) + " |",
+        "| dial | identity match | prompt match | " + " | ".join(attributes) + " |",
         "|---|---|---|" + "---|" * len(attributes),
     ]
     for index, g in enumerate(summary["values"]):
@@ -232,7 +238,7 @@ def plot_png(summary: dict, title: str) -> bytes:
         axes.errorbar(
             summary["values"], summary[key], yerr=summary[f"{key}_sem"], marker="o", capsize=3, label=label
         )
-    axes.set(xlabel="preservation g", ylabel="judge score (mean)", ylim=(0, 1.02), title=title)
+    axes.set(xlabel="dial value", ylabel="judge score (mean)", ylim=(0, 1.02), title=title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower center")
     figure.tight_layout()
@@ -288,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         "--guidance", type=float, default=7.5, help="guidance scale (default: 7.5, as flexip demo)"
     )
     parser.add_argument("--seed", type=int, default=0, help="which pairs are drawn (default: 0)")
+    parser.add_argument("--gate", action="store_true",
+                        help="measure the raw gate g at --values (the same as the dial on an uncalibrated adapter)")  # fmt: skip
     parser.add_argument("--examples", type=int, default=8, help="pairs shown in examples.png (default: 8)")
     args = parser.parse_args(argv)
     for name in ("pairs", "seeds", "steps"):
@@ -310,10 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     pipe.set_progress_bar_config(disable=True)
     pairs = dial_pairs(args.pairs, args.seed)
-    scores = measure(pipe, Judge.load(), pairs, args.seeds, args.values, args.steps, args.guidance)
+    dial = "gate" if args.gate else "preservation"
+    scores = measure(pipe, Judge.load(), pairs, args.seeds, args.values, args.steps, args.guidance, dial=dial)
     summary = summarize(scores)
     settings = {"adapter": args.adapter, "base": pipe.config._name_or_path, "steps": args.steps,
-                "guidance": args.guidance, "pair_seed": args.seed}  # fmt: skip
+                "guidance": args.guidance, "pair_seed": args.seed, "dial": dial}  # fmt: skip
     record = {**settings, **summary, "pairs_scored": per_pair(pairs, scores)}
     out = Path(args.out)
     table = markdown(summary)

@@ -6,7 +6,8 @@ Every test (and the embedded default until a trained demo model ships) goes thro
 Layout written under `root` (docs/formats.md):
 
     base/           a diffusers pipeline directory of the family asked for: Stable Diffusion 1.5's (UNet, VAE,
-                    text encoder, tokenizer, scheduler) or SDXL's (two text encoders and tokenizers)
+                    text encoder, tokenizer, scheduler), SDXL's (two text encoders and tokenizers) or FLUX.1's
+                    (a FluxTransformer2DModel, CLIP and T5 text encoders and tokenizers, a flow-matching scheduler)
     image_encoder/  transformers CLIPVisionModelWithProjection + CLIPImageProcessor
     dinov2/         transformers Dinov2Model + BitImageProcessor
     adapter/        FlexIP adapter directory, whose config points at ../image_encoder and ../dinov2
@@ -27,8 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxTransformer2DModel,
+    UNet2DConditionModel,
+)
 from PIL import Image, ImageDraw
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     BitImageProcessor,
     CLIPImageProcessor,
@@ -40,15 +48,21 @@ from transformers import (
     CLIPVisionModelWithProjection,
     Dinov2Config,
     Dinov2Model,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
 )
 
 from .atomic import atomic_directory
-from .families.registry import SD15, SDXL, Family
+from .families.registry import FLUX1, SD15, SDXL, Family
 from .models.adapter import FlexIPAdapter
 
 IMAGE_SIZE = 32  # pixels; the UNet works on 16x16 latents
 WIDTH = 32  # every hidden width in the kit
 XL_SECOND_WIDTH = 48  # but the tiny SDXL's second text encoder's, which differs from the first as SDXL's does
+# The tiny FLUX.1's T5 width (its transformer's `joint_attention_dim`), other than its CLIP's pooled width
+# (WIDTH), as FLUX.1's are (4096 and 768).
+FLUX_T5_WIDTH = 48
 
 
 @dataclass(frozen=True)
@@ -142,14 +156,75 @@ def tiny_clip_image_processor() -> CLIPImageProcessor:
     )
 
 
+def t5_tokenizer() -> T5TokenizerFast:
+    """A T5 unigram tokenizer whose pieces are single printable characters (with and without the word-start
+    mark), built with the `tokenizers` library: any prompt tokenizes offline."""
+    characters = [chr(code) for code in range(ord("!"), ord("~") + 1)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -3.0) for c in characters] + [("▁" + c, -2.5) for c in characters]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0,
+        model_max_length=512,
+    )  # fmt: skip
+
+
+def tiny_flux_transformer(guidance_embeds: bool = True) -> FluxTransformer2DModel:
+    """FLUX.1's transformer at a tiny width: two double-stream blocks and one single-stream block, 2 heads of 16,
+    rotary axes (4, 4, 8) as diffusers' own tests build it; with a guidance embedding as FLUX.1-dev's, without
+    as FLUX.1-schnell's."""
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=FLUX_T5_WIDTH, pooled_projection_dim=WIDTH,
+        guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8),
+    )  # fmt: skip
+
+
+def build_tiny_flux_base(seed: int = 0):
+    """A FluxPipeline of FLUX.1-dev's structure at a tiny width: CLIP's pooled text and T5's tokens (FLUX_T5_WIDTH
+    wide), a VAE of 4 latent channels (16 once packed 2x2) with FLUX's scaling and shift, FLUX.1-dev's
+    flow-matching schedule with its resolution-dependent shift."""
+    torch.manual_seed(seed)
+    transformer = tiny_flux_transformer()
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4, norm_num_groups=32,
+        sample_size=IMAGE_SIZE, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+        use_post_quant_conv=False,
+    )  # fmt: skip
+    tokenizer, tokenizer_2 = byte_level_tokenizer(), t5_tokenizer()
+    t5 = T5Config(
+        vocab_size=len(tokenizer_2), d_model=FLUX_T5_WIDTH, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    text = {
+        "tokenizer": tokenizer, "text_encoder": CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer))),
+        "tokenizer_2": tokenizer_2, "text_encoder_2": T5EncoderModel(t5),
+    }  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FLUX1.assemble(vae, transformer, scheduler, text)
+
+
 def build_tiny_base(seed: int = 0, family: Family = SD15):
     """A pipeline of `family`'s shape small enough to run a denoising step in milliseconds on a CPU.
 
     The SDXL one has SDXL's structure at a tiny width: two text encoders of different widths (WIDTH and
     XL_SECOND_WIDTH, as SDXL's are 768 and 1280 wide) whose hidden states are concatenated, the second one's
     pooled projection and the six size numbers in `added_cond_kwargs`, and blocks of different head counts and
-    transformer depths.
+    transformer depths. The FLUX.1 one is `build_tiny_flux_base`'s.
     """
+    if family is FLUX1:
+        return build_tiny_flux_base(seed)
     torch.manual_seed(seed)
     xl = family is SDXL
     shape = {
@@ -327,7 +402,7 @@ def save_tiny_model_set(
     clip, clip_processor, dino, dino_processor = build_tiny_image_encoders(seed + 1)
     torch.manual_seed(seed + 2)
     adapter = FlexIPAdapter.for_unet(
-        base.unet,
+        getattr(base, family.denoiser.pipeline_attribute),
         clip_embed_dim=clip.config.projection_dim,
         dino_hidden_dim=dino.config.hidden_size,
         base_model="../base",

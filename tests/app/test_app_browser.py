@@ -146,7 +146,8 @@ def test_a_sweep_shows_one_image_per_value_in_dial_order(page):
     set_number(page, "#count", 3)
     generate(page, "3 images along the dial")
     page.wait_for_function("document.querySelectorAll('#gallery .caption-label').length == 3")
-    assert captions(page) == ["0", "0.5", "1"]
+    # The embedded demo adapter is calibrated: each caption shows the raw gate its dial value stands for.
+    assert captions(page) == ["0 (g 0)", "0.5 (g 0.27)", "1 (g 1)"]
     assert page.query_selector("#sheet a[download='contact_sheet.png']") is not None
     assert page.input_value("#command textarea").startswith("flexip sweep --reference")
     page.locator("#gallery").scroll_into_view_if_needed()  # its pictures load when seen
@@ -156,7 +157,10 @@ def test_a_sweep_shows_one_image_per_value_in_dial_order(page):
     page.fill("#dial textarea", "down=0.9,mid=0.6,up=0.3;0.9:0.3:cosine;0;0.5;1")
     generate(page, "5 images along the dial")
     page.wait_for_function("document.querySelectorAll('#gallery .caption-label').length == 5")
-    assert captions(page) == ["down=0.9,mid=0.6,up=0.3", "0.9:0.3:cosine", "0", "0.5", "1"]
+    assert captions(page) == [
+        "down=0.9,mid=0.6,up=0.3 (g down=0.7,mid=0.34,up=0.13)", "0.9:0.3:cosine (g 0.7:0.13:cosine)", "0 (g 0)",
+        "0.5 (g 0.27)", "1 (g 1)",
+    ]  # fmt: skip
 
 
 def captions(page) -> list[str]:

@@ -41,6 +41,11 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path, tiny_models):
     def generate(*extra):
         return ["generate", "--reference", str(reference), "--prompt", "a dog", "--out", out, *extra]
 
+    def calibrate(*extra, data=str(tiny_models.benchmark), out=str(tmp_path / "calibrated")):
+        return ["calibrate", "--adapter", adapter, "--data", data, "--out", out, *extra]
+
+    (tmp_path / "other.jsonl").write_text('{"subject": "a", "picture": "a.png"}\n')
+
     cases = [  # (argv, what the one line names)
         (generate("--preservation", "2"), "--preservation=2"),
         (generate("--preservation", "0.9:0.3:wavy"), "wavy"),
@@ -48,6 +53,12 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path, tiny_models):
         (generate("--preservation", "up.block_9=0.5", "--adapter", adapter), "'block_9'"),
         (generate("--scale", "down=0,side=1", "--adapter", adapter), "'side'"),
         (generate("--preservation", "sideways=0.5"), "'sideways'"),  # the embedded model's adapter file
+        (generate("--preservation", "0.5", "--gate", "0.5"), "--preservation 0.5 and --gate 0.5: give one"),
+        (generate("--gate", "2"), "--gate=2"),
+        (generate("--gate", "0.2,0.4"), "flexip sweep --gate 0.2,0.4"),
+        (generate("--gate", "sideways=0.5", "--adapter", adapter), "--gate: unknown block 'sideways'"),
+        (["sweep", "--reference", str(reference), "--prompt", "a", "--out", str(tmp_path / "new-sweep"),
+          "--preservation", "0,1", "--gate", "0,1"], "give one of them"),
         (generate("--scale", "11"), "--scale=11"),
         (generate("--steps", "0"), "--steps=0"),
         (generate("--seed", "-1"), "--seed=-1"),
@@ -63,6 +74,16 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path, tiny_models):
         (["train", "--config", str(TINY), "--set", "batch_size=0", "--output-dir", str(tmp_path / "run")], "batch_size"),
         (["train", "--config", str(TINY), "--set", "learning_rat=1e-4"], "learning_rate"),
         (["train", "--config", str(tmp_path / "none.yaml")], "none.yaml"),
+        (calibrate("--points", "3"), "--points=3"),
+        (calibrate("--seeds", "0,0"), "twice"),
+        (calibrate("--seeds", "a"), "--seeds"),
+        (calibrate("--pairs", "0"), "--pairs=0"),
+        (calibrate("--guidance", "nan"), "--guidance"),
+        (calibrate("--adapter", str(tmp_path / "missing")), "missing"),
+        (calibrate(data=str(tmp_path / "none.jsonl")), "none.jsonl"),
+        (calibrate(data=str(tmp_path / "other.jsonl")), "other.jsonl"),
+        (calibrate(out=str(tmp_path / "sweep")), "already exists"),
+        (calibrate(out=str(tiny_models.adapter / "calibrated")), "inside --adapter"),
     ]
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps([argv for argv, _ in cases])],

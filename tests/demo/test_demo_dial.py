@@ -67,7 +67,11 @@ def test_summary_means_correlations_gains_and_targets():
     assert summary["prompt_match_by_attribute"] == {"background": [1.0, 1.0, 1.0]}
     # Evenly spaced means: each step is half the range, the smoothest three values can be.
     assert summary["identity_smoothness"] == pytest.approx(0.5) and summary["prompt_smoothness"] == pytest.approx(2 / 3)
-    assert all(target["met"] for target in summary["targets"].values())
+    # Along the curve, both scaled to their range: steps (1/2, 1/3) and (1/2, 2/3) long.
+    steps = [math.hypot(0.5, 1 / 3), math.hypot(0.5, 2 / 3)]
+    assert summary["largest_step"] == pytest.approx(steps[1] / sum(steps))
+    assert summary["targets"]["largest_step"]["met"] is False  # over three values 0.5 is the most even
+    assert all(target["met"] for key, target in summary["targets"].items() if key != "largest_step")
 
     flat = summarize(_scores(identity=[0.2, 0.3, 0.4], prompt=[0.7, 0.8, 0.6]))
     met = {key: target["met"] for key, target in flat["targets"].items()}
@@ -76,6 +80,7 @@ def test_summary_means_correlations_gains_and_targets():
         "prompt_spearman": False,
         "identity_gain": False,
         "prompt_gain": False,
+        "largest_step": False,  # identity moves by one, the prompt by a third of its range at the first step
     }
 
 
@@ -86,7 +91,7 @@ def test_command_writes_the_report(tiny_models, tmp_path, capsys):
     record = json.loads((out / "dial.json").read_text())
     assert record["values"] == [0.0, 1.0] and record["pairs"] == 2 and record["seeds"] == 2
     assert len(record["pairs_scored"]) == 2 and set(record["targets"]) == {
-        "identity_spearman", "prompt_spearman", "identity_gain", "prompt_gain",
+        "identity_spearman", "prompt_spearman", "identity_gain", "prompt_gain", "largest_step",
     }  # fmt: skip
     assert all(0 <= s <= 1 for s in record["identity_match"] + record["prompt_match"])
     assert (out / "dial.md").read_text() in capsys.readouterr().out

@@ -47,13 +47,12 @@ def test_the_embedded_default_is_the_shipped_model_and_it_is_small():
 
 
 def test_the_shipped_dial_trades_the_prompt_for_the_identity():
-    """docs/demo-model.md's 20-pair measurement (4 seeds, 50 steps) at three of its dial values, g = 0 / 0.5 / 1.
+    """docs/demo-model.md's measurement on its first 20 pairs (4 seeds, 50 steps) at three values of the
+    shipped, calibrated dial: u = 0 / 0.5 / 1, the raw gate g = 0 / 0.27 / 1.
 
-    Measured: identity match 0.185 / 0.571 / 0.621, prompt match 0.872 / 0.645 / 0.567. On its first 10 pairs
-    alone the means at g = 0.5 and 1 tie (0.621, 0.625) and the prompt gain is only 0.200: too few images for
-    this adapter's margins. The first recipe's adapter fails it (its prompt match fell by 0.03 over the dial),
-    and an untrained adapter's identity stays near chance (0.18 / 0.22 / 0.27, measured on 10 pairs at 25
-    steps).
+    On all 60 pairs: identity match 0.235 / 0.537 / 0.602, prompt match 0.879 / 0.860 / 0.591 (the prompt holds
+    until u = 0.5 and gives way above, where the raw gate let it go by g = 0.5). An untrained adapter's identity
+    stays near chance (0.18 / 0.22 / 0.27, measured on 10 pairs at 25 steps).
     """
     pipe = FlexIPPipeline.from_pretrained(adapter=DEMO_MODEL_DIR / "adapter", torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

@@ -27,7 +27,7 @@ def test_each_method_reports_its_dial_and_the_settings_it_records(tiny_models):
     # Without --base, FlexIP runs on the base its adapter records (the tiny set's ../base, from the adapter).
     assert flexip.settings() == {
         "method": "flexip", "base": str(tiny_models.base.resolve()), "adapter": str(tiny_models.adapter),
-        "preservation": [0.2, 0.8], "scale": [1.0], **SHARED, "dial_name": "preservation",
+        "preservation": [0.2, 0.8], "scale": [1.0], **SHARED, "dial_name": "preservation", "gate": [0.2, 0.8],
     }  # fmt: skip
     given = build_method("flexip", Sampling(base="elsewhere", seeds=2, steps=3), **options)
     assert given.settings()["base"] == "elsewhere"

@@ -101,7 +101,7 @@ ADAPTER = {
 }
 
 ADAPTER_REFUSED = [
-    ({"format_version": 2}, "cfg: format_version 2 is not supported (this flexip reads 1)"),
+    ({"format_version": 3}, "cfg: format_version 3 is not supported (this flexip reads 1 and 2)"),
     ({"dino_layr": -1}, "cfg: unknown key dino_layr (did you mean dino_layer?)"),
     (
         {"preservation": {"hedas": 2}},
@@ -113,7 +113,7 @@ ADAPTER_REFUSED = [
     ({"clip_embed_dim": 0}, "cfg: clip_embed_dim=0 must be between 1 and 65536"),
     ({"gate": {"image_init": 1.0}}, "cfg: gate.image_init=1.0 must be strictly between 0 and 1"),
     ({"gate": {"uniform_share": 2}}, "cfg: gate.uniform_share=2.0 is a share of the samples"),
-    ({"base_family": "flux"}, "cfg: base_family: unknown base family 'flux'"),
+    ({"base_family": "sd3"}, "cfg: base_family: unknown base family 'sd3'"),
     (
         {"layers": {"up.attn2.processor": [32]}},
         "cfg: layers['up.attn2.processor'] is [32]; each layer maps to",

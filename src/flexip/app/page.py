@@ -207,7 +207,7 @@ def _answer(service: Service, values: tuple, stop: threading.Event, on_step) -> 
         return f"**Error:** {e}", None, [], None, "", gr.skip()
     except Cancelled as e:
         return f"Stopped {e}.", None, [], None, "", gr.skip()
-    images = [(str(path), value.text()) for path, value in zip(result.images, result.values)]
+    images = [(str(path), label) for path, label in zip(result.images, result.labels)]
     if len(images) == 1:
         return result.report, images[0][0], [], None, result.command, checked.sampling.seed
     return result.report, None, images, str(result.sheet), result.command, checked.sampling.seed

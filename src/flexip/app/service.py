@@ -29,12 +29,20 @@ from PIL import Image
 from ..contact_sheet import contact_sheet
 from ..demo_subject import DEMO_REFERENCE
 from ..errors import FlexIPError
-from ..pipeline.front_end import LoadedModel, generate, note_demo_model, record
+from ..pipeline.front_end import (
+    LoadedModel,
+    dial_labels,
+    dial_records,
+    generate,
+    note_demo_model,
+    record,
+    sweep_dial_record,
+)
 from ..pipeline.images import load_mask_image, load_reference_image
 from ..pipeline.output import image_name, save_image
 from ..pipeline.subjects import check_subjects
 from ..schedulers import SCHEDULERS, make_scheduler
-from ..settings.dial import Dial, dials, sweep_record, sweep_text
+from ..settings.dial import Dial, dials, sweep_text
 from ..settings.dial_text import parse_dials
 from ..settings.generation import ModelSettings, SamplingSettings
 
@@ -86,6 +94,7 @@ class Request:
 class Result:
     images: list[Path]  # one PNG per dial value, in dial order, each with its settings embedded
     values: list[Dial]
+    labels: list[str]  # each value as the page shows it: with the raw g it stands for on a calibrated adapter
     sheet: Path | None  # a sweep's contact sheet
     command: str  # the `flexip generate` (or `sweep`) line that writes the same images
     report: str  # Markdown: what was reused and how long each part took
@@ -237,7 +246,9 @@ class Service:
         done_at = time.perf_counter()
         paths, sheet = self._write(request, loaded, images)
         timings = (encoded_at - start, last_step_at - encoded_at, done_at - last_step_at)
-        return Result(paths, request.values, sheet, self.command(request), _report(request, reused, timings))
+        labels = dial_labels(loaded, request.values)
+        return Result(paths, request.values, labels, sheet, self.command(request),
+                      _report(request, labels, reused, timings))  # fmt: skip
 
     def _write(self, request: Request, loaded: LoadedModel, images: list) -> tuple[list[Path], Path | None]:
         """Each image as a PNG with its settings, and a sweep's contact sheet, in a fresh folder."""
@@ -247,16 +258,17 @@ class Service:
         )
         folder = self._new_folder()
         paths = []
-        for index, (value, image) in enumerate(zip(request.values, images)):
+        records = dial_records(loaded, request.values)
+        for index, (value, image, recorded) in enumerate(zip(request.values, images, records)):
             paths.append(folder / image_name(index, value))
-            save_image(image, paths[-1], {**settings, "preservation": value.record()})
+            save_image(image, paths[-1], {**settings, **recorded})
         if len(request.values) == 1:
             return paths, None
-        labels = ["reference"] + [f"preservation {value.text()}" for value in request.values]
+        labels = ["reference"] + [f"preservation {label}" for label in dial_labels(loaded, request.values)]
         title = f'"{request.prompt}"  (seed {request.sampling.seed})'
         sheet = folder / SHEET_NAME
         save_image(contact_sheet([[request.reference, *images]], labels, title=title), sheet,
-                   {**settings, "preservation": sweep_record(request.values)})  # fmt: skip
+                   {**settings, **sweep_dial_record(loaded, request.values)})  # fmt: skip
         return paths, sheet
 
     def _loaded(self, scheduler: str) -> LoadedModel:
@@ -368,14 +380,10 @@ def _shown(value) -> str:
     return reprlib.repr(value)
 
 
-def _report(request: Request, reused: bool, timings: tuple[float, float, float]) -> str:
+def _report(request: Request, labels: list[str], reused: bool, timings: tuple[float, float, float]) -> str:
     encode, denoise, decode = timings
     count = len(request.values)
-    what = (
-        f"{count} images along the dial"
-        if count > 1
-        else f"1 image at preservation {request.values[0].text()}"
-    )
+    what = f"{count} images along the dial" if count > 1 else f"1 image at preservation {labels[0]}"
     reference = (
         f"reference features reused, not encoded again ({_ms(encode)})"
         if reused

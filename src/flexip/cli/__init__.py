@@ -15,7 +15,7 @@ from ..errors import FlexIPError
 from .threads import apply_thread_policy
 
 # Modules of flexip.cli, in the order `flexip --help` lists their commands.
-COMMAND_MODULES = ["demo", "generate", "sweep", "serve", "tiny_models", "eval", "train", "prep"]
+COMMAND_MODULES = ["demo", "generate", "sweep", "serve", "tiny_models", "eval", "train", "calibrate", "prep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

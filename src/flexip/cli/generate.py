@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import FlexIPError
-from ..settings.dial_text import parse_dials
-from .dial import check_blocks
+from .dial import add_dial_options, check_blocks, read_dials
 from .options import add_model_options, add_overwrite_option, model_settings, sampling_settings
 from .outputs import check_output
 from .subjects import add_subject_options, read_subjects
@@ -19,13 +18,16 @@ examples:
   flexip generate --reference front.jpg --reference side.jpg --reference-weights 0.7,0.3 --prompt "a dog" --out a.png
   flexip generate --reference dog.jpg --prompt "a dog" --preservation down=0.9,mid=0.6,up=0.3 --out blocks.png
   flexip generate --reference dog.jpg --prompt "a dog" --preservation 0.9:0.3 --out schedule.png
+  flexip generate --reference dog.jpg --prompt "a dog" --gate 0.3 --out raw.png
   flexip generate --reference dog.jpg --mask left.png --reference cat.jpg --mask right.png \\
       --prompt "a dog and a cat" --preservation 0.7 --out two.png
 
 preservation: 1 keeps the subject's identity and fine detail, 0 lets the prompt restyle it freely; per UNet
 block as down=0.9,mid=0.6,up=0.3 (finer: up.block_0=0.5; unnamed blocks keep 0.5), or over the steps as
-START:END (0.9:0.3, or 0.9:0.3:cosine). Several --reference are one subject's images, mixed by
---reference-weights (equal by default); with one --mask each (white = the subject), one subject per mask.
+START:END (0.9:0.3, or 0.9:0.3:cosine). On an adapter calibrated by `flexip calibrate`, equal steps of
+preservation are equal steps between identity and prompt, and --gate sets the raw g instead. Several
+--reference are one subject's images, mixed by --reference-weights (equal by default); with one --mask each
+(white = the subject), one subject per mask.
 Without --adapter the embedded demo model is used: it knows only its own procedural world of small shapes
 (on a photograph it says so). For several values, use `flexip sweep`."""
 
@@ -40,10 +42,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_subject_options(parser)
-    parser.add_argument(
-        "--preservation", default="0.5",
-        help="the dial g in [0, 1], per block (down=0.9,mid=0.6,up=0.3) or a schedule (0.9:0.3) (default: 0.5)",
-    )  # fmt: skip
+    forms = "the dial in [0, 1], per block (down=0.9,mid=0.6,up=0.3) or a schedule (0.9:0.3)"
+    add_dial_options(parser, "0.5", forms)
     parser.add_argument("--out", required=True, help="image file to write (.png, .jpg or .webp)")
     add_overwrite_option(parser, "an existing --out file")
     add_model_options(parser)
@@ -51,11 +51,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    values = parse_dials(args.preservation, "--preservation")
+    values, dial = read_dials(args)
     if len(values) != 1:
+        text = getattr(args, dial)
         raise FlexIPError(
-            f"--preservation {args.preservation}: generate makes one image at one value; for several values "
-            f"use `flexip sweep --preservation {args.preservation} --out DIR`"
+            f"--{dial} {text}: generate makes one image at one value; for several values use `flexip sweep "
+            f"--{dial} {text} --out DIR`"
         )
     models, sampling = model_settings(args), sampling_settings(args)
     check_blocks(args.adapter, values, sampling.scale)
@@ -63,13 +64,14 @@ def run(args: argparse.Namespace) -> int:
     subjects = read_subjects(args)
 
     # torch: once the command is known good
-    from ..pipeline.front_end import generate, load_pipeline, note_demo_model, record
+    from ..pipeline.front_end import dial_records, generate, load_pipeline, note_demo_model, record
     from ..pipeline.output import save_image
 
     loaded = load_pipeline(models)
     note_demo_model(loaded, subjects.images, "flexip generate")
-    image = generate(loaded, args.prompt, values=values, sampling=sampling, **subjects.call_arguments())[0]
+    images = generate(loaded, args.prompt, values=values, sampling=sampling, dial=dial,
+                      **subjects.call_arguments())  # fmt: skip
     settings = record(args.prompt, models=models, sampling=sampling, loaded=loaded, **subjects.record())
-    save_image(image, out, {**settings, "preservation": values[0].record()})
+    save_image(images[0], out, {**settings, **dial_records(loaded, values, dial)[0]})
     print(f"wrote {out}")
     return 0

@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 
 from ..errors import FlexIPError
+from ..families.names import DEFAULT_GUIDANCE
 from ..schedulers import SCHEDULERS
 from ..settings.dial import SCALE
 from ..settings.dial_text import parse_dials
 from ..settings.generation import ModelSettings, SamplingSettings
 from ..settings.numbers import DTYPES
+from .dial import adapter_config
 
 
 def add_overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -32,8 +34,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
     parser.add_argument(
-        "--guidance", default="7.5", help="classifier-free guidance scale; <= 1 turns it off (default: 7.5)"
-    )
+        "--guidance", default=None,
+        help="classifier-free guidance scale; <= 1 turns it off (default: 7.5; on FLUX.1 3.5, its guidance "
+        "embedding's, as FluxPipeline's)",
+    )  # fmt: skip
     parser.add_argument(
         "--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="sampler (default: ddim)"
     )
@@ -60,7 +64,7 @@ def add_loading_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype", default=None, choices=DTYPES,
-        help="weights' precision (default: float16 on CUDA, float32 otherwise)",
+        help="weights' precision (default: float16 on CUDA, bfloat16 for FLUX.1; float32 otherwise)",
     )  # fmt: skip
 
 
@@ -75,5 +79,9 @@ def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
     scales = parse_dials(args.scale, "--scale", SCALE)
     if len(scales) != 1:
         raise FlexIPError(f"--scale {args.scale}: give one number, or per block (down=1,mid=1,up=0.5)")
-    return SamplingSettings(steps=args.steps, guidance=args.guidance, scale=scales[0], seed=args.seed,
+    guidance = args.guidance
+    if guidance is None:
+        config = adapter_config(args.adapter)
+        guidance = DEFAULT_GUIDANCE["sd15" if config is None else config.base_family]
+    return SamplingSettings(steps=args.steps, guidance=guidance, scale=scales[0], seed=args.seed,
                             negative_prompt=args.negative_prompt, prefix="--")  # fmt: skip

@@ -9,9 +9,8 @@ from pathlib import Path
 from ..atomic import atomic_write_bytes
 from ..contact_sheet import contact_sheet
 from ..pipeline.output import image_name, save_image
-from ..settings.dial import Dial, sweep_record
-from ..settings.dial_text import parse_dials
-from .dial import check_blocks
+from ..settings.dial import Dial
+from .dial import add_dial_options, check_blocks, read_dials
 from .options import add_model_options, add_overwrite_option, model_settings, sampling_settings
 from .outputs import check_output_directory
 from .subjects import Subjects, add_subject_options, read_subjects
@@ -26,11 +25,13 @@ examples:
   flexip sweep --reference dog.jpg --prompt "a dog on the beach" --preservation 0,0.5,1 --seed 3 --out sweep/
   flexip sweep --reference dog.jpg --prompt "a dog" --preservation "0.9:0.3,0.6" --out schedule/
   flexip sweep --reference dog.jpg --prompt "a dog" --preservation "down=0.9,up=0.3;0.6" --out blocks/
+  flexip sweep --reference dog.jpg --prompt "a dog" --gate 0,0.25,0.5,0.75,1 --out raw/
 
-writes into --out: one image per value (00_preservation-0.00.png, ...), {SHEET_NAME} (the references, then the
-dial from left to right) and {SETTINGS_NAME} (everything needed to reproduce them). All images share their
-starting noise, so they differ only by the dial. Values are separated by ',' (numbers and schedules) or by ';'
-(any forms, per-block ones included)."""
+writes into --out: one image per value (00_preservation-0.00.png, ..., or 00_gate-0.00.png, ... for --gate),
+{SHEET_NAME} (the references, then the dial from left to right) and {SETTINGS_NAME} (everything needed to
+reproduce them). All images share their starting noise, so they differ only by the dial. Values are separated
+by ',' (numbers and schedules) or by ';' (any forms, per-block ones included). On an adapter calibrated by
+`flexip calibrate` the contact sheet shows the raw g each preservation value stands for."""
 
 
 def register(subparsers) -> None:
@@ -43,11 +44,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_subject_options(parser)
-    parser.add_argument(
-        "--preservation", default=DEFAULT_VALUES,
-        help=f"comma-separated dial values in [0, 1] or schedules (0.9:0.3); ';' between per-block values "
-        f"(default: {DEFAULT_VALUES})",
-    )  # fmt: skip
+    forms = "comma-separated dial values in [0, 1] or schedules (0.9:0.3); ';' between per-block values"
+    add_dial_options(parser, DEFAULT_VALUES, forms)
     parser.add_argument("--out", required=True, help="directory to write into (created if missing)")
     add_overwrite_option(parser, "images, contact sheet and settings of an earlier sweep in --out")
     add_model_options(parser)
@@ -55,40 +53,44 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    values = parse_dials(args.preservation, "--preservation")
+    values, dial = read_dials(args)
     models, sampling = model_settings(args), sampling_settings(args)
     check_blocks(args.adapter, values, sampling.scale)
-    out = check_output_directory(args.out, output_names(values), args.overwrite, [*args.reference, *(args.mask or [])])
+    references = [*args.reference, *(args.mask or [])]
+    out = check_output_directory(args.out, output_names(values, dial), args.overwrite, references)
     subjects = read_subjects(args)
 
     from ..pipeline.front_end import load_pipeline, note_demo_model  # torch: once the command is known good
 
     loaded = load_pipeline(models)
     note_demo_model(loaded, subjects.images, "flexip sweep")
-    sheet = sweep(loaded, args.prompt, subjects, values, models, sampling, out)
+    sheet = sweep(loaded, args.prompt, subjects, values, models, sampling, out, dial)
     print(f"wrote {len(values)} images and the contact sheet {sheet}")
     return 0
 
 
-def output_names(values: list[Dial]) -> list[str]:
-    """The files a sweep of `values` writes into its folder."""
-    return [image_name(index, value) for index, value in enumerate(values)] + [SHEET_NAME, SETTINGS_NAME]
+def output_names(values: list[Dial], dial: str = "preservation") -> list[str]:
+    """The files a sweep of `values` of `dial` ("preservation" or "gate") writes into its folder."""
+    images = [image_name(index, value, dial) for index, value in enumerate(values)]
+    return [*images, SHEET_NAME, SETTINGS_NAME]
 
 
-def sweep(loaded, prompt: str, subjects: Subjects, values: list[Dial], models, sampling, out: Path) -> Path:
+def sweep(loaded, prompt: str, subjects: Subjects, values: list[Dial], models, sampling, out: Path,
+          dial: str = "preservation") -> Path:  # fmt: skip
     """Generate, then write the images, the contact sheet and the settings; returns the contact sheet's path."""
-    from ..pipeline.front_end import generate, record
+    from ..pipeline.front_end import dial_labels, dial_records, generate, record, sweep_dial_record
 
-    images = generate(loaded, prompt, values=values, sampling=sampling, **subjects.call_arguments())
+    images = generate(loaded, prompt, values=values, sampling=sampling, dial=dial,
+                      **subjects.call_arguments())  # fmt: skip
     settings = {**record(prompt, models=models, sampling=sampling, loaded=loaded, **subjects.record()),
-                "preservation": sweep_record(values)}  # fmt: skip
+                **sweep_dial_record(loaded, values, dial)}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    for index, (value, image) in enumerate(zip(values, images)):
-        save_image(image, out / image_name(index, value), {**settings, "preservation": value.record()})
+    for index, (value, image, recorded) in enumerate(zip(values, images, dial_records(loaded, values, dial))):
+        save_image(image, out / image_name(index, value, dial), {**settings, **recorded})
     references = subjects.images + (subjects.masks or [])
     labels = [f"reference {index + 1}" if len(subjects.images) > 1 else "reference" for index in range(len(subjects.images))]
     labels += [f"mask {index + 1}" for index in range(len(subjects.masks or []))]
-    labels += [f"preservation {value.text()}" for value in values]
+    labels += [f"{dial} {label}" for label in dial_labels(loaded, values, dial)]
     sheet = contact_sheet([[*references, *images]], labels, title=f'"{prompt}"  (seed {sampling.seed})')
     save_image(sheet, out / SHEET_NAME, settings)
     atomic_write_bytes(out / SETTINGS_NAME, (json.dumps(settings, indent=2) + "\n").encode())

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         help="write a tiny random model set (base, encoders, adapter, metric backbones, small data sets) for "
         "tests and plumbing checks",
         description="Write a complete tiny model set with random weights in the real diffusers/transformers "
-        "formats: DIR/base (a Stable Diffusion 1.5 pipeline, or SDXL's with --family sdxl), "
+        "formats: DIR/base (a Stable Diffusion 1.5 pipeline, SDXL's with --family sdxl, FLUX.1's with --family flux), "
         "DIR/image_encoder (CLIP vision), DIR/dinov2, DIR/adapter (FlexIP), DIR/data (a small training set: "
         "manifest.jsonl and its pictures of coloured shapes), DIR/benchmark (benchmark.jsonl, for `flexip eval "
         "generate --benchmark jsonl`) and DIR/metrics (clip/, dino/ and aesthetic.safetensors, the backbones "
@@ -29,9 +29,10 @@ def register(subparsers) -> None:
         "--seed", type=int, default=0, help="random seed of the weights, from 0 to 2**32 - 1 (default: 0)"
     )
     parser.add_argument(
-        "--family", choices=("sd15", "sdxl"), default="sd15",
-        help="the base model's family: sd15 (Stable Diffusion 1.5's shape, the default) or sdxl (two text "
-        "encoders, pooled text and size conditioning); the adapter is sized for it",
+        "--family", choices=("sd15", "sdxl", "flux"), default="sd15",
+        help="the base model's family: sd15 (Stable Diffusion 1.5's shape, the default), sdxl (two text "
+        "encoders, pooled text and size conditioning) or flux (FLUX.1-dev's transformer, CLIP and T5 text "
+        "encoders, flow matching); the adapter is sized for it",
     )  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true",

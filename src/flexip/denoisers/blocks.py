@@ -34,5 +34,17 @@ def _unet_block(layer: str) -> tuple[str, int, int] | None:
 # diffusers' `set_ip_adapter_scale` names: `down_blocks.i`, `mid_block`, `up_blocks.i`.
 UNET_BLOCKS = BlockNames(("down", "mid", "up"), _unet_block)
 
+_FLUX_LAYER = re.compile(r"^transformer_blocks\.(\d+)\.attn\.")
+
+
+def _flux_block(layer: str) -> tuple[str, int, int] | None:
+    match = _FLUX_LAYER.match(layer)
+    return None if match is None else ("double", int(match.group(1)), 0)
+
+
+# FLUX.1's joined layers are its double-stream blocks' attention (`transformer_blocks.i`), one per block:
+# `{"double": 0.8}`, finer `{"double": {"block_3": 0.2}}`.
+FLUX_BLOCKS = BlockNames(("double",), _flux_block)
+
 # A denoiser's name (flexip.denoisers) -> its block names.
-BLOCK_NAMES = {"unet": UNET_BLOCKS}
+BLOCK_NAMES = {"unet": UNET_BLOCKS, "flux": FLUX_BLOCKS}

@@ -1,9 +1,11 @@
 """What a kind of denoiser is to FlexIP: the few things a UNet with cross-attention, a joint-attention
 transformer or a UNet with motion modules do differently when FlexIP joins their attention.
 
-Everything else (the adapters, the gated attention processor, the condition, the dial) is shared code, sized
-from the layers the denoiser names. A denoiser module fills in the class attributes and every abstract method;
-`flexip.denoisers.register` refuses one that leaves any out (docs/decisions/denoisers.md).
+Everything else (the adapters, the attention processors' branch maths, the condition, the dial) is shared
+code, sized from the layers the denoiser names. `Denoiser` is what generation needs; `TrainableDenoiser` adds
+the training objective, and only a denoiser FlexIP trains on is one (training refuses the others). A denoiser
+module fills in the class attributes and every abstract method; `flexip.denoisers.register` refuses one that
+leaves any out (docs/decisions/denoisers.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from .blocks import BlockNames
@@ -21,7 +24,8 @@ ATTRIBUTES = ("name", "model_class", "pipeline_attribute", "block_names")
 
 
 class Denoiser(ABC):
-    """One kind of denoiser: an interface; `unet.py` is the UNet with cross-attention (SD1.5, SDXL)."""
+    """One kind of denoiser, as generation needs it: an interface; `unet.py` is the UNet with cross-attention
+    (SD1.5, SDXL), `flux.py` FLUX.1's transformer."""
 
     name: ClassVar[str]  # for messages and the registry
     model_class: ClassVar[type]  # the diffusers model class
@@ -37,8 +41,14 @@ class Denoiser(ABC):
         """The attention layers FlexIP joins, by their processor names, in the model's order."""
 
     @abstractmethod
-    def layer_sizes(self, attention: nn.Module) -> tuple[int, int]:
+    def layer_sizes(self, model: nn.Module, attention: nn.Module) -> tuple[int, int]:
         """(width of the text tokens a layer's branch keys/values read, width of its keys/values)."""
+
+    @abstractmethod
+    def text_keys(self, model: nn.Module, attention: nn.Module) -> torch.Tensor:
+        """The weight (K/V width, text width) that maps the text tokens to a layer's keys: where a fresh
+        adapter's branch keys start, so that each branch begins with the text's attention pattern
+        (`BranchProjections.start_from`)."""
 
     @abstractmethod
     def layer_grid(self, positions: int, latent_size: tuple[int, int]) -> tuple[int, int]:
@@ -55,13 +65,16 @@ class Denoiser(ABC):
 
     @abstractmethod
     def with_condition(
-        self, args: tuple, kwargs: dict, condition_for: Callable[[object, object], object]
+        self, args: tuple, kwargs: dict, condition_for: Callable[[torch.Tensor, Callable], object]
     ) -> tuple[tuple, dict]:
         """A denoiser call's arguments (those a forward pre-hook sees) with the per-call condition joined to
-        them so that it reaches the joined layers: `condition_for(text, sample)` builds it."""
+        them so that it reaches the joined layers: `condition_for(text, latent_size)` builds it, `text` the
+        call's text embeddings and `latent_size()` the (height, width) of the latents' grid (`layer_grid`'s
+        second argument), asked for only when a condition is built."""
 
 
-    # Training (docs/method.md §3).
+class TrainableDenoiser(Denoiser):
+    """A denoiser FlexIP trains on: `Denoiser` and the training objective (docs/method.md §3)."""
 
     @abstractmethod
     def check_schedule(self, scheduler, where: str) -> None:
@@ -85,8 +98,8 @@ class Denoiser(ABC):
 
 
 def missing_pieces(cls: type) -> list[str]:
-    """What the class `cls` lacks to be a denoiser: not a Denoiser, abstract methods left, class attributes
-    unset."""
+    """What the class `cls` lacks to be a denoiser: not a Denoiser, abstract methods left (the training
+    objective's too, for a TrainableDenoiser), class attributes unset."""
     if not (isinstance(cls, type) and issubclass(cls, Denoiser)):
         return [f"a subclass of Denoiser (got {cls!r})"]
     return sorted(cls.__abstractmethods__) + [name for name in ATTRIBUTES if not hasattr(cls, name)]

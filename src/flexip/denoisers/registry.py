@@ -6,6 +6,7 @@ from torch import nn
 
 from ..errors import FlexIPError
 from .denoiser import Denoiser, missing_pieces
+from .flux import FluxDoubleStream
 from .unet import UNetCrossAttention
 
 DENOISERS: dict[str, Denoiser] = {}
@@ -22,6 +23,7 @@ def register(cls: type) -> Denoiser:
 
 
 UNET = register(UNetCrossAttention)
+FLUX = register(FluxDoubleStream)
 
 
 def denoiser_of(model: nn.Module) -> Denoiser:

@@ -16,10 +16,10 @@ from torch import nn
 
 from ..errors import FlexIPError
 from .blocks import UNET_BLOCKS
-from .denoiser import Denoiser
+from .denoiser import TrainableDenoiser
 
 
-class UNetCrossAttention(Denoiser):
+class UNetCrossAttention(TrainableDenoiser):
     name = "unet"
     model_class = UNet2DConditionModel
     pipeline_attribute = "unet"
@@ -34,8 +34,14 @@ class UNetCrossAttention(Denoiser):
                 layers[name] = module
         return layers
 
-    def layer_sizes(self, attention: nn.Module) -> tuple[int, int]:
+    def layer_sizes(self, model: nn.Module, attention: nn.Module) -> tuple[int, int]:
         return attention.to_k.in_features, attention.to_k.out_features
+
+    def text_keys(self, model: nn.Module, attention: nn.Module) -> torch.Tensor:
+        """The layer's own text key projection (`to_k`), which the branch keys copy: one without a bias."""
+        if attention.to_k.bias is not None or attention.to_v.bias is not None:
+            raise FlexIPError("the UNet's cross-attention K/V projections have a bias, which FlexIP does not support")
+        return attention.to_k.weight
 
     def layer_grid(self, positions: int, latent_size: tuple[int, int]) -> tuple[int, int]:
         """Each down block halves the latents rounding up (a stride-2 convolution with padding 1), and the up
@@ -54,15 +60,19 @@ class UNetCrossAttention(Denoiser):
         model.set_attn_processor(dict(processors))  # diffusers empties the dict it is given
 
     def with_condition(
-        self, args: tuple, kwargs: dict, condition_for: Callable[[object, object], object]
+        self, args: tuple, kwargs: dict, condition_for: Callable[[torch.Tensor, Callable], object]
     ) -> tuple[tuple, dict]:
         """`unet(sample, timestep, encoder_hidden_states, ...)`, the text given by name or third."""
         sample = kwargs["sample"] if "sample" in kwargs else args[0]
+
+        def latent_size() -> tuple[int, int]:
+            return tuple(sample.shape[-2:])
+
         if "encoder_hidden_states" in kwargs:
             text = kwargs["encoder_hidden_states"]
-            kwargs["encoder_hidden_states"] = (text, condition_for(text, sample))
+            kwargs["encoder_hidden_states"] = (text, condition_for(text, latent_size))
         else:
-            args = (*args[:2], (args[2], condition_for(args[2], sample)), *args[3:])
+            args = (*args[:2], (args[2], condition_for(args[2], latent_size)), *args[3:])
         return args, kwargs
 
     def check_schedule(self, scheduler, where: str) -> None:

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..defaults import BASE_MODEL
+from ..denoisers.blocks import BLOCK_NAMES
 from ..errors import FlexIPError
+from ..families.names import DENOISER_OF_FAMILY
+from ..settings.calibration import call_gates
 from ..settings.dial import SCALE
 from .benchmarks import IMAGE_SUFFIXES, Case
 from .generate_config import Sampling
@@ -202,6 +205,14 @@ class FlexIPMethod(_Sampled):
     @property
     def dials(self) -> tuple[float, ...]:
         return self.preservation
+
+    def settings(self) -> dict:
+        """The shared record, and "gate": the raw g each preservation value stands for on this adapter (the
+        values themselves on an adapter without a calibration)."""
+        config = self._adapter.config
+        names = BLOCK_NAMES[DENOISER_OF_FAMILY[config.base_family]]
+        gates = call_gates(list(self.preservation), None, config.calibration, list(config.layers), names)
+        return {**super().settings(), "gate": [gate.record() for gate in gates]}
 
     @cached_property
     def _adapter(self) -> FlexIPAdapter:

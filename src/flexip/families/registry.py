@@ -13,13 +13,15 @@ from torch import nn
 from ..errors import FlexIPError
 from ..model_paths import check_hub_model, refuse_pickled_weights
 from .family import Family
+from .flux import Flux1
 from .names import check_family_name
 from .sd15 import StableDiffusion15
 from .sdxl import StableDiffusionXL
 
 SD15 = StableDiffusion15()
 SDXL = StableDiffusionXL()
-FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SDXL)}
+FLUX1 = Flux1()
+FAMILIES: dict[str, Family] = {family.name: family for family in (SD15, SDXL, FLUX1)}
 
 
 def family_named(name: str, source: str = "base_family") -> Family:
@@ -27,14 +29,16 @@ def family_named(name: str, source: str = "base_family") -> Family:
 
 
 def family_of_unet(unet: nn.Module) -> Family:
-    """The family whose UNet `unet` is (SDXL's has `addition_embed_type` "text_time"; SD1.5's none)."""
+    """The family whose denoiser `unet` is (SDXL's UNet has `addition_embed_type` "text_time", SD1.5's none;
+    FLUX.1's is a FluxTransformer2DModel)."""
     for family in FAMILIES.values():
         if family.matches(unet):
             return family
     kind = getattr(unet.config, "addition_embed_type", None)
+    titles = [family.title for family in FAMILIES.values()]
     raise FlexIPError(
-        f"the base UNet has addition_embed_type {kind!r}, which no FlexIP base family uses; "
-        f"FlexIP runs on {' and '.join(family.title for family in FAMILIES.values())} bases"
+        f"the base {type(unet).__name__} has addition_embed_type {kind!r}, which no FlexIP base family uses; "
+        f"FlexIP runs on {', '.join(titles[:-1])} and {titles[-1]} bases"
     )
 
 
@@ -52,9 +56,12 @@ def family_of_base(base: str | os.PathLike) -> Family | None:
             cached = None
         index = Path(cached) if isinstance(cached, str) else index
     try:
-        name = json.loads(index.read_text()).get("_class_name", "")
+        entries = json.loads(index.read_text())
+        name, transformer = entries.get("_class_name", ""), entries.get("transformer")
     except (OSError, ValueError, AttributeError):
         return None
+    if isinstance(transformer, list) and transformer[-1:] == [FLUX1.denoiser.model_class.__name__]:
+        return FLUX1
     if name.startswith("StableDiffusionXL"):
         return SDXL
     return SD15 if name.startswith("StableDiffusion") else None
@@ -62,12 +69,17 @@ def family_of_base(base: str | os.PathLike) -> Family | None:
 
 def _family_of_checkpoint(path: Path) -> Family | None:
     """An original-layout checkpoint's family from its key names (SDXL's text encoders sit under `conditioner.`,
-    SD1.5's under `cond_stage_model.`), read from the safetensors header only."""
+    SD1.5's under `cond_stage_model.`; FLUX.1's transformer has double-stream blocks and a `vector_in` for the
+    pooled CLIP text, which FLUX.2 lacks), read from the safetensors header only."""
     try:
         with safe_open(path, framework="pt") as file:
             keys = list(file.keys())
     except (OSError, SafetensorError):  # not a safetensors file: load_base says what to do
         return None
+    if any(key.endswith("vector_in.in_layer.weight") for key in keys) and any(
+        key.endswith("double_blocks.0.img_attn.norm.key_norm.scale") for key in keys
+    ):
+        return FLUX1
     if any(key.startswith("conditioner.") for key in keys):
         return SDXL
     return SD15 if any(key.startswith("cond_stage_model.") for key in keys) else None
@@ -105,6 +117,5 @@ def load_base(family: Family, base: str | os.PathLike, base_config: str | os.Pat
         )
     if base_config is not None:
         check_hub_model(base_config, "base_config", "model_index.json")
-    config = {} if base_config is None else {"config": os.fspath(base_config)}
-    return family.text_to_image.from_single_file(os.fspath(path), **config, **loading)
+    return family.from_single_file(path, base_config, **loading)
 

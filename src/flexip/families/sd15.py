@@ -23,8 +23,8 @@ class StableDiffusion15(Family):
     prompt_names = ("prompt", "negative_prompt")
     vae_overflows_in_fp16 = False
 
-    def matches(self, unet: nn.Module) -> bool:
-        return getattr(unet.config, "addition_embed_type", None) is None
+    def matches(self, model: nn.Module) -> bool:
+        return self.denoiser.matches(model) and getattr(model.config, "addition_embed_type", None) is None
 
     def encode_prompt(self, pipe, arguments: dict, images_per_prompt: int, guided: bool) -> dict:
         lora_scale = (arguments.get("cross_attention_kwargs") or {}).get("scale")

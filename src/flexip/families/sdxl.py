@@ -29,8 +29,8 @@ class StableDiffusionXL(Family):
     prompt_names = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
     vae_overflows_in_fp16 = True
 
-    def matches(self, unet: nn.Module) -> bool:
-        return getattr(unet.config, "addition_embed_type", None) == "text_time"
+    def matches(self, model: nn.Module) -> bool:
+        return self.denoiser.matches(model) and getattr(model.config, "addition_embed_type", None) == "text_time"
 
     def encode_prompt(self, pipe, arguments: dict, images_per_prompt: int, guided: bool) -> dict:
         lora_scale = (arguments.get("cross_attention_kwargs") or {}).get("scale")

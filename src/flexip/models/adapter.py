@@ -77,13 +77,11 @@ class FlexIPAdapter(nn.Module):
         **overrides,
     ) -> FlexIPAdapter:
         """A fresh adapter sized from `unet`: exactly the base model until trained (`BranchProjections.start_from`)."""
-        layers = joined_layers(unet)
+        layers, denoiser = joined_layers(unet), denoiser_of(unet)
         if not layers:
             raise FlexIPError("the UNet has no cross-attention layers: FlexIP needs a text-conditioned UNet")
-        for name, attn in layers.items():
-            if attn.to_k.bias is not None or attn.to_v.bias is not None:
-                raise FlexIPError(f"UNet layer {name}: K/V projections with bias are not supported")
-        sizes = {name: denoiser_of(unet).layer_sizes(attn) for name, attn in layers.items()}
+        text_keys = {name: denoiser.text_keys(unet, attn) for name, attn in layers.items()}
+        sizes = {name: denoiser.layer_sizes(unet, attn) for name, attn in layers.items()}
         widths = {text_width for text_width, _ in sizes.values()}
         if len(widths) != 1:
             raise FlexIPError(f"the UNet's cross-attention layers take text of several widths {sorted(widths)}")
@@ -104,8 +102,8 @@ class FlexIPAdapter(nn.Module):
         )
         check_fits(config, "FlexIPAdapter.for_unet")
         adapter = cls(config)
-        for name, attn in layers.items():
-            adapter.layers[_module_key(name)].start_from(attn)
+        for name, keys in text_keys.items():
+            adapter.layers[_module_key(name)].start_from(keys)
         return adapter
 
     def forward(
@@ -139,7 +137,7 @@ class FlexIPAdapter(nn.Module):
         `references` holds each subject's (CLIP embedding (rows, d), DINOv2 tokens (rows, n, d)), a row per sample
         of the call; the rows in `null_rows` get the null reference, all-zero features (guidance's unconditional
         half; condition dropout), which both adapters then encode. `text` is what S re-samples (the negative
-        prompt's embeddings in guidance's half). `weights` (and `layer_weights`, the layers whose differ) are
+        prompt's embeddings in guidance's half; its first `Family.personalization_tokens`). `weights` (and `layer_weights`, the layers whose differ) are
         s·g and s·(1−g); a branch that no row of any layer uses is not computed, unless `may_use` (Preservation,
         Personalization) says a later step may use it (a dial over the steps). The other keywords are the
         `FlexIPCondition`'s (subjects, latent_size, grid, kv_all_rows, kv_cache).
@@ -149,13 +147,14 @@ class FlexIPAdapter(nn.Module):
         needs_preservation = may_use[0] or any(w.uses("preservation") for w in every)
         needs_personalization = may_use[1] or any(w.uses("personalization") for w in every)
         empty = text.new_zeros(text.shape[0], 0, text.shape[-1])
+        grounded = text[:, : family_named(self.config.base_family).personalization_tokens]
         preservation_tokens, personalization_tokens = [], []
         for clip_embeds, dino_tokens in references:
             if null_rows is not None:
                 clip_embeds = torch.where(null_rows[:, None], torch.zeros_like(clip_embeds), clip_embeds)
                 dino_tokens = torch.where(null_rows[:, None, None], torch.zeros_like(dino_tokens), dino_tokens)
             preservation_tokens.append(self.preservation(clip_embeds, dino_tokens) if needs_preservation else empty)
-            personalization_tokens.append(self.personalization(clip_embeds, text) if needs_personalization else empty)
+            personalization_tokens.append(self.personalization(clip_embeds, grounded) if needs_personalization else empty)
         return FlexIPCondition(
             torch.cat(preservation_tokens, dim=1), torch.cat(personalization_tokens, dim=1), weights, layer_weights,
             **condition,
@@ -191,7 +190,7 @@ class FlexIPAdapter(nn.Module):
                     "base model architecture; use the base model it was trained with"
                 )
             attn = layers[name]
-            base = denoiser_of(unet).layer_sizes(attn)
+            base = denoiser_of(unet).layer_sizes(unet, attn)
             if base != (in_dim, out_dim):
                 raise FlexIPError(
                     f"adapter layer {name} has K/V {in_dim}->{out_dim} but the base UNet's is {base[0]}->{base[1]}: "

@@ -7,9 +7,13 @@ from dataclasses import dataclass, field
 
 from ..errors import FlexIPError
 from ..families.names import check_family_name
+from ..settings.calibration import Calibration
 from ..settings.typed_config import from_mapping
 
+# Version 2 is version 1 with a "calibration": a config is written at the oldest version that holds it, so an
+# adapter without a calibration stays readable by every flexip that reads version 1.
 FORMAT_VERSION = 1
+CALIBRATED_FORMAT_VERSION = 2
 
 # Bounds on every size a config gives, so that a typo (width: 76800000) is named before anything is built; far
 # above any real adapter's (SD1.5's are at most 2048 wide and 8 deep).
@@ -96,20 +100,30 @@ class FlexIPConfig:
     preservation: PreservationConfig = field(default_factory=PreservationConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    calibration: Calibration | None = None  # the dial's calibration (flexip.settings.calibration), if any
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.calibration is None:
+            del data["calibration"]
+        data["format_version"] = FORMAT_VERSION if self.calibration is None else CALIBRATED_FORMAT_VERSION
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> FlexIPConfig:
         """The config `data` (an adapter's flexip_config.json) gives, its keys, types and ranges checked; an
         error names `source`."""
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in (FORMAT_VERSION, CALIBRATED_FORMAT_VERSION) or isinstance(version, bool):
             raise FlexIPError(
-                f"{source}: format_version {version!r} is not supported (this flexip reads {FORMAT_VERSION}); "
-                "upgrade flexip or re-export the adapter"
+                f"{source}: format_version {version!r} is not supported (this flexip reads {FORMAT_VERSION} and "
+                f"{CALIBRATED_FORMAT_VERSION}); upgrade flexip or re-export the adapter"
+            )
+        if version == FORMAT_VERSION and data.get("calibration") is not None:
+            raise FlexIPError(
+                f"{source}: a calibration needs format_version {CALIBRATED_FORMAT_VERSION} (the file says "
+                f"{version}); calibrate the adapter again with `flexip calibrate`"
             )
         config = from_mapping(cls, data, source)
         config.check(source)
@@ -121,6 +135,8 @@ class FlexIPConfig:
         self.preservation.check(source)
         self.personalization.check(source)
         self.gate.check(source)
+        if self.calibration is not None:
+            self.calibration.check(source)
         check_family_name(self.base_family, f"{source}: base_family")
         for name, widths in self.layers.items():
             if len(widths) != 2 or not all(1 <= width <= MAX_SIZE for width in widths):

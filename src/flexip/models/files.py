@@ -29,7 +29,7 @@ def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], 
     directory = recover_directory(directory)
     files = {
         WEIGHTS_NAME: save(state, metadata={"format": "pt", "flexip_format_version": str(FORMAT_VERSION)}),
-        CONFIG_NAME: (json.dumps(config.to_dict(), indent=2) + "\n").encode(),
+        CONFIG_NAME: config_bytes(config),
     }
     if directory.exists() and not directory.is_dir():
         raise FlexIPError(f"{directory} is a file; save the adapter into a folder")
@@ -40,6 +40,11 @@ def write_adapter(directory: str | os.PathLike, state: dict[str, torch.Tensor], 
     with atomic_directory(directory) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
+
+
+def config_bytes(config: FlexIPConfig) -> bytes:
+    """The contents of `flexip_config.json` for `config`."""
+    return (json.dumps(config.to_dict(), indent=2) + "\n").encode()
 
 
 def read_weights(directory: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

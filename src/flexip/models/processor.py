@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
-from torch import nn
 
+from .branches import add_branches
 from .condition import FlexIPCondition
 from .projections import BranchProjections
 
@@ -39,7 +39,7 @@ class FlexIPAttnProcessor:
     may change per step. A branch is computed only for its active rows (weight != 0): g = 1 never touches
     the Personalization weights (not even as 0 * inf), g = 0 never touches the Preservation weights, s = 0
     is the base model exactly, and the rows are gathered and put back (`index_put`) only when some are
-    skipped.
+    skipped (`branches.py`, shared with FLUX's processor).
     """
 
     def __init__(self, projections: BranchProjections, original: object):
@@ -105,17 +105,7 @@ class FlexIPAttnProcessor:
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
         )
         if condition is not None:
-            projections, weights = self.projections, condition.weights_for(self.projections)
-            hidden_states = self._add_branch(
-                attn, hidden_states, query, condition, condition.preservation_tokens,
-                weights.preservation_rows, weights.preservation_factor,
-                projections.to_k_preservation, projections.to_v_preservation,
-            )  # fmt: skip
-            hidden_states = self._add_branch(
-                attn, hidden_states, query, condition, condition.personalization_tokens,
-                weights.personalization_rows, weights.personalization_factor,
-                projections.to_k_personalization, projections.to_v_personalization,
-            )  # fmt: skip
+            hidden_states = add_branches(hidden_states, query, condition, self.projections, attn.heads, attn.norm_k)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
 
@@ -126,71 +116,3 @@ class FlexIPAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
-
-    @staticmethod
-    def _add_branch(
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        query: torch.Tensor,
-        condition: FlexIPCondition,
-        tokens: torch.Tensor,
-        rows: torch.Tensor | None,
-        factor: torch.Tensor,
-        to_k: nn.Linear,
-        to_v: nn.Linear,
-    ) -> torch.Tensor:
-        """hidden_states + factor * Σ_subjects share * Attn(query, to_k(tokens), to_v(tokens)) over the active
-        rows, in (B, h, N, d); one subject of weight 1 without a mask is added as it comes."""
-        if rows is not None and rows.numel() == 0:
-            return hidden_states
-        keys_values = FlexIPAttnProcessor._keys_values(attn, condition, tokens, rows, to_k, to_v)
-        if rows is not None:
-            query = query[rows]
-        if not condition.mixed:
-            out = F.scaled_dot_product_attention(query, *keys_values[0])
-        else:
-            # The subjects' mixture first, then one multiply-add: the same image twice at weights 0.5 and 0.5
-            # then gives exactly the image once (0.5·A + 0.5·A is A in floating point).
-            out = None
-            for subject, (key, value) in zip(condition.subjects, keys_values):
-                share = subject.share(query.shape[2], condition.layer_grid, query.dtype)
-                term = F.scaled_dot_product_attention(query, key, value) * share
-                out = term if out is None else out + term
-
-        # Cast only under autocast, where the attention runs below the tokens' dtype; otherwise a no-op.
-        factor = factor.to(hidden_states.dtype)
-        if rows is None:
-            return torch.addcmul(hidden_states, out, factor)
-        # `index_put` keeps the attention's memory layout, so the reshape after it stays a view (`index_add`
-        # would return a contiguous tensor, and the reshape would copy it).
-        return hidden_states.index_put((rows,), out * factor, accumulate=True)
-
-    @staticmethod
-    def _keys_values(
-        attn: Attention, condition: FlexIPCondition, tokens: torch.Tensor, rows: torch.Tensor | None,
-        to_k: nn.Linear, to_v: nn.Linear,
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
-        """Each subject's branch keys/values (rows, heads, n, head_dim) over `rows`, from the cache when filled."""
-        cached = condition.kv_cache.get(to_k) if condition.kv_cache is not None else None
-        if cached is None:
-            filled = None if condition.kv_all_rows else rows
-            count = len(condition.subjects)
-            width = tokens.shape[1] // count
-            cached = []
-            for index in range(count):
-                own = tokens if count == 1 else tokens[:, index * width : (index + 1) * width]
-                if filled is not None:
-                    own = own[filled]
-                batch = own.shape[0]
-                head_dim = to_k.out_features // attn.heads
-                # (rows, n, heads * head_dim) -> (rows, heads, n, head_dim)
-                key = to_k(own).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-                value = to_v(own).view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-                if attn.norm_k is not None:
-                    key = attn.norm_k(key)
-                cached.append((key, value))
-            if condition.kv_cache is not None:
-                condition.kv_cache[to_k] = cached
-        if condition.kv_all_rows and rows is not None:
-            return [(key[rows], value[rows]) for key, value in cached]
-        return cached

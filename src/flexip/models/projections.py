@@ -4,7 +4,6 @@ adapter's weights inside the denoiser's layers."""
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_processor import Attention
 from torch import nn
 
 
@@ -19,8 +18,9 @@ class BranchProjections(nn.Module):
         self.to_v_personalization = nn.Linear(in_dim, inner_dim, bias=False)
 
     @torch.no_grad()
-    def start_from(self, attn: Attention) -> None:
-        """The fresh adapter's starting point: keys from the layer's text keys, values zero.
+    def start_from(self, text_keys: torch.Tensor) -> None:
+        """The fresh adapter's starting point: keys from the layer's text keys (`text_keys`, the weight that maps
+        text tokens to them: `Denoiser.text_keys`), values zero.
 
         Zero values make both branches add exactly nothing, so a fresh adapter is the base model at every g
         and s, as ControlNet's zero-initialised layers are; the text keys give each branch the text's
@@ -28,6 +28,6 @@ class BranchProjections(nn.Module):
         gradient), so the first step moves the values and the keys and tokens learn from then on.
         """
         for to_k in (self.to_k_preservation, self.to_k_personalization):
-            to_k.weight.copy_(attn.to_k.weight)
+            to_k.weight.copy_(text_keys)
         for to_v in (self.to_v_preservation, self.to_v_personalization):
             to_v.weight.zero_()

@@ -42,7 +42,8 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from ..errors import FlexIPError
-from ..settings.dial import SCALE, Dial, LayerDial, dials
+from ..settings.calibration import call_gates
+from ..settings.dial import SCALE, Dial, LayerDial
 from ..settings.numbers import check_guidance, check_images_per_prompt, check_steps
 from .calls import PipelineCall, pipeline_call
 from .injection import ReferenceInput
@@ -60,18 +61,19 @@ def flexip_call(
     scale,
     reference_weights: list[float] | None = None,
     reference_masks: list | None = None,
+    gate=None,
 ):
     """Run `stock_call(pipe, *args, **kwargs)` with FlexIP's references and dial (`flexip.settings.dial`, forms).
 
     Output order: for each prompt, for each of its `num_images_per_prompt` images, one image per preservation
     value in the order given; images that differ only in preservation share their starting noise.
     """
-    checked = _checked_call(pipe, stock_call, args, kwargs, reference, preservation, scale, reference_weights,
+    checked = _checked_call(pipe, stock_call, args, kwargs, reference, preservation, gate, scale, reference_weights,
                             reference_masks)  # fmt: skip
     pipe = per_call(pipe)  # from here on, this call's own copy (threads)
 
     # Encode the prompt and the references once, for all preservation values.
-    guided = checked.call.guided(pipe, checked.guidance_scale)
+    guided = checked.call.guided(pipe, checked.guidance_scale, checked.arguments)
     embeds = pipe.flexip.family.encode_prompt(pipe, checked.arguments, checked.images_per_prompt, guided)
     encoded = [pipe.flexip.encode_reference(item) for item in checked.references]
     samples = embeds["prompt_embeds"].shape[0]  # conditional samples: prompts x images per prompt
@@ -80,7 +82,7 @@ def flexip_call(
     # The stock pipeline's own loop; the injection's hook gives its denoiser P, S and g.
     repeats = len(checked.dials)
     with pipe.flexip.generating(encoded, checked.subjects, checked.dials * samples, checked.scales,
-                                samples * repeats, guided):  # fmt: skip
+                                samples * repeats, guided, checked.call.negative_call):  # fmt: skip
         return stock_call(pipe, **arguments)
 
 
@@ -98,10 +100,11 @@ class _CheckedCall:
     subjects: tuple
 
 
-def _checked_call(pipe, stock_call, args, kwargs, reference, preservation, scale, reference_weights,
+def _checked_call(pipe, stock_call, args, kwargs, reference, preservation, gate, scale, reference_weights,
                   reference_masks) -> _CheckedCall:  # fmt: skip
-    layers, names = list(pipe.flexip.adapter.config.layers), pipe.flexip.denoiser.block_names
-    values = [value.resolve(layers, names) for value in dials(preservation)]
+    config = pipe.flexip.adapter.config
+    layers, names = list(config.layers), pipe.flexip.denoiser.block_names
+    values = [value.resolve(layers, names) for value in call_gates(preservation, gate, config.calibration, layers, names)]
     scales = (scale if isinstance(scale, Dial) else Dial(scale, quantity=SCALE)).resolve(layers, names).values
     call = pipeline_call(pipe)
     signature = inspect.signature(stock_call)
@@ -156,11 +159,11 @@ def _per_value_arguments(pipe, checked: _CheckedCall, embeds: dict, samples: int
 
 
 def _image_size(pipe, call: PipelineCall, arguments: dict) -> tuple[int, int] | None:
-    """(height, width) of the images a call makes, where it is known before the loop: given, or a text-to-image
-    pipeline's default (the UNet's sample size); other pipelines take it from their input image."""
+    """(height, width) of the images a call makes, where it is known before the loop: given, or the pipeline's
+    default (`PipelineCall.default_side`); other pipelines take it from their input image."""
     height, width = arguments.get("height"), arguments.get("width")
-    if height is None and width is None and call.default_size:
-        side = call.model(pipe).config.sample_size * pipe.vae_scale_factor  # as diffusers' text-to-image pipelines do
+    if height is None and width is None and call.default_side is not None:
+        side = call.default_side(pipe)
         return side, side
     return None if height is None or width is None else (height, width)
 

@@ -1,6 +1,7 @@
 """What every front end (the command line, a web page) does with its settings (`flexip.settings.generation`):
 load the pipeline they name (`load_pipeline`), generate (`generate`), record everything needed to reproduce an
-image beside it (`record`), and say what the embedded demo model is when it gets a user's picture
+image beside it (`record`, and `dial_records` for the dial: the value given and the raw gate it stands for),
+label the dial's values (`dial_labels`), and say what the embedded demo model is when it gets a user's picture
 (`note_demo_model`)."""
 
 from __future__ import annotations
@@ -10,13 +11,19 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from .. import __version__
 from ..demo_subject import DEMO_REFERENCE, demo_reference
 from ..errors import FlexIPError
+from ..families.names import GPU_DTYPE
+from ..models.config_file import CONFIG_NAME, read_config
 from ..schedulers import make_scheduler
+from ..settings.calibration import call_gates
+from ..settings.dial import Dial, DialSchedule, sweep_record
+from ..settings.dial_map import MappedSchedule
 from ..settings.generation import ModelSettings, SamplingSettings
 from .embedded import EmbeddedModel, embedded_model
 from .pipeline import FlexIPPipeline
@@ -54,7 +61,7 @@ def resolve_device(device: str | None, name: str = "device") -> torch.device:
 def load_pipeline(settings: ModelSettings) -> LoadedModel:
     """The pipeline `settings` name (the embedded default model without an adapter)."""
     device = resolve_device(settings.device, name=f"{settings.prefix}device")
-    dtype_name = settings.dtype or ("float16" if device.type == "cuda" else "float32")
+    dtype_name = settings.dtype or (_gpu_dtype(settings.adapter) if device.type == "cuda" else "float32")
     embedded = None
     with _without_file_bars():
         if settings.adapter is None:
@@ -73,6 +80,14 @@ def load_pipeline(settings: ModelSettings) -> LoadedModel:
     if settings.base_config:
         record["base_config"] = settings.base_config
     return LoadedModel(pipe, embedded, record)
+
+
+def _gpu_dtype(adapter: str | None) -> str:
+    """The dtype the adapter's base family runs in on a GPU (float16 for an adapter given another way than
+    as a folder: a hub id, whose family is known once it is downloaded)."""
+    if adapter is None or not (Path(adapter) / CONFIG_NAME).is_file():
+        return GPU_DTYPE["sd15"]
+    return GPU_DTYPE[read_config(adapter)[1].base_family]
 
 
 @contextlib.contextmanager
@@ -133,13 +148,14 @@ def _is_demo_subject(image) -> bool:
 def generate(
     loaded: LoadedModel, prompt: str, reference, values: list, sampling: SamplingSettings,
     on_step: Callable[[int], None] | None = None, reference_weights: list[float] | None = None,
-    reference_masks: list | None = None,
+    reference_masks: list | None = None, dial: str = "preservation",
 ) -> list:  # fmt: skip
-    """One image per preservation value (any of the dial's forms), in one batch from the same starting noise.
+    """One image per dial value (any of the dial's forms), in one batch from the same starting noise.
 
-    `reference` is one image or a list (`FlexIPPipeline.__call__`: with `reference_weights`, `reference_masks`).
-    `on_step(done)` runs after each denoising step (a web page's progress bar); an exception it raises stops
-    the generation there (its cancel button).
+    `values` are the call's `dial` argument: "preservation" (the dial, calibrated on a calibrated adapter) or
+    "gate" (the raw g). `reference` is one image or a list (`FlexIPPipeline.__call__`: with
+    `reference_weights`, `reference_masks`). `on_step(done)` runs after each denoising step (a web page's
+    progress bar); an exception it raises stops the generation there (its cancel button).
     """
 
     def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
@@ -148,7 +164,7 @@ def generate(
 
     generator = torch.Generator("cpu").manual_seed(sampling.seed)  # CPU noise: the same image on any device
     return loaded.pipe(
-        prompt, reference=reference, preservation=values, scale=sampling.scale,
+        prompt, reference=reference, **{dial: values}, scale=sampling.scale,
         reference_weights=reference_weights, reference_masks=reference_masks,
         num_inference_steps=sampling.steps, guidance_scale=sampling.guidance,
         negative_prompt=sampling.negative_prompt, generator=generator,
@@ -179,3 +195,53 @@ def record(
         "steps": sampling.steps,
         **loaded.record,
     }
+
+
+def dial_records(loaded: LoadedModel, values: list[Dial], dial: str = "preservation") -> list[dict]:
+    """What each image's settings record of its dial value (docs/formats.md): "preservation", the value as
+    given (null when `dial` is "gate"), and "gate", the raw g it stands for on the loaded adapter (the same
+    value on an adapter without a calibration). Either one, given back to the same call, makes the image
+    again."""
+    gates = _gates(loaded, values, dial)
+    return [{"preservation": None if dial == "gate" else value.record(), "gate": gate.record()}
+            for value, gate in zip(values, gates)]  # fmt: skip
+
+
+def sweep_dial_record(loaded: LoadedModel, values: list[Dial], dial: str = "preservation") -> dict:
+    """`dial_records` of a whole sweep: "preservation" and "gate" as lists ("preservation" null for a gate
+    sweep)."""
+    gates = _gates(loaded, values, dial)
+    return {"preservation": None if dial == "gate" else sweep_record(values), "gate": sweep_record(gates)}
+
+
+def dial_labels(loaded: LoadedModel, values: list[Dial], dial: str = "preservation") -> list[str]:
+    """Each value as a label shows it: the value given ("0.5"), and on a calibrated adapter the raw g a
+    preservation value stands for ("0.5 (g 0.31)")."""
+    calibrated = dial == "preservation" and loaded.pipe.flexip.adapter.config.calibration is not None
+    gates = _gates(loaded, values, dial)
+    return [f"{value.text()} (g {_short(gate)})" if calibrated else value.text()
+            for value, gate in zip(values, gates)]  # fmt: skip
+
+
+def _gates(loaded: LoadedModel, values: list[Dial], dial: str) -> list[Dial]:
+    injection = loaded.pipe.flexip
+    config = injection.adapter.config
+    given = (None, values) if dial == "gate" else (values, None)
+    return call_gates(*given, config.calibration, list(config.layers), injection.denoiser.block_names)
+
+
+def _short(gate: Dial) -> str:
+    """A raw gate to two decimals; a schedule seen through the map by its values at the first and the last
+    step."""
+    if isinstance(gate.form, MappedSchedule):
+        start, end = gate.form.ends
+        return Dial(DialSchedule(round(start, 2), round(end, 2), gate.form.schedule.shape)).text()
+    return Dial(_rounded(gate.form)).text()
+
+
+def _rounded(form):
+    if isinstance(form, dict):
+        return {part: _rounded(entry) for part, entry in form.items()}
+    if isinstance(form, list):
+        return [_rounded(value) for value in form]
+    return round(form, 2)

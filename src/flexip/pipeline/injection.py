@@ -1,11 +1,13 @@
-"""How a diffusers pipeline's UNet gets P, S and g without the pipeline knowing (docs/method.md §2.3, §4).
+"""How a diffusers pipeline's denoiser gets P, S and g without the pipeline knowing (docs/method.md §2.3, §4).
 
 Stable Diffusion pipelines call `unet(latents, t, encoder_hidden_states=prompt_embeds, ...)` with plain text
-embeddings. `FlexIPInjection` holds the adapter attached to the UNet and a forward pre-hook that, while a call
-made inside `generating(...)` is running, turns `prompt_embeds` into `(prompt_embeds, FlexIPCondition)`.
-The per-call state lives in a `contextvars.ContextVar`, so calls running at the same time in different threads
-each see their own reference and dial. Outside `generating`, the UNet runs the base model. `flexip_call`
-(`pipeline/call.py`) is the one caller of `generating`; its docstring follows a preservation value end to end.
+embeddings. `FlexIPInjection` holds the adapter attached to the denoiser (the UNet, or FLUX.1's transformer) and
+a forward pre-hook that, while a call made inside `generating(...)` is running, joins a `FlexIPCondition` to the
+call where its denoiser module says (`Denoiser.with_condition`: `(prompt_embeds, condition)` on a UNet, an
+entry of FLUX's `joint_attention_kwargs`). The per-call state lives in a `contextvars.ContextVar`, so calls
+running at the same time in different threads each see their own reference and dial. Outside `generating`,
+the denoiser runs the base model. `flexip_call` (`pipeline/call.py`) is the one caller of `generating`; its
+docstring follows a preservation value end to end.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from ..denoisers.registry import denoiser_of
 from ..errors import FlexIPError
 from ..families.registry import family_named
 from ..models.adapter import FlexIPAdapter
+from ..models.attach import is_flexip
 from ..models.condition import FlexIPCondition
 from ..models.masks import PLAIN, Subject
-from ..models.processor import FlexIPAttnProcessor
 from ..models.weights import BranchWeights
 from ..references.cache import ReferenceCache
 from ..references.encoded import EncodedReference
@@ -40,22 +42,27 @@ ReferenceInput = Image.Image | str | os.PathLike | EncodedReference
 
 @dataclass
 class _Generation:
-    """What one pipeline call conditions on; the condition is built at the first UNet call and then reused."""
+    """What one pipeline call conditions on; the condition is built at the first denoiser call and then reused."""
 
     injection: FlexIPInjection
     references: list[EncodedReference]  # one per subject term (batch 1 each)
     subjects: tuple[Subject, ...]  # how each reference's branches enter the layers (PLAIN: one reference)
     dials: list[LayerDial]  # g of each conditional sample, per layer or over the steps
     scales: tuple[float, ...]  # s of each layer
-    num_samples: int  # conditional samples per UNet call
-    guided: bool  # each UNet call's batch is an unconditional half, then the conditional half (calls.py)
+    num_samples: int  # conditional samples per denoiser call
+    guided: bool  # guidance makes an unconditional prediction each step (calls.py)
+    # Guided, that prediction is a second denoiser call per step, after the conditional one (FLUX.1's true
+    # CFG); otherwise the first half of each call's batch.
+    negative_call: bool
     progress: float = 0.0  # of the denoising steps: 0 at the first executed step, 1 at the last (`advance`)
-    text: torch.Tensor | None = field(default=None)
-    condition: FlexIPCondition | None = field(default=None)
+    calls: int = 0  # denoiser calls so far
+    # The text embeddings and condition of each kind of call: the conditional one (False), the negative one (True).
+    text: dict[bool, torch.Tensor] = field(default_factory=dict)
+    condition: dict[bool, FlexIPCondition] = field(default_factory=dict)
 
     @property
     def scheduled(self) -> bool:
-        """Whether some sample's g moves over the steps (the weights are then renewed at every UNet call)."""
+        """Whether some sample's g moves over the steps (the weights are then renewed at every denoiser call)."""
         return any(dial.schedule is not None for dial in self.dials)
 
 
@@ -65,41 +72,42 @@ _CURRENT: contextvars.ContextVar[_Generation | None] = contextvars.ContextVar(
 
 
 class FlexIPInjection:
-    """A FlexIP adapter and its reference encoder, attached to one UNet. Build it with `FlexIPInjection.load`."""
+    """A FlexIP adapter and its reference encoder, attached to one denoiser model (a UNet, FLUX.1's
+    transformer). Build it with `FlexIPInjection.load`."""
 
     def __init__(
-        self, unet: nn.Module, adapter: FlexIPAdapter, reference_encoder: ReferenceEncoder, follow_unet: bool = True
+        self, model: nn.Module, adapter: FlexIPAdapter, reference_encoder: ReferenceEncoder, follow_model: bool = True
     ):  # fmt: skip
-        """Hook an adapter already attached to `unet` (`adapter.attach(unet)`); `load` does both.
+        """Hook an adapter already attached to `model` (`adapter.attach(model)`); `load` does both.
 
-        `follow_unet`: move the adapter and encoders to the UNet's device and dtype at each call (after
+        `follow_model`: move the adapter and encoders to the denoiser's device and dtype at each call (after
         `pipe.to(...)`); training's validation turns it off, since its adapter stays float32 under autocast.
         """
-        self.unet = unet
-        self.denoiser = denoiser_of(unet)  # where its layers are, how a call's condition reaches them
+        self.model = model
+        self.denoiser = denoiser_of(model)  # where its layers are, how a call's condition reaches them
         self.adapter = adapter
         self.family = family_named(adapter.config.base_family)  # how the call encodes its prompt
         self.reference_encoder = reference_encoder
-        self.follow_unet = follow_unet
+        self.follow_model = follow_model
         # Branch K/V computed once per generation; switched off only to measure what it saves (bench/reuse.py).
         self._cache_kv = True
         # A repeated reference image (a web page moving only the dial) is encoded once.
         self.reference_cache = ReferenceCache(reference_encoder)
-        self._hook = unet.register_forward_pre_hook(self._add_condition, with_kwargs=True)
+        self._hook = model.register_forward_pre_hook(self._add_condition, with_kwargs=True)
 
     @classmethod
     def load(
         cls,
-        unet: nn.Module,
+        model: nn.Module,
         adapter: str | os.PathLike | FlexIPAdapter,
         image_encoder: str | os.PathLike | None = None,
         dino_encoder: str | os.PathLike | None = None,
         torch_dtype: torch.dtype | None = None,
     ) -> FlexIPInjection:
         """Load the adapter (a directory or an object) and its encoders (default: those its config names)."""
-        if any(isinstance(p, FlexIPAttnProcessor) for p in unet.attn_processors.values()):
+        if any(map(is_flexip, model.attn_processors.values())):
             raise FlexIPError(
-                "this UNet already has a FlexIP adapter (maybe through another pipeline sharing it); "
+                f"this {type(model).__name__} already has a FlexIP adapter (maybe through another pipeline sharing it); "
                 "call flexip.unload_flexip on that pipeline first"
             )
         if not isinstance(adapter, FlexIPAdapter):
@@ -123,17 +131,17 @@ class FlexIPInjection:
                 f"{encoder.clip_embed_dim} and {encoder.dino_hidden_dim}, the adapter expects "
                 f"{config.clip_embed_dim} and {config.dino_hidden_dim}: use the encoders it was trained with"
             )
-        adapter.eval().requires_grad_(False).attach(unet)
-        return cls(unet, adapter, encoder)
+        adapter.eval().requires_grad_(False).attach(model)
+        return cls(model, adapter, encoder)
 
     def unhook(self) -> None:
         """Remove the hook; the adapter stays attached (training's validation pipeline leaves it so)."""
         self._hook.remove()
 
     def remove(self) -> None:
-        """Remove the hook and restore the UNet's original attention processors."""
+        """Remove the hook and restore the denoiser's original attention processors."""
         self.unhook()
-        FlexIPAdapter.detach(self.unet)
+        FlexIPAdapter.detach(self.model)
 
     def prepare_reference(self, reference: ReferenceInput) -> EncodedReference | Image.Image:
         """Validate a reference without running a model: an RGB image to encode, or a checked EncodedReference."""
@@ -160,7 +168,7 @@ class FlexIPInjection:
         prepared = self.prepare_reference(reference)
         if isinstance(prepared, EncodedReference):
             return prepared
-        self._follow_unet()
+        self._follow_model()
         return self.reference_cache.encode(prepared)
 
     def is_encoded(self, reference: ReferenceInput) -> bool:
@@ -169,19 +177,21 @@ class FlexIPInjection:
         prepared = self.prepare_reference(reference)
         if isinstance(prepared, EncodedReference):
             return True
-        self._follow_unet()  # the cache is keyed by the encoders' device and dtype, as `encode_reference` sees them
+        self._follow_model()  # the cache is keyed by the encoders' device and dtype, as `encode_reference` sees them
         return self.reference_cache.get(prepared) is not None
 
     @contextlib.contextmanager
     def generating(
         self, references: list[EncodedReference], subjects: tuple[Subject, ...], dials: list[LayerDial],
-        scales: tuple[float, ...], num_samples: int, guided: bool,
+        scales: tuple[float, ...], num_samples: int, guided: bool, negative_call: bool = False,
     ) -> Iterator[None]:  # fmt: skip
-        """While inside, this thread's UNet calls see `references` combined as `subjects`, g of each sample from
-        `dials` and s of each layer from `scales` (both in the adapter's layer order); with `guided`, each
-        call's batch is the unconditional half (the null reference) and then the `num_samples` conditional ones."""
-        self._follow_unet()
-        state = _Generation(self, references, subjects, dials, scales, num_samples, guided)
+        """While inside, this thread's denoiser calls see `references` combined as `subjects`, g of each sample
+        from `dials` and s of each layer from `scales` (both in the adapter's layer order). With `guided`, each
+        call's batch is the unconditional half (the null reference) and then the `num_samples` conditional ones;
+        with `negative_call` too, each step is a call on the `num_samples` conditional ones and then a call on
+        the negative prompt, all of whose rows get the null reference."""
+        self._follow_model()
+        state = _Generation(self, references, subjects, dials, scales, num_samples, guided, negative_call)
         token = _CURRENT.set(state)
         try:
             yield
@@ -189,43 +199,51 @@ class FlexIPInjection:
             _CURRENT.reset(token)
 
     def advance(self, step: int, steps: int) -> None:
-        """After denoising step `step` (from 0) of `steps`: this thread's later UNet calls are at the next step."""
+        """After denoising step `step` (from 0) of `steps`: this thread's later denoiser calls are at the next step."""
         state = _CURRENT.get()
         if state is not None and state.injection is self:
             state.progress = min(1.0, (step + 1) / (steps - 1)) if steps > 1 else 0.0
 
-    def _follow_unet(self) -> None:
-        """Keep the adapter and encoders on the device the UNet runs on, in its dtype, after `pipe.to(...)`."""
-        if not self.follow_unet:
+    def _follow_model(self) -> None:
+        """Keep the adapter and encoders on the device the denoiser runs on, in its dtype, after `pipe.to(...)`."""
+        if not self.follow_model:
             return
-        device, dtype = _execution_device(self.unet), next(self.unet.parameters()).dtype
+        device, dtype = _execution_device(self.model), next(self.model.parameters()).dtype
         for module in (self.adapter, self.reference_encoder):
             own = next(module.parameters())
             if (own.device, own.dtype) != (device, dtype):
                 module.to(device, dtype)
 
-    def _add_condition(self, unet: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _add_condition(self, model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         state = _CURRENT.get()
         if state is None or state.injection is not self:
             return None
-        return self.denoiser.with_condition(args, kwargs, lambda text, sample: self._condition(state, text, sample))
+        return self.denoiser.with_condition(
+            args, kwargs, lambda text, latent_size: self._condition(state, text, latent_size)
+        )
 
-    def _condition(self, state: _Generation, text: torch.Tensor, sample: torch.Tensor) -> FlexIPCondition:
+    def _condition(self, state: _Generation, text: torch.Tensor, latent_size) -> FlexIPCondition:
         if not isinstance(text, torch.Tensor):
+            model = self.denoiser.model_class.__name__
             raise FlexIPError(
-                f"the UNet got {type(text).__name__} text embeddings; another adapter (e.g. IP-Adapter) may be "
-                "loaded on this pipeline: FlexIP cannot share the UNet with it"
+                f"the {model} got {type(text).__name__} text embeddings; another adapter (e.g. IP-Adapter) may be "
+                f"loaded on this pipeline: FlexIP cannot share the {model} with it"
             )
-        # Pipelines pass the same prompt_embeds tensor at every step: build P, S (and their K/V) once.
-        if state.text is text:
+        halves = state.guided and not state.negative_call
+        negative = state.guided and state.negative_call and state.calls % 2 == 1
+        state.calls += 1
+        # Pipelines pass the same prompt_embeds tensor at every step: build P, S (and their K/V) once per kind
+        # of call.
+        if state.text.get(negative) is text:
+            condition = state.condition[negative]
             if state.scheduled:  # the same tokens and keys/values, this step's weights
-                return state.condition.reweighted(*self._weights(state, text))
-            return state.condition
+                return condition.reweighted(*self._weights(state, text))
+            return condition
         n = state.num_samples
-        if text.shape[0] != (2 * n if state.guided else n):
+        if text.shape[0] != (2 * n if halves else n):
             raise FlexIPError(
-                f"the UNet got a batch of {text.shape[0]} text embeddings, where this call makes "
-                f"{2 * n if state.guided else n} ({n} samples{', with guidance' if state.guided else ''})"
+                f"the {self.denoiser.model_class.__name__} got a batch of {text.shape[0]} text embeddings, where "
+                f"this call makes {2 * n if halves else n} ({n} samples{', with guidance' if halves else ''})"
             )
         weights, layer_weights = self._weights(state, text)
         # Under a schedule, a branch that some step may use is computed even if this step's weights skip it.
@@ -236,24 +254,29 @@ class FlexIPInjection:
             (reference.clip_embeds.expand(rows, -1), reference.dino_tokens.expand(rows, -1, -1))
             for reference in (reference.to(text.device, text.dtype) for reference in state.references)
         ]
-        # Guidance: diffusers puts the unconditional half first. It gets the null reference
-        # (docs/method.md §4); its S comes from the negative prompt's embeddings, which are that half of `text`.
-        null_rows = torch.arange(rows, device=text.device) < n if state.guided else None
-        subjects = state.subjects
+        # Guidance: diffusers puts the unconditional half first, or (FLUX.1's true CFG) makes a call of its own
+        # on the negative prompt. It gets the null reference (docs/method.md §4); its S comes from the negative
+        # prompt's embeddings, which are that half of `text`, or all of it.
+        null_rows = None
+        if halves:
+            null_rows = torch.arange(rows, device=text.device) < n
+        elif negative:
+            null_rows = torch.ones(rows, dtype=torch.bool, device=text.device)
+        subjects, grid = state.subjects, tuple(latent_size())
         for subject in subjects:
             if subject.mask is not None:  # the size of an image-to-image call's images is known only now
-                check_aspect(tuple(subject.mask.shape), tuple(sample.shape[-2:]), "the latents' grid")
+                check_aspect(tuple(subject.mask.shape), grid, "the latents' grid")
         if subjects is not PLAIN:
             subjects = tuple(
                 Subject(s.weight, None if s.mask is None else s.mask.to(text.device)) for s in subjects
             )  # fmt: skip
-        state.text = text
-        state.condition = self.adapter.condition(
+        state.text[negative] = text
+        state.condition[negative] = self.adapter.condition(
             features, text, weights, layer_weights, null_rows=null_rows, may_use=may_use, subjects=subjects,
-            latent_size=tuple(sample.shape[-2:]), grid=self.denoiser.layer_grid, kv_all_rows=state.scheduled,
+            latent_size=grid, grid=self.denoiser.layer_grid, kv_all_rows=state.scheduled,
             kv_cache={} if self._cache_kv else None,
         )  # fmt: skip
-        return state.condition
+        return state.condition[negative]
 
     def _weights(self, state: _Generation, text: torch.Tensor) -> tuple[BranchWeights, dict[nn.Module, BranchWeights]]:
         """Every layer's branch weights s·g and s·(1−g) at the state's progress: those most layers share, and
@@ -261,7 +284,7 @@ class FlexIPInjection:
         host synchronisation, and moved to the text's device."""
         layers = self.adapter.layer_projections()
         g = torch.tensor([dial.at(state.progress, len(layers)) for dial in state.dials])  # (samples, layers)
-        if state.guided:
+        if state.guided and not state.negative_call:
             g = g.repeat(2, 1)  # the unconditional half first, sample for sample
         s = torch.tensor(state.scales)
         preservation, personalization = s * g, s * (1 - g)
@@ -278,12 +301,12 @@ class FlexIPInjection:
         return shared, {projections: w for projections, w in per_layer.items() if w is not shared}
 
 
-def _execution_device(unet: nn.Module) -> torch.device:
-    """Where the UNet runs: with model or sequential CPU offload (accelerate's hooks, as diffusers'
+def _execution_device(model: nn.Module) -> torch.device:
+    """Where the denoiser runs: with model or sequential CPU offload (accelerate's hooks, as diffusers'
     `_execution_device` finds them) its weights wait on the CPU or the meta device between calls, and move to
     the hook's execution device only inside its forward; otherwise where its weights are."""
-    for module in unet.modules():
+    for module in model.modules():
         hook = getattr(module, "_hf_hook", None)
         if getattr(hook, "execution_device", None) is not None:
             return torch.device(hook.execution_device)
-    return next(unet.parameters()).device
+    return next(model.parameters()).device

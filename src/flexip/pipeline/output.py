@@ -31,8 +31,9 @@ def save_image(image: Image.Image, path: Path, settings: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def image_name(index: int, value: Dial) -> str:
-    """The file of a sweep's `index`-th image: its dial value in the name (a number, a per-block or a schedule form)."""
+def image_name(index: int, value: Dial, dial: str = "preservation") -> str:
+    """The file of a sweep's `index`-th image: the dial's name ("preservation", or "gate" for the raw g) and
+    its value (a number, a per-block or a schedule form)."""
     if isinstance(value.form, float):
-        return f"{index:02d}_preservation-{value.form:.2f}.png"
-    return f"{index:02d}_preservation-{re.sub(r'[^0-9a-z.]+', '-', value.text()).strip('-')}.png"
+        return f"{index:02d}_{dial}-{value.form:.2f}.png"
+    return f"{index:02d}_{dial}-{re.sub(r'[^0-9a-z.]+', '-', value.text()).strip('-')}.png"

@@ -1,4 +1,4 @@
-"""`FlexIPPipeline`: text-to-image with a reference image and the preservation dial, on SD1.5 or SDXL."""
+"""`FlexIPPipeline`: text-to-image with a reference image and the preservation dial, on SD1.5, SDXL or FLUX.1."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from ..errors import FlexIPError
-from ..families.registry import SD15, SDXL, Family, family_named, family_of_base, load_base
+from ..families.registry import FLUX1, SD15, SDXL, Family, family_named, family_of_base, load_base
 from ..models.adapter import FlexIPAdapter
-from ..settings.dial import PRESERVATION, SCALE
+from ..settings.dial import SCALE
 from .call import flexip_call
 from .embedded import embedded_model
 from .injection import FlexIPInjection, ReferenceInput
@@ -46,7 +46,7 @@ class _WithReference:
         single-file base takes its components' configs from `base_config` (a diffusers directory or hub id of its
         family; needed offline unless the configs are in the local cache). `base=` is another name for the first
         argument. The pipeline is the adapter's family's: `FlexIPPipeline` on Stable Diffusion 1.5,
-        `FlexIPXLPipeline` on SDXL (either class's `from_pretrained` gives the right one).
+        `FlexIPXLPipeline` on SDXL, `FlexIPFluxPipeline` on FLUX.1 (any of them gives the right one).
         """
         adapter, base = _adapter_and_base(adapter, pretrained_model_name_or_path, base)
         family = family_named(adapter.config.base_family)
@@ -73,10 +73,11 @@ class _WithReference:
         self,
         prompt: str | list[str] | None = None,
         reference: ReferenceInput | list[ReferenceInput] | None = None,
-        preservation=PRESERVATION.default,
+        preservation=None,
         scale=SCALE.default,
         reference_weights: list[float] | None = None,
         reference_masks: list | None = None,
+        gate=None,
         **kwargs,
     ):
         """Generate images of the reference's subject following the prompt.
@@ -84,14 +85,17 @@ class _WithReference:
         `reference`: a PIL image, an image path, or an `EncodedReference` (`pipe.flexip.encode_reference(image)`);
         or a list of them: one subject's images, mixed by `reference_weights` (equal by default), or with
         `reference_masks` (PIL masks or 2-D arrays, one per reference) one subject per image inside its mask.
-        `preservation`: g in [0, 1]: 1 keeps the subject's identity, 0 follows the prompt's edits; a per-block
-        dict (`{"down": 0.9, "mid": 0.6, "up": 0.3}`, finer keys as in diffusers' `set_ip_adapter_scale`);
-        a `flexip.DialSchedule(start=..., end=...)` or any callable of the denoising progress (0 at the first
-        step, 1 at the last); or a list of these, generated in one batch from the same starting noise.
+        `preservation`: the dial in [0, 1] (default 0.5): 1 keeps the subject's identity, 0 follows the prompt's
+        edits; a per-block dict (`{"down": 0.9, "mid": 0.6, "up": 0.3}`, finer keys as in diffusers'
+        `set_ip_adapter_scale`); a `flexip.DialSchedule(start=..., end=...)` or any callable of the denoising
+        progress (0 at the first step, 1 at the last); or a list of these, generated in one batch from the same
+        starting noise. On a calibrated adapter (`flexip calibrate`) equal steps of the dial are equal steps
+        between identity and prompt; `gate` (same forms, instead of `preservation`) sets the raw g directly,
+        which on an adapter without a calibration is the dial itself.
         `scale`: the adapters' strength s (0 is the base model), a number or a per-block dict. Guidance's
-        unconditional half uses the null reference and the negative prompt. Every other argument is the
-        family's stock pipeline's (`StableDiffusionPipeline.__call__` or `StableDiffusionXLPipeline.__call__`),
-        with its meaning and defaults.
+        unconditional half (FLUX.1's negative call) uses the null reference and the negative prompt. Every other
+        argument is the family's stock pipeline's (`StableDiffusionPipeline.__call__`,
+        `StableDiffusionXLPipeline.__call__` or `FluxPipeline.__call__`), with its meaning and defaults.
 
         Output order: for each prompt, for each of its `num_images_per_prompt` images, one image per
         preservation value in the order given; images that differ only in preservation share their starting
@@ -103,7 +107,7 @@ class _WithReference:
             raise FlexIPError("reference is missing: give the subject's image (a PIL image or a path)")
         stock_call = self.family.text_to_image.__call__
         return flexip_call(self, stock_call, (), {"prompt": prompt, **kwargs}, reference, preservation, scale,
-                           reference_weights, reference_masks)  # fmt: skip
+                           reference_weights, reference_masks, gate)  # fmt: skip
 
 
 class FlexIPPipeline(_WithReference, StableDiffusionPipeline):
@@ -123,6 +127,15 @@ class FlexIPXLPipeline(_WithReference, StableDiffusionXLPipeline):
     arguments and defaults (`prompt_2`, `original_size`, 1024 px, ...)."""
 
     family = SDXL
+
+
+class FlexIPFluxPipeline(_WithReference, FluxPipeline):
+    """diffusers' `FluxPipeline` with FlexIP attached: `FlexIPPipeline`'s call on FLUX.1, with FLUX's arguments
+    and defaults (`guidance_scale` 3.5 into the guidance embedding, `max_sequence_length` 512,
+    `true_cfg_scale` 1.0, 1024 px, ...); with `true_cfg_scale` > 1 and a negative prompt, the negative call
+    gets the null reference."""
+
+    family = FLUX1
 
 
 def _adapter_and_base(adapter, pretrained_model_name_or_path, base) -> tuple[FlexIPAdapter, str | os.PathLike | None]:
@@ -190,7 +203,7 @@ def cast_components(pipe, dtype: torch.dtype) -> None:
         logger.removeFilter(not_empty_warning)
 
 
-_PIPELINES = {SD15.name: FlexIPPipeline, SDXL.name: FlexIPXLPipeline}
+_PIPELINES = {SD15.name: FlexIPPipeline, SDXL.name: FlexIPXLPipeline, FLUX1.name: FlexIPFluxPipeline}
 
 
 def flexip_pipeline_for(family: Family) -> type:

@@ -17,7 +17,7 @@ import os
 
 from ..errors import FlexIPError
 from ..models.adapter import FlexIPAdapter
-from ..settings.dial import PRESERVATION, SCALE
+from ..settings.dial import SCALE
 from .call import flexip_call, per_call
 from .calls import pipeline_call
 from .injection import FlexIPInjection, ReferenceInput
@@ -31,7 +31,8 @@ def load_flexip(
     image_encoder: str | os.PathLike | None = None,
     dino_encoder: str | os.PathLike | None = None,
 ):
-    """Give a Stable Diffusion pipeline (text-to-image, img2img, inpainting, ControlNet) FlexIP's reference and dial.
+    """Give a Stable Diffusion, SDXL or FLUX.1 pipeline (text-to-image, img2img, inpainting, ControlNet; FLUX.1
+    Kontext) FlexIP's reference and dial (`pipeline/calls.py` lists the classes).
 
     `adapter` is an adapter directory or a loaded `FlexIPAdapter`; the encoders default to those its config
     names. Returns `pipe`, now called as `pipe(prompt, ..., reference=image, preservation=0.7)`.
@@ -65,24 +66,23 @@ def _with_reference(stock_class: type) -> type:
         def __call__(
             self, *args, reference: ReferenceInput | list[ReferenceInput] | None = None, preservation=None,
             scale=SCALE.default, reference_weights: list[float] | None = None, reference_masks: list | None = None,
-            **kwargs,
+            gate=None, **kwargs,
         ):  # fmt: skip
             if reference is None:
-                given = [name for name, value in [("preservation", preservation), ("reference_weights",
+                given = [name for name, value in [("preservation", preservation), ("gate", gate), ("reference_weights",
                          reference_weights), ("reference_masks", reference_masks)] if value is not None]  # fmt: skip
                 if given:
                     raise FlexIPError(f"{given[0]} was given without a reference image: pass reference=...")
                 return stock_call(per_call(self), *args, **kwargs)
-            preservation = PRESERVATION.default if preservation is None else preservation
             return flexip_call(self, stock_call, args, kwargs, reference, preservation, scale, reference_weights,
-                               reference_masks)  # fmt: skip
+                               reference_masks, gate)  # fmt: skip
 
         __call__.__doc__ = (
             f"{stock_class.__name__}'s call with FlexIP (arXiv 2504.07405): `reference` (a PIL image, an image path "
             "or an EncodedReference, or a list of them with `reference_weights` and `reference_masks`), "
             "`preservation` g in [0, 1], a per-block dict or a flexip.DialSchedule, or a list of them made in one "
             "batch from one starting noise (default 0.5; 1 keeps the subject's identity, 0 follows the prompt's "
-            "edits), `scale` s >= 0 or a per-block dict (default 1; 0 is the base model); see FlexIPPipeline's "
+            "edits; the calibrated dial on a calibrated adapter), `gate` the raw g instead (same forms), `scale` s >= 0 or a per-block dict (default 1; 0 is the base model); see FlexIPPipeline's "
             "call. Without a reference it is the stock call.\n\n"
             + (stock_call.__doc__ or "")
         )

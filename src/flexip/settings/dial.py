@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ..denoisers.blocks import BlockNames
 from ..errors import FlexIPError
 from .dial_blocks import block_values
+from .dial_map import DialMap, MappedSchedule
 from .numbers import SCALE_MAX, as_number
 
 SHAPES = ("linear", "cosine")
@@ -95,7 +96,7 @@ class LayerDial:
         """The value of each of `layers` layers at `progress` (0 at the first executed step, 1 at the last)."""
         if self.schedule is None:
             return self.values
-        return (_scheduled(self.schedule, progress, self.name),) * layers
+        return (scheduled(self.schedule, progress, self.name),) * layers
 
     def reaches(self, end: float) -> bool:
         """Whether the value may differ from `end` somewhere (a branch whose weight is 1 - g or g may act)."""
@@ -103,6 +104,8 @@ class LayerDial:
             return any(value != end for value in self.values)
         if isinstance(self.schedule, DialSchedule):
             return self.schedule.start != end or self.schedule.end != end
+        if isinstance(self.schedule, MappedSchedule):  # the map keeps 0 and 1 and moves every other value
+            return any(value != end for value in self.schedule.ends)
         return True  # any callable: known only step by step
 
 
@@ -126,7 +129,7 @@ class Dial:
             raise FlexIPError(f"{self.name}={form!r}: a sweep cannot hold a list; give numbers, dicts or schedules")
         if callable(form):
             for progress in PROBES:
-                _scheduled(form, progress, self.name)
+                scheduled(form, progress, self.name)
             return form
         return self.quantity.number(form, self.name)
 
@@ -162,14 +165,17 @@ class Dial:
         """As JSON for the settings beside an image (a number stays a number); `from_record` reads it."""
         if isinstance(self.form, DialSchedule):
             return {"start": self.form.start, "end": self.form.end, "shape": self.form.shape}
+        if isinstance(self.form, MappedSchedule):
+            return self.form.record()
         if callable(self.form):
             raise FlexIPError(f"{self.form!r}: only a number, a per-block dict or a DialSchedule can be recorded")
         return self.form
 
     @classmethod
     def from_record(cls, record, quantity: Quantity = PRESERVATION) -> Dial:
-        if isinstance(record, dict) and set(record) == {"start", "end", "shape"}:
-            record = DialSchedule(record["start"], record["end"], record["shape"])
+        if isinstance(record, dict) and set(record) in ({"start", "end", "shape"}, {"start", "end", "shape", "map"}):
+            schedule = DialSchedule(record["start"], record["end"], record["shape"])
+            record = schedule if "map" not in record else MappedSchedule(schedule, _map(record["map"]))
         return cls(record, quantity=quantity)
 
     def text(self) -> str:
@@ -213,7 +219,8 @@ def sweep_text(values: Sequence[Dial]) -> str:
     )
 
 
-def _scheduled(schedule: Callable[[float], float], progress: float, name: str) -> float:
+def scheduled(schedule: Callable[[float], float], progress: float, name: str) -> float:
+    """`schedule` at `progress`, checked: a value in [0, 1], or a one-line error naming `name`."""
     try:
         value = schedule(progress)
     except Exception as e:  # a user's callable: say which and where, whatever it raised
@@ -224,6 +231,12 @@ def _scheduled(schedule: Callable[[float], float], progress: float, name: str) -
             f"{name} schedule {schedule!r} gave {value!r} at progress {progress:g}: its values must lie in [0, 1]"
         )
     return number
+
+
+def _map(record) -> DialMap:
+    if not isinstance(record, dict) or set(record) != {"dial", "gate"}:
+        raise FlexIPError(f"a recorded schedule's map must hold 'dial' and 'gate' knots, got {record!r}")
+    return DialMap.from_record(record, "a recorded schedule")
 
 
 def _entry_text(entry) -> str:

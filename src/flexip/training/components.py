@@ -11,9 +11,10 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
 from torch import nn
 
+from ..denoisers.denoiser import TrainableDenoiser
 from ..denoisers.registry import DENOISERS, Denoiser
 from ..errors import FlexIPError
-from ..families.registry import Family, family_named, family_of_unet
+from ..families.registry import FAMILIES, Family, family_named, family_of_unet
 from ..model_paths import check_hub_model, refuse_pickled_weights
 from ..references.encoder import ReferenceEncoder
 from .config import PRECISION_DTYPES, ModelConfig
@@ -31,7 +32,7 @@ class FrozenModels:
     family: Family  # the base model's (flexip.families)
     text: dict[str, object]  # the family's tokenizers and text encoders, by pipeline component name
     vae: AutoencoderKL
-    unet: nn.Module  # the denoiser (a UNet2DConditionModel for SD1.5 and SDXL)
+    unet: nn.Module  # the denoiser (a UNet2DConditionModel for SD1.5 and SDXL: FlexIP trains on those)
     noise_scheduler: DDPMScheduler  # the training noise schedule of the base model
     encoder: ReferenceEncoder
 
@@ -54,10 +55,12 @@ def prepare_tiny_models(config: ModelConfig) -> None:
     """
     from ..tiny import ModelSet, save_tiny_data_set, save_tiny_model_set
 
+    family = family_named(config.tiny_family, "config model.tiny_family")
+    refuse_untrainable(family.denoiser, f"config model.tiny_family {family.name!r}")
     models = ModelSet(Path(config.tiny_models))
     if not (models.base / "model_index.json").is_file():
         logger.info("writing the tiny model set to %s (first run only)", models.root)
-        save_tiny_model_set(models.root, family=family_named(config.tiny_family, "config model.tiny_family"))
+        save_tiny_model_set(models.root, family=family)
     elif not models.manifest.is_file():
         logger.info("writing the tiny data set to %s (the kit there predates it)", models.data)
         save_tiny_data_set(models.data)
@@ -96,12 +99,24 @@ def load_reference_encoder(config: ModelConfig, dtype: torch.dtype) -> Reference
     )
 
 
-def _denoiser_of_base(base: str) -> Denoiser:
-    """The kind of denoiser a base pipeline holds, as its `model_index.json` names it (its class and where)."""
+def refuse_untrainable(denoiser: Denoiser, where: str) -> None:
+    """Refuse, naming `where`, a base whose denoiser FlexIP joins for generation but does not train on yet."""
+    if not isinstance(denoiser, TrainableDenoiser):
+        title = " or ".join(family.title for family in FAMILIES.values() if family.denoiser is denoiser)
+        raise FlexIPError(
+            f"{where} is a {title} base: FlexIP generates on {title} but does not train on it yet; train on a "
+            "Stable Diffusion 1.5 or SDXL base"
+        )
+
+
+def _denoiser_of_base(base: str) -> TrainableDenoiser:
+    """The kind of denoiser a base pipeline holds, as its `model_index.json` names it (its class and where); one
+    FlexIP does not train on is refused before any model loads."""
     index = _load("base", base, lambda: DiffusionPipeline.load_config(base))
     for denoiser in DENOISERS.values():
         entry = index.get(denoiser.pipeline_attribute)
         if isinstance(entry, (list, tuple)) and entry[-1] == denoiser.model_class.__name__:
+            refuse_untrainable(denoiser, f"config model.base {base!r}")
             return denoiser
     known = ", ".join(f"{d.pipeline_attribute}: {d.model_class.__name__}" for d in DENOISERS.values())
     raise FlexIPError(
@@ -123,8 +138,8 @@ def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
         refuse_pickled_weights(Path(base) / subfolder, f"base's {subfolder}")
         return part(cls, subfolder, use_safetensors=True, **kwargs)
 
-    scheduler = part(DDPMScheduler, "scheduler")
     denoiser = _denoiser_of_base(base)
+    scheduler = part(DDPMScheduler, "scheduler")
     unet = weights(denoiser.model_class, denoiser.pipeline_attribute, torch_dtype=dtype)
     family = family_of_unet(unet)
     denoiser.check_schedule(scheduler, f"config model.base {base!r}")

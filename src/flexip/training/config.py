@@ -15,8 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from ..calibration.plan import CalibrationPlan
 from ..defaults import BASE_MODEL, DINO_ENCODER, IMAGE_ENCODER
 from ..errors import FlexIPError
+from ..evaluation.score_config import ScoreConfig
 from ..families.names import check_family_name
 from ..models.config import MODALITIES, GateConfig, PersonalizationConfig, PreservationConfig
 from ..settings.typed_config import from_mapping
@@ -184,11 +186,35 @@ class ValidationConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """How `calibrate: true` calibrates the exported adapter at the end of the run (as `flexip calibrate` does)."""
+
+    pairs: int = 32  # at most this many validation pairs (each reference with each prompt), evenly spaced
+    seeds: list[int] = field(default_factory=lambda: list(CalibrationPlan().seeds))
+    points: int = CalibrationPlan().points  # gate values measured: 5 evenly spaced, the rest where the scores move
+    steps: int = CalibrationPlan().steps  # denoising steps per image
+    guidance: float = CalibrationPlan().guidance
+    clip_model: str = ScoreConfig.clip_model  # CLIP-T's backbone, as `flexip eval score --clip-model`
+    dino_model: str = ScoreConfig.dino_model  # DINO-I's backbone, as `flexip eval score --dino-model`
+
+    def plan(self) -> CalibrationPlan:
+        return CalibrationPlan(self.seeds, self.points, self.steps, self.guidance, prefix="config calibration.")
+
+    def check(self) -> None:
+        _at_least(self.pairs, 1, "calibration.pairs")
+        self.plan()
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    # Calibrate the exported adapter when the run ends (`calibration`, on the validation pairs): its dial then
+    # moves evenly between identity and prompt (`flexip calibrate`).
+    calibrate: bool = False
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     output_dir: str = "runs/flexip"
     seed: int = 0  # data order, augmentation, noise, timesteps, dropout and gate noise all derive from it
     max_steps: int = 100_000  # optimizer steps
@@ -228,6 +254,7 @@ class TrainConfig:
         self.data.check()
         self.dropout.check()
         self.validation.check()
+        self.calibration.check()
 
     def _check_run(self) -> None:
         """How long the run is, how often it checkpoints and logs, and where its metrics go."""

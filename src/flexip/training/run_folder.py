@@ -13,7 +13,7 @@ from .checkpoint import move_aside, resolve_resume
 logger = get_logger(__name__)
 
 # What a run writes into its folder; a fresh run refuses a folder holding any of them unless told to delete them.
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "logs", "samples", "checkpoints", "adapter")
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "logs", "samples", "checkpoints", "adapter", "adapter.partial")
 
 
 def check_run_folder(run_dir: Path, resume: str | None, overwrite: bool) -> list[Path]:

@@ -2,9 +2,10 @@
 
 Named phases, top to bottom (dinov2's habit): `start` the run (accelerator, generated inputs, the checkpoint to
 resume), `build` the models and data, `build_optimizer` (optimization.py), `restore` a checkpoint, then `loop`, which checkpoints
-and exports the adapter (`checkpoint_and_export`) as it goes. The loop is accelerate's canonical one (accumulate,
-backward, step); around it, one all-reduce per optimizer step makes every process agree on the loss it logs,
-the skipped samples and whether a signal asked to stop.
+and exports the adapter (`checkpoint_and_export`) as it goes, and with `calibrate: true` the export's calibration
+(`calibrate.py`). The loop is accelerate's canonical one (accumulate, backward, step); around it, one all-reduce
+per optimizer step makes every process agree on the loss it logs, the skipped samples and whether a signal asked
+to stop.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write_bytes, check_writable
 from ..denoisers.registry import denoiser_of
 from ..errors import FlexIPError
+from ..evaluation.tiny_backbones import save_tiny_backbones
 from ..models.adapter import FlexIPAdapter
 from ..models.gate import COVERAGE_BINS, MODALITIES, coverage_counts, coverage_shares
+from .calibrate import calibrate_export, discard_measurements
 from .checkpoint import (
     TrainingState,
     export_adapter,
@@ -88,9 +91,12 @@ def _flat(data: dict, prefix: str = "") -> dict:
 
 
 def _prepare_inputs(config: TrainConfig) -> None:
-    """Write what a tiny config asks to be generated (the tiny model set and its small data set) if absent."""
+    """Write what a tiny config asks to be generated (the tiny model set and its small data set, and the metrics'
+    backbones when it calibrates) if absent."""
     if config.model.tiny_models:
         prepare_tiny_models(config.model)
+        if config.calibrate:  # the scorer's backbones, which the tiny recipes name in the kit
+            save_tiny_backbones(config.model.tiny_models)
 
 
 def _build_adapter(config: TrainConfig, unet, encoder) -> FlexIPAdapter:
@@ -174,6 +180,8 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         logger.warning(
             f"{state.skipped} unreadable training pairs were skipped (each is logged above with its path)"
         )
+    if config.calibrate and not interrupted:
+        calibrate_export(config, run.accelerator, run.run_dir / "adapter", built.source)
     run.accelerator.end_training()
     return TrainResult(run.run_dir, state, interrupted, built.adapter.eval(), built.models)
 
@@ -270,6 +278,7 @@ def checkpoint_and_export(
     )
     if run.accelerator.is_main_process:
         export_adapter(run.accelerator, adapter, path, run.run_dir / "adapter")
+        discard_measurements(run.run_dir / "adapter")
     logger.info(f"step {state.step}: saved {path} and {run.run_dir / 'adapter'}")
 
 

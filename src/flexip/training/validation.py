@@ -41,7 +41,7 @@ def sweep(
     )
     pipe.set_progress_bar_config(disable=True)
     # The adapter is attached to the training UNet already and stays float32 there (mixed precision).
-    pipe.flexip = FlexIPInjection(models.unet, adapter, models.encoder, follow_unet=False)
+    pipe.flexip = FlexIPInjection(models.unet, adapter, models.encoder, follow_model=False)
     try:
         return [
             pipe(
