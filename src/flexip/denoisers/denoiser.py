@@ -55,13 +55,14 @@ class Denoiser(ABC):
         """The (height, width) of a layer whose queries are `positions` image positions, for latents of
         `latent_size`: where a reference's mask is resized to."""
 
-    @abstractmethod
     def processors(self, model: nn.Module) -> dict[str, object]:
-        """Every attention processor of `model` by name."""
+        """Every attention processor of `model` by name (diffusers' processor API, which its UNets and
+        transformers share)."""
+        return model.attn_processors
 
-    @abstractmethod
     def set_processors(self, model: nn.Module, processors: dict[str, object]) -> None:
         """Install `processors` (every attention processor of `model`, by name)."""
+        model.set_attn_processor(dict(processors))  # diffusers empties the dict it is given
 
     @abstractmethod
     def with_condition(

@@ -60,12 +60,6 @@ class FluxDoubleStream(Denoiser):
             )
         return height, width
 
-    def processors(self, model: nn.Module) -> dict[str, object]:
-        return model.attn_processors
-
-    def set_processors(self, model: nn.Module, processors: dict[str, object]) -> None:
-        model.set_attn_processor(dict(processors))  # diffusers empties the dict it is given
-
     def with_condition(
         self, args: tuple, kwargs: dict, condition_for: Callable[[torch.Tensor, Callable], object]
     ) -> tuple[tuple, dict]:

@@ -53,12 +53,6 @@ class UNetCrossAttention(TrainableDenoiser):
             raise ValueError(f"no UNet level of {latent_size[0]}x{latent_size[1]} latents has {positions} positions")
         return height, width
 
-    def processors(self, model: nn.Module) -> dict[str, object]:
-        return model.attn_processors
-
-    def set_processors(self, model: nn.Module, processors: dict[str, object]) -> None:
-        model.set_attn_processor(dict(processors))  # diffusers empties the dict it is given
-
     def with_condition(
         self, args: tuple, kwargs: dict, condition_for: Callable[[torch.Tensor, Callable], object]
     ) -> tuple[tuple, dict]:
