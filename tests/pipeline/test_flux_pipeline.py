@@ -244,6 +244,13 @@ def test_load_flexip_on_stock_flux_pipelines(tiny_flux_models, adapter, images, 
     assert np.abs(keep - edit).max() > 1e-3, "the dial must change the image"
     swept = call(pipe, kind, images, reference=reference, preservation=[1.0, 0.0])
     np.testing.assert_allclose(swept, np.concatenate([keep, edit]), atol=1e-4)
+    if kind == "kontext":  # its context image shares the image stream: masks are refused before any step
+        calls = []
+        hook = pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+        with pytest.raises(FlexIPError, match="takes no reference_masks"):
+            call(pipe, kind, images, reference=reference, reference_masks=[np.ones((SIZE, SIZE))])
+        hook.remove()
+        assert calls == []
 
     flexip.unload_flexip(pipe)
     assert type(pipe) is stock_class and dict(pipe.transformer.attn_processors) == processors

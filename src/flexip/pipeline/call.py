@@ -122,6 +122,11 @@ def _checked_call(pipe, stock_call, args, kwargs, reference, preservation, gate,
     references = list(reference) if isinstance(reference, (list, tuple)) else [reference]
     if not references:
         raise FlexIPError("reference is an empty list: give one or more images of the subject")
+    if reference_masks is not None and not call.takes_masks:
+        raise FlexIPError(
+            f"{type(pipe).__name__} takes no reference_masks: its context image's tokens share the image stream the "
+            "masks would divide; give the references without masks"
+        )
     prepared = [pipe.flexip.prepare_reference(item) for item in references]
     subjects = check_subjects(len(prepared), reference_weights, reference_masks, _image_size(pipe, call, arguments))
     if any(value.schedule is not None for value in values) and "callback_on_step_end" not in signature.parameters:

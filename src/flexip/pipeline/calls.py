@@ -39,6 +39,9 @@ class PipelineCall:
     # Guidance's unconditional prediction is a second denoiser call per step, after the conditional one, on the
     # negative prompt (FLUX.1's true CFG), rather than the first half of one call's batch.
     negative_call: bool = False
+    # Reference masks divide the image stream among subjects; a pipeline whose image stream also holds a context
+    # image's tokens (FLUX.1 Kontext) has no grid of the generated image alone to divide.
+    takes_masks: bool = True
 
     def model(self, pipe):
         """The pipeline's denoiser model (its UNet or transformer)."""
@@ -63,7 +66,7 @@ CONTROLNET = PipelineCall(UNET, starts_from_image=False, default_side=None)  # s
 # image's aspect. Kontext VAE-encodes its context image without drawing noise (the latent mean).
 FLUX_TEXT_TO_IMAGE = PipelineCall(FLUX, starts_from_image=False, default_side=_flux_side, negative_call=True)
 FLUX_FROM_IMAGE = PipelineCall(FLUX, starts_from_image=True, default_side=_flux_side, negative_call=True)
-FLUX_KONTEXT = PipelineCall(FLUX, starts_from_image=False, default_side=None, negative_call=True)
+FLUX_KONTEXT = PipelineCall(FLUX, starts_from_image=False, default_side=None, negative_call=True, takes_masks=False)
 
 SUPPORTED: dict[str, PipelineCall] = {
     "StableDiffusionPipeline": TEXT_TO_IMAGE,
