@@ -35,3 +35,11 @@ def test_a_flux_adapter_takes_its_own_block_names_on_the_command_line(tiny_flux_
                  "--out", str(tmp_path / "x.png")])  # fmt: skip
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flexip ")]
     assert code == 2 and len(errors) == 1 and "unknown block 'down'; the keys are double" in errors[0]
+
+
+def test_flux_runs_in_bfloat16_on_a_gpu_unless_told(tiny_flux_models, tiny_models):
+    """The front ends' dtype on a GPU is the adapter's family's (this machine has none to load on)."""
+    from flexip.pipeline.front_end import _gpu_dtype
+
+    assert _gpu_dtype(str(tiny_flux_models.adapter)) == "bfloat16"
+    assert _gpu_dtype(str(tiny_models.adapter)) == "float16" and _gpu_dtype(None) == "float16"
