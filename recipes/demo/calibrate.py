@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m recipes.demo.calibrate", description=__doc__.split("\n\n")[0].replace("\n", " ")
     )
     parser.add_argument("--out", required=True, help="the calibrated adapter folder to write (must not exist)")
-    parser.add_argument("--adapter", default=str(DEMO_MODEL_DIR / "adapter"),
-                        help="the adapter to calibrate (default: the shipped demo adapter; never written)")  # fmt: skip
+    parser.add_argument(
+        "--adapter", default=str(DEMO_MODEL_DIR / "adapter"),
+        help="the adapter to calibrate (default: the shipped demo adapter; never written)",
+    )  # fmt: skip
     parser.add_argument("--pairs", type=int, default=60, help="subject/prompt pairs (default: 60)")
     parser.add_argument("--seed", type=int, default=2,
                         help="which pairs are drawn (default: 2; 0 and 1 are the dial measurement's)")  # fmt: skip

@@ -294,8 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         "--guidance", type=float, default=7.5, help="guidance scale (default: 7.5, as flexip demo)"
     )
     parser.add_argument("--seed", type=int, default=0, help="which pairs are drawn (default: 0)")
-    parser.add_argument("--gate", action="store_true",
-                        help="measure the raw gate g at --values (the same as the dial on an uncalibrated adapter)")  # fmt: skip
+    parser.add_argument(
+        "--gate", action="store_true",
+        help="measure the raw gate g at --values (the same as the dial on an uncalibrated adapter)",
+    )  # fmt: skip
     parser.add_argument("--examples", type=int, default=8, help="pairs shown in examples.png (default: 8)")
     args = parser.parse_args(argv)
     for name in ("pairs", "seeds", "steps"):

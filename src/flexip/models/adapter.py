@@ -136,10 +136,11 @@ class FlexIPAdapter(nn.Module):
 
         `references` holds each subject's (CLIP embedding (rows, d), DINOv2 tokens (rows, n, d)), a row per sample
         of the call; the rows in `null_rows` get the null reference, all-zero features (guidance's unconditional
-        half; condition dropout), which both adapters then encode. `text` is what S re-samples (the negative
-        prompt's embeddings in guidance's half; its first `Family.personalization_tokens`). `weights` (and `layer_weights`, the layers whose differ) are
-        s·g and s·(1−g); a branch that no row of any layer uses is not computed, unless `may_use` (Preservation,
-        Personalization) says a later step may use it (a dial over the steps). The other keywords are the
+        half; condition dropout), which both adapters then encode. `text` is what S re-samples, its first
+        `Family.personalization_tokens` (the negative prompt's embeddings in guidance's half). `weights` (and
+        `layer_weights`, the layers whose differ) are s·g and s·(1−g); a branch that no row of any layer uses is
+        not computed, unless `may_use` (Preservation, Personalization) says a later step may use it (a dial over
+        the steps). The other keywords are the
         `FlexIPCondition`'s (subjects, latent_size, grid, kv_all_rows, kv_cache).
         """
         layer_weights = layer_weights or {}
