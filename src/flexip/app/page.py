@@ -22,6 +22,7 @@ from gradio.context import LocalContext
 
 from ..demo_subject import DEMO_PROMPT, DEMO_REFERENCE
 from ..errors import FlexIPError
+from ..families.names import DEFAULT_GUIDANCE
 from ..schedulers import SCHEDULERS
 from ..settings.dial import PRESERVATION, SCALE
 from ..settings.generation import SamplingSettings
@@ -108,7 +109,8 @@ def _advanced_controls(service: Service) -> dict[str, gr.components.Component]:
         randomize = gr.Checkbox(False, label="random seed", elem_id="randomize")
     controls = {"seed": seed, "randomize": randomize}
     controls["steps"] = gr.Slider(1, MAX_STEPS, value=DEFAULTS.steps, step=1, label="steps", elem_id="steps")
-    controls["guidance"] = gr.Slider(0, 20, value=DEFAULTS.guidance, step=0.1, label="guidance (<= 1 turns it off)",
+    guidance = DEFAULT_GUIDANCE[service.loaded.pipe.flexip.family.name]  # the family's, as `flexip generate`
+    controls["guidance"] = gr.Slider(0, 20, value=guidance, step=0.1, label="guidance (<= 1 turns it off)",
                                      elem_id="guidance")  # fmt: skip
     controls["scheduler"] = gr.Dropdown(sorted(SCHEDULERS), value=service.models.scheduler, label="scheduler",
                                         elem_id="scheduler")  # fmt: skip
