@@ -48,8 +48,8 @@ def add_loading_options(parser: argparse.ArgumentParser) -> None:
     """Which model to load and where: what `flexip serve` takes too (its page sets the rest per request)."""
     parser.add_argument(
         "--base", default=None,
-        help="Stable Diffusion 1.5 or SDXL base: hub id, diffusers directory, or one .safetensors checkpoint file "
-        "of a fine-tune (default: the base the adapter records)",
+        help="Stable Diffusion 1.5, SDXL or FLUX.1 base: hub id, diffusers directory, or one .safetensors "
+        "checkpoint file of a fine-tune (default: the base the adapter records)",
     )  # fmt: skip
     parser.add_argument(
         "--base-config", default=None,
