@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py                       # the tiny models, then the real SD1.5 architecture
     python bench/train_throughput.py --models tiny --rounds 2 --steps 1
+    python bench/train_throughput.py --family flux         # the tiny FLUX.1 kit (flow matching, T5's 512 tokens)
 
 For each model set, a data set of generated pairs (the demo world) is written three ways: files and a manifest,
 shards (`flexip prep shards`) and a feature cache of those shards (`flexip prep cache`). Then the training step
@@ -11,7 +12,9 @@ round gives samples/s per source and the ratios to files in that round, summaris
 bootstrap 95% interval (the smallest and largest ratio below 5 rounds: bench/measure.py). The real architecture (random weights, built in code: nothing downloaded) is saved once
 under --work and loaded back through the trainer's own loading path; at --resolution 128 the frozen encoders
 (CLIP ViT-H/14 and DINOv2-L at 224 px, the VAE, the text encoder) cost more than the UNet, as at scale they
-cost as much as it. The cache's size on disk per sample is reported too.
+cost as much as it. The cache's size on disk per sample is reported too. `--family flux` measures the tiny
+FLUX.1 kit only: FLUX.1's real 12B transformer does not fit a CPU's memory (`bench/flux_train_step.py` measures
+its blocks at the real width).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from bench.measure import interleaved_times, interval_name, paired_ratio, verdict
 from flexip import FlexIPAdapter
+from flexip.families.registry import FLUX1, SD15
 from flexip.prep.shards import write_shards
 from flexip.prep.split import Part
 from flexip.tiny import ModelSet, save_tiny_model_set
@@ -63,7 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", choices=["tiny", "sd15", "both"], default="both")
+    parser.add_argument("--family", choices=["sd15", "flux"], default="sd15",
+                        help="the base family: sd15 (the tiny kit and the real SD1.5 architecture) or flux (the tiny "
+                        "FLUX.1 kit)")  # fmt: skip
+    parser.add_argument("--models", choices=["tiny", "sd15", "both"], default="both",
+                        help="with --family sd15: the tiny kit, the real architecture or both")  # fmt: skip
     parser.add_argument(
         "--work", type=Path, help="where the real-architecture models are saved once (default: a temp dir)"
     )
@@ -131,7 +139,7 @@ def measure(name: str, config_file: Path, models: ModelSet, args, resolution: in
         preservation=dataclasses.asdict(model_config.preservation),
         personalization=dataclasses.asdict(model_config.personalization), gate=dataclasses.asdict(model_config.gate),
     )  # fmt: skip
-    model = FlexIPTrainingModel(frozen.unet, adapter, frozen.noise_scheduler).train()
+    model = FlexIPTrainingModel(frozen.unet, adapter, frozen.noise_scheduler, base_config).train()
     optimizer = build_optimizer(adapter, base_config)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     generator = torch.Generator(accelerator.device)
@@ -191,9 +199,12 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         sets = []
-        if args.models in ("tiny", "both"):
-            sets.append(("tiny", CONFIGS / "tiny.yaml", save_tiny_model_set(work / "tiny-models"), 32))
-        if args.models in ("sd15", "both"):
+        if args.family == "flux":
+            kit = save_tiny_model_set(work / "tiny-flux-models", family=FLUX1)
+            sets.append(("tiny-flux", CONFIGS / "tiny-flux.yaml", kit, 32))
+        elif args.models in ("tiny", "both"):
+            sets.append(("tiny", CONFIGS / "tiny.yaml", save_tiny_model_set(work / "tiny-models", family=SD15), 32))
+        if args.family == "sd15" and args.models in ("sd15", "both"):
             real = save_real_models(args.work or work / "sd15-models")
             sets.append(("sd15", CONFIGS / "sd15.yaml", real, args.resolution))
         for name, config_file, models, resolution in sets:

@@ -1,7 +1,7 @@
 """What the tests share besides their fixtures (conftest.py): a model only the tests need, built offline from
-the tiny kit's parts (`flexip.tiny`): an IP-Adapter for the tiny base; a short `flexip train` on the kit;
-pipelines on the kit; and the small readers and makers of test inputs and outputs. Kept here, not in the
-library: no user runs them."""
+the tiny kit's parts (`flexip.tiny`): an IP-Adapter for the tiny base (h94's layout; XLabs' on FLUX.1); a short
+`flexip train` on the kit; pipelines on the kit; and the small readers and makers of test inputs and outputs.
+Kept here, not in the library: no user runs them."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from flexip.cli import main
 from flexip.evaluation.methods import IP_ADAPTER_FILES
-from flexip.families.registry import SD15, Family
+from flexip.families.registry import FLUX1, SD15, Family
 from flexip.pipeline.output import SETTINGS_CHUNK
 from flexip.settings.calibration import Calibration, CalibrationPoint
 from flexip.settings.generation import ModelSettings
@@ -74,6 +74,36 @@ def save_tiny_ip_adapter(directory: str | os.PathLike, seed: int = 0, family: Fa
         tensors[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"] = attention.to_k.weight.detach().clone()
         tensors[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"] = attention.to_v.weight.detach().clone()
     save_file(tensors, models / weight)
+    return Path(directory)
+
+
+def save_tiny_flux_ip_adapter(directory: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny FLUX.1 IP-Adapter for the tiny FLUX.1 base, laid out as `XLabs-AI/flux-ip-adapter` ships it, so that
+    diffusers' own `FluxPipeline.load_ip_adapter(directory, weight_name="ip_adapter.safetensors",
+    image_encoder_pretrained_model_name_or_path=directory / "image_encoder")` loads it offline:
+    `ip_adapter.safetensors` (`ip_adapter_proj_model.*`, `double_blocks.N.processor.ip_adapter_double_stream_*`)
+    and, since XLabs ships none (it names openai/clip-vit-large-patch14), a tiny CLIP in `image_encoder/`."""
+    transformer = build_tiny_base(seed, FLUX1).transformer
+    clip, clip_processor, _, _ = build_tiny_image_encoders(seed + 1)
+    clip.save_pretrained(Path(directory) / "image_encoder")
+    clip_processor.save_pretrained(Path(directory) / "image_encoder")
+
+    torch.manual_seed(seed + 3)
+    tokens, width = 4, transformer.config.joint_attention_dim  # 4 image tokens as wide as T5's, as XLabs' are
+    tensors = {
+        "ip_adapter_proj_model.proj.weight": torch.randn(tokens * width, clip.config.projection_dim) * 0.1,
+        "ip_adapter_proj_model.proj.bias": torch.zeros(tokens * width),
+        "ip_adapter_proj_model.norm.weight": torch.ones(width),
+        "ip_adapter_proj_model.norm.bias": torch.zeros(width),
+    }
+    # One image K/V per double-stream block, from the image tokens to the block's width (random: the text K/V
+    # read the context embedder's output, narrower than T5's tokens).
+    for index in range(transformer.config.num_layers):
+        for kind in "kv":
+            name = f"double_blocks.{index}.processor.ip_adapter_double_stream_{kind}_proj"
+            tensors[f"{name}.weight"] = torch.randn(transformer.inner_dim, width) * width**-0.5
+            tensors[f"{name}.bias"] = torch.zeros(transformer.inner_dim)
+    save_file(tensors, Path(directory) / IP_ADAPTER_FILES["flux"][1])
     return Path(directory)
 
 

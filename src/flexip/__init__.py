@@ -1,8 +1,8 @@
 """FlexIP: zero-shot subject-driven generation with a continuous preservation/personalization dial.
 
-`__all__` is what users call: the pipelines and `load_flexip` for generation, `DialSchedule` for the dial over
-the steps, `FlexIPAdapter` and `ReferenceEncoder` (with its `EncodedReference`) for training and for encoding
-references ahead, and `FlexIPError`, the one error users see.
+`__all__` is what users call: the pipelines and `load_flexip` for generation, `DialSchedule` (and
+`FrameSchedule`) for the dial over the steps or a clip's frames, `FlexIPAdapter` and `ReferenceEncoder` (with its
+`EncodedReference`) for training and for encoding references ahead, and `FlexIPError`, the one error users see.
 
 The public names are imported on first use, so `flexip --help` and `import flexip.errors` stay fast (torch and
 diffusers take seconds to import).
@@ -19,6 +19,7 @@ _EXPORTS = {
     "FlexIPFluxPipeline": ".pipeline.pipeline",
     "FlexIPPipeline": ".pipeline.pipeline",
     "FlexIPXLPipeline": ".pipeline.pipeline",
+    "FrameSchedule": ".settings.dial",
     "ReferenceEncoder": ".references.encoder",
     "load_flexip": ".pipeline.stock",
     "unload_flexip": ".pipeline.stock",
@@ -31,6 +32,7 @@ __all__ = [
     "FlexIPFluxPipeline",
     "FlexIPPipeline",
     "FlexIPXLPipeline",
+    "FrameSchedule",
     "ReferenceEncoder",
     "load_flexip",
     "unload_flexip",

@@ -11,6 +11,8 @@ Layout written under `root` (docs/formats.md):
     image_encoder/  transformers CLIPVisionModelWithProjection + CLIPImageProcessor
     dinov2/         transformers Dinov2Model + BitImageProcessor
     adapter/        FlexIP adapter directory, whose config points at ../image_encoder and ../dinov2
+    motion_adapter/ (the Stable Diffusion 1.5 and SDXL kits) an AnimateDiff `MotionAdapter` for the UNet's
+                    blocks, so `AnimateDiffPipeline` (`AnimateDiffSDXLPipeline`) runs offline
     data/           a tiny training set (`manifest.jsonl`, docs/formats.md): coloured shapes on plain grounds,
                     image pairs with masks and short clips of a shape moving, so `flexip train` has data offline
     benchmark/      a tiny evaluation benchmark (`benchmark.jsonl`, `flexip eval generate --benchmark jsonl`):
@@ -33,6 +35,7 @@ from diffusers import (
     DDIMScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxTransformer2DModel,
+    MotionAdapter,
     UNet2DConditionModel,
 )
 from PIL import Image, ImageDraw
@@ -86,6 +89,11 @@ class ModelSet:
     @property
     def adapter(self) -> Path:
         return self.root / "adapter"
+
+    @property
+    def motion_adapter(self) -> Path:
+        """An AnimateDiff motion adapter for the SD1.5 or SDXL base (written by `save_tiny_model_set`)."""
+        return self.root / "motion_adapter"
 
     @property
     def data(self) -> Path:
@@ -273,6 +281,17 @@ def build_tiny_base(seed: int = 0, family: Family = SD15):
     return family.assemble(vae, unet, scheduler, text)
 
 
+def build_tiny_motion_adapter(seed: int = 0, family: Family = SD15) -> MotionAdapter:
+    """AnimateDiff's motion modules for the tiny UNet's blocks (its widths, one layer per block; no motion module
+    in SDXL's mid block, as AnimateDiff's SDXL adapter has none), random: their temporal attention mixes the
+    frames from the first step, as trained ones do."""
+    torch.manual_seed(seed)
+    return MotionAdapter(
+        block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=32,
+        motion_num_attention_heads=2, motion_max_seq_length=32, use_motion_mid_block=family is SD15,
+    )  # fmt: skip
+
+
 def build_tiny_image_encoders(seed: int = 0) -> tuple:
     """(CLIP vision model, its processor, DINOv2 model, its processor), all at 32 px."""
     torch.manual_seed(seed)
@@ -391,7 +410,8 @@ def save_tiny_model_set(
     root: str | os.PathLike, seed: int = 0, overwrite: bool = False, family: Family = SD15
 ) -> ModelSet:
     """Build the tiny model set (its base of `family`) with random weights and save it under `root`: every
-    part but metrics/, which `flexip.evaluation.tiny_backbones` writes.
+    part but metrics/, which `flexip.evaluation.tiny_backbones` writes; with a UNet base (SD1.5, SDXL), a
+    motion adapter too, drawn and written last so the other parts are the same with or without it.
 
     Each part (base/, image_encoder/, dinov2/, adapter/, data/, benchmark/) is written atomically, so a part
     that exists is complete: it is kept as it is (a trained adapter put there survives) unless `overwrite`
@@ -425,6 +445,8 @@ def save_tiny_model_set(
         models.dinov2: lambda tmp: (dino.save_pretrained(tmp), dino_processor.save_pretrained(tmp)),
         models.adapter: adapter.save_pretrained,
     }
+    if family in (SD15, SDXL):
+        writers[models.motion_adapter] = lambda tmp: build_tiny_motion_adapter(seed + 3, family).save_pretrained(tmp)
     for part, write in writers.items():
         if overwrite or not part.exists():
             with atomic_directory(part) as tmp:
@@ -436,5 +458,5 @@ def existing_parts(root: str | os.PathLike) -> list[str]:
     """The parts of a model set already under `root`, which `save_tiny_model_set` keeps unless told otherwise."""
     models = ModelSet(Path(root))
     parts = (models.data, models.benchmark.parent, models.base, models.image_encoder, models.dinov2,
-             models.adapter, models.metrics)  # fmt: skip
+             models.adapter, models.motion_adapter, models.metrics)  # fmt: skip
     return [f"{part.name}/" for part in parts if part.exists()]

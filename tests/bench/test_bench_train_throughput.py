@@ -33,3 +33,10 @@ def test_the_training_throughput_benchmark_reports_the_rates_and_ratios_it_timed
         "speed-up over files [min–max]" in output and "| too few rounds |" in output and "95%" not in output
     )
     assert f"{tiny['cache_bytes_per_sample'] / 1024:.1f} KiB per sample" in output
+
+
+def test_the_benchmark_measures_the_tiny_flux_kit(capsys):
+    results = train_throughput.main(["--family", "flux", "--rounds", "2", "--steps", "1", "--pairs", "8"])
+    assert set(results) == {"tiny-flux"}
+    assert all(results["tiny-flux"][source]["samples_per_s"] > 0 for source in train_throughput.SOURCES)
+    assert results["tiny-flux"]["cache_bytes_per_sample"] > 0 and "## tiny-flux (32 px" in capsys.readouterr().out

@@ -45,6 +45,18 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path, tiny_models):
         return ["calibrate", "--adapter", adapter, "--data", data, "--out", out, *extra]
 
     (tmp_path / "other.jsonl").write_text('{"subject": "a", "picture": "a.png"}\n')
+    (tmp_path / "taken.mp4").write_bytes(b"an earlier clip")
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "frame_020.png").write_bytes(b"an earlier, longer clip's frame")
+
+    damaged = tmp_path / "damaged-adapter"
+    damaged.mkdir()
+    (damaged / "flexip_config.json").write_bytes((tiny_models.adapter / "flexip_config.json").read_bytes())
+    (damaged / "flexip_adapter.safetensors").write_bytes(b"not safetensors")
+
+    def clip(*extra, out=str(tmp_path / "clip.mp4"), adapter=("--adapter", adapter)):
+        return ["generate", "--reference", str(reference), "--prompt", "a dog", *adapter, "--motion-adapter",
+                str(tiny_models.motion_adapter), "--out", out, *extra]  # fmt: skip
 
     cases = [  # (argv, what the one line names)
         (generate("--preservation", "2"), "--preservation=2"),
@@ -84,6 +96,23 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path, tiny_models):
         (calibrate(data=str(tmp_path / "other.jsonl")), "other.jsonl"),
         (calibrate(out=str(tmp_path / "sweep")), "already exists"),
         (calibrate(out=str(tiny_models.adapter / "calibrated")), "inside --adapter"),
+        (generate("--frames", "4"), "--frames 4 is for clips: add --motion-adapter"),
+        (generate("--dial-over", "frames"), "--dial-over frames is for clips"),
+        (["generate", "--reference", str(reference), "--prompt", "a", "--out", str(tmp_path / "a.mp4")], "names a clip"),
+        (["sweep", "--reference", str(reference), "--prompt", "a", "--out", str(tmp_path / "new-sweep"),
+          "--clip-format", "gif"], "--clip-format gif is for clips"),
+        (clip("--frames", "0"), "--frames 0: give a whole number from 1 to 32"),
+        (clip("--frames", "33"), "motion_max_seq_length"),
+        (clip("--frames", "four"), "--frames four: give a whole number"),
+        (clip("--fps", "0"), "--fps 0: give a whole number 1 or more"),
+        (clip(out=str(tmp_path / "clip.avi")), "unknown type '.avi'"),
+        (clip(out=str(tmp_path / "clip.png")), "names an image"),
+        (clip(out=str(tmp_path / "taken.mp4")), "already exists"),
+        (clip(out=str(tmp_path / "frames")), "already holds frame_020.png"),
+        (clip("--preservation", "0.5", "--dial-over", "frames"), "--dial-over frames: --preservation 0.5"),
+        (clip(adapter=()), "needs --adapter"),
+        (clip("--motion-adapter", adapter), "config.json"),
+        (clip(adapter=("--adapter", str(damaged))), "cannot read its gate.logits"),
     ]
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps([argv for argv, _ in cases])],

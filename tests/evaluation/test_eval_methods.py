@@ -17,7 +17,7 @@ SHARED = {"seeds": 2, "steps": 3, "guidance": 7.5, "dtype": "float32", "schedule
 
 
 def test_each_method_reports_its_dial_and_the_settings_it_records(tiny_models):
-    assert list(METHODS) == ["flexip", "ip-adapter", "sd", "folder"]
+    assert list(METHODS) == ["flexip", "ip-adapter", "base", "sd", "folder"]
     sampling = Sampling(seeds=2, steps=3)
     # Options of other methods are ignored, as the command line ignores their flags.
     options = {"adapter": str(tiny_models.adapter), "preservation": (0.2, 0.8), "scale": (1.0,)}
@@ -26,8 +26,9 @@ def test_each_method_reports_its_dial_and_the_settings_it_records(tiny_models):
     assert (flexip.dial_name, flexip.dials) == ("preservation", (0.2, 0.8))
     # Without --base, FlexIP runs on the base its adapter records (the tiny set's ../base, from the adapter).
     assert flexip.settings() == {
-        "method": "flexip", "base": str(tiny_models.base.resolve()), "adapter": str(tiny_models.adapter),
-        "preservation": [0.2, 0.8], "scale": [1.0], **SHARED, "dial_name": "preservation", "gate": [0.2, 0.8],
+        "method": "flexip", "base": str(tiny_models.base.resolve()), "family": "sd15",
+        "adapter": str(tiny_models.adapter), "preservation": [0.2, 0.8], "scale": [1.0], **SHARED,
+        "dial_name": "preservation", "gate": [0.2, 0.8],
     }  # fmt: skip
     given = build_method("flexip", Sampling(base="elsewhere", seeds=2, steps=3), **options)
     assert given.settings()["base"] == "elsewhere"
@@ -35,18 +36,30 @@ def test_each_method_reports_its_dial_and_the_settings_it_records(tiny_models):
     ip_adapter = build_method("ip-adapter", sampling, ip_adapter="h94/IP-Adapter", scale=(0.0, 1.0))
     assert (ip_adapter.dial_name, ip_adapter.dials) == ("scale", (0.0, 1.0))
     assert ip_adapter.settings() == {
-        "method": "ip-adapter", "base": BASE_MODEL, "scale": [0.0, 1.0], "ip_adapter": "h94/IP-Adapter",
-        "ip_adapter_subfolder": "models", "ip_adapter_weight": "ip-adapter_sd15.safetensors", **SHARED,
+        "method": "ip-adapter", "base": BASE_MODEL, "family": "sd15", "scale": [0.0, 1.0],
+        "ip_adapter": "h94/IP-Adapter", "ip_adapter_subfolder": "models",
+        "ip_adapter_weight": "ip-adapter_sd15.safetensors", **SHARED,
         "dial_name": "scale",
     }  # fmt: skip
 
-    sd = build_method("sd", sampling, scale=(0.5,))
-    assert (sd.dial_name, sd.dials) == (None, (None,))
-    assert sd.settings() == {"method": "sd", "base": BASE_MODEL, **SHARED, "dial_name": None}
+    # `sd` is the base method under its own name, which its results record.
+    for name in ("base", "sd"):
+        plain = build_method(name, sampling, scale=(0.5,))
+        assert (plain.dial_name, plain.dials) == (None, (None,))
+        expected = {"method": name, "base": BASE_MODEL, "family": "sd15", **SHARED, "dial_name": None}
+        assert plain.settings() == expected
 
     folder = build_method("folder", sampling, images="elsewhere")
     assert (folder.dial_name, folder.dials) == (None, (None,))
     assert folder.settings() == {"method": "folder", "images": "elsewhere", "dial_name": None}
+
+
+def test_the_sampler_and_guidance_are_the_base_familys_unless_guidance_is_given():
+    flux = Sampling(seeds=2, steps=3).settings("flux")
+    assert (flux["guidance"], flux["scheduler"]) == (3.5, "FlowMatchEulerDiscreteScheduler")
+    assert Sampling(seeds=2, steps=3).settings("sdxl") == SHARED
+    given = Sampling(guidance=2.0)
+    assert given.settings("flux")["guidance"] == given.settings("sd15")["guidance"] == 2.0
 
 
 def test_each_method_checks_its_own_options():

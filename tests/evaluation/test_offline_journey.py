@@ -48,7 +48,7 @@ def test_the_readme_evaluates_the_tiny_kit_offline(tmp_path, monkeypatch, capsys
     out = Path(option(commands[-1], "--out"))
     with (out / "mrank.csv").open() as f:
         ranked = {row["method"] for row in csv.DictReader(f)}
-    assert {"flexip preservation=0", "flexip preservation=1", "sd"} <= ranked
+    assert {"flexip preservation=0", "flexip preservation=1", "base"} <= ranked
     for figure in ("tradeoff.png", "smoothness.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

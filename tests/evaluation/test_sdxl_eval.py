@@ -1,5 +1,5 @@
-"""`flexip eval generate` on an SDXL base: FlexIP, plain SDXL and IP-Adapter through diffusers' own
-`load_ip_adapter`, whose files default to h94/IP-Adapter's `sdxl_models/` layout on an SDXL base."""
+"""`flexip eval generate` on an SDXL base: FlexIP, SDXL alone (`--method base`) and IP-Adapter through diffusers'
+own `load_ip_adapter`, whose files default to h94/IP-Adapter's `sdxl_models/` layout on an SDXL base."""
 
 from __future__ import annotations
 
@@ -24,18 +24,18 @@ def generate(models, out: Path, *extra: str) -> list[str]:
 def test_every_method_generates_on_sdxl_and_ip_adapter_at_scale_zero_is_plain_sdxl(tmp_path, tiny_xl_models):
     ip_adapter = save_tiny_ip_adapter(tmp_path / "ip-adapter", family=SDXL)
     assert (ip_adapter / "sdxl_models" / "ip-adapter_sdxl.safetensors").is_file()
-    runs = {name: tmp_path / name for name in ("flexip", "ip-adapter", "sd")}
+    runs = {name: tmp_path / name for name in ("flexip", "ip-adapter", "base")}
     assert main(generate(tiny_xl_models, runs["flexip"], "--method", "flexip", "--adapter",
                          str(tiny_xl_models.adapter), "--preservation", "0,1")) == 0  # fmt: skip
     assert main(generate(tiny_xl_models, runs["ip-adapter"], "--method", "ip-adapter", "--ip-adapter",
                          str(ip_adapter), "--scale", "0,1")) == 0  # fmt: skip
-    assert main(generate(tiny_xl_models, runs["sd"], "--method", "sd")) == 0
+    assert main(generate(tiny_xl_models, runs["base"], "--method", "base")) == 0
 
     settings = json.loads((runs["ip-adapter"] / "generation.json").read_text())
     files = (settings["ip_adapter_subfolder"], settings["ip_adapter_weight"])
     assert files == ("sdxl_models", "ip-adapter_sdxl.safetensors")
     image = Path("dog/00/0.png")
-    plain = pixels(runs["sd"] / "images" / "sd" / image)
+    plain = pixels(runs["base"] / "images" / "base" / image)
     assert plain.shape == (32, 32, 3)  # SDXL's default size on the tiny base
     assert np.array_equal(pixels(runs["ip-adapter"] / "images" / "scale-0" / image), plain)
     assert not np.array_equal(pixels(runs["ip-adapter"] / "images" / "scale-1" / image), plain)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import MotionAdapter, StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
 from flexip import EncodedReference, FlexIPAdapter, FlexIPError, ReferenceEncoder
@@ -109,7 +109,8 @@ def test_encoded_reference_round_trip(tmp_path):
 
 def test_tiny_models_command_writes_a_loadable_model_set(tmp_path, capsys):
     assert main(["tiny-models", str(tmp_path / "set"), "--seed", "3"]) == 0
-    assert "set" in capsys.readouterr().out
+    assert "motion_adapter/" in capsys.readouterr().out
+    assert MotionAdapter.from_pretrained(tmp_path / "set" / "motion_adapter").config.block_out_channels == [32, 64]
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "set" / "base")
     adapter = FlexIPAdapter.from_pretrained(tmp_path / "set" / "adapter")
     adapter.check_compatible(pipe.unet)

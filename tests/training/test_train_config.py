@@ -20,7 +20,7 @@ from flexip.training.optimization import build_optimizer
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "sd15.yaml", "tiny-sdxl.yaml", "sdxl.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "sd15.yaml", "tiny-sdxl.yaml", "sdxl.yaml", "tiny-flux.yaml", "flux.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert isinstance(config, TrainConfig)
@@ -51,6 +51,18 @@ def test_sdxl_config_is_the_sd15_recipe_at_1024_px_with_the_same_encoders():
     assert (xl.dropout, xl.model.gate, xl.learning_rate) == (sd15.dropout, sd15.model.gate, sd15.learning_rate)
     effective = xl.batch_size * xl.gradient_accumulation_steps
     assert effective == sd15.batch_size * sd15.gradient_accumulation_steps  # pairs per process and optimizer step
+
+
+def test_flux_config_fits_the_memory_plan_in_its_header():
+    """The header's plan assumes FSDP2-ready bf16, gradient checkpointing, 512 px and batch 4, and the
+    flow-matching defaults of diffusers' FLUX examples."""
+    flux = load_config(CONFIGS / "flux.yaml")
+    assert flux.model.base == "black-forest-labs/FLUX.1-dev" and flux.min_snr_gamma == 0.0
+    assert (flux.mixed_precision, flux.gradient_checkpointing) == ("bf16", True)
+    assert (flux.data.resolution, flux.batch_size) == (512, 4) and flux.data.resolution % 16 == 0
+    assert (flux.flow_matching.weighting_scheme, flux.flow_matching.guidance) == ("logit_normal", 3.5)
+    header = (CONFIGS / "flux.yaml").read_text().split("\nmodel:")[0]
+    assert "FSDP2" in header and "gradient checkpointing" in header and "batch 4 at 512 px" in header
 
 
 def test_overrides_reach_nested_keys_and_parse_values(tmp_path):
@@ -230,3 +242,19 @@ def test_an_older_tiny_kit_gets_its_data_set_and_keeps_its_models(tmp_path, tiny
     prepare_tiny_models(ModelConfig(tiny_models=str(kit)))
     assert (kit / "data" / "manifest.jsonl").is_file()
     assert (kit / "adapter" / "notes.txt").read_text() == "mine"
+
+
+def test_a_base_whose_denoiser_flexip_only_generates_on_is_refused_before_any_model_loads(tiny_models, tmp_path, capsys):
+    import json
+    import shutil
+
+    from fixtures import train_on_the_kit
+
+    base = shutil.copytree(tiny_models.base, tmp_path / "base")
+    index = json.loads((base / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNetMotionModel"]  # AnimateDiff's: FlexIP joins it for generation only
+    (base / "model_index.json").write_text(json.dumps(index))
+    assert train_on_the_kit(tiny_models, tmp_path / "run", "--set", f"model.base={base}") == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flexip ")]
+    assert len(lines) == 1 and "is a UNetMotionModel base" in lines[0] and "does not train on it yet" in lines[0]
+    assert "FLUX.1" in lines[0]  # among the bases it trains on

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import losses
+from fixtures import TINY_MODELS, losses
 from flexip.cli import main
 from flexip.models.adapter import FlexIPAdapter
 from flexip.training.checkpoint import parameter_hash
@@ -38,12 +38,14 @@ def train_args(
     return args + [a for o in overrides for a in ("--set", o)]
 
 
-@pytest.mark.parametrize(("family", "source"), [("sd15", "manifest"), ("sdxl", "manifest"), ("sd15", "shards")])
+@pytest.mark.parametrize(
+    ("family", "source"), [("sd15", "manifest"), ("sdxl", "manifest"), ("flux", "manifest"), ("sd15", "shards")]
+)
 def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_losses(
     tmp_path, request, four_pairs, family, source
 ):
-    models = request.getfixturevalue({"sd15": "tiny_models", "sdxl": "tiny_xl_models"}[family])
-    config = CONFIGS / {"sd15": "tiny.yaml", "sdxl": "tiny-sdxl.yaml"}[family]
+    models = request.getfixturevalue(TINY_MODELS[family])
+    config = CONFIGS / {"sd15": "tiny.yaml", "sdxl": "tiny-sdxl.yaml", "flux": "tiny-flux.yaml"}[family]
     streamed = []
     if source == "shards":  # the same pairs streamed from four one-sample shards, in one lane
         shards = tmp_path / "shards"

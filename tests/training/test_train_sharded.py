@@ -22,7 +22,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-from fixtures import train_on_the_kit
+from fixtures import TINY_MODELS, train_on_the_kit
 from flexip.errors import FlexIPError
 from flexip.models.adapter import FlexIPAdapter
 from flexip.training.config import TrainConfig
@@ -169,24 +169,29 @@ def _join(rank: int, world: int, port: int) -> None:
 
 
 def _training_model(kit: Path, perturb: float):
-    """The real training module on the tiny kit: its bf16 frozen UNet and its float32 adapter, the adapter's
-    weights moved by `perturb` (a resumed model must get all of them back from the checkpoint)."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
+    """The real training module on the tiny kit: its bf16 frozen denoiser (the kit's family's: a UNet or FLUX.1's
+    transformer) and its float32 adapter, the adapter's weights moved by `perturb` (a resumed model must get all
+    of them back from the checkpoint)."""
+    from flexip.denoisers.registry import DENOISERS
+    from flexip.families.names import DENOISER_OF_FAMILY
     from flexip.models.adapter import FlexIPAdapter
     from flexip.training.objective import FlexIPTrainingModel
 
-    unet = UNet2DConditionModel.from_pretrained(kit / "base", subfolder="unet", torch_dtype=torch.bfloat16)
     adapter = FlexIPAdapter.from_pretrained(kit / "adapter")
+    denoiser = DENOISERS[DENOISER_OF_FAMILY[adapter.config.base_family]]
+    frozen = denoiser.model_class.from_pretrained(
+        kit / "base", subfolder=denoiser.pipeline_attribute, torch_dtype=torch.bfloat16
+    )
     with torch.no_grad():
         for parameter in adapter.parameters():
             parameter.add_(perturb)
-    scheduler = DDPMScheduler.from_pretrained(kit / "base", subfolder="scheduler")
-    return FlexIPTrainingModel(unet.requires_grad_(False), adapter, scheduler), adapter
+    scheduler = denoiser.scheduler_class().from_pretrained(kit / "base", subfolder="scheduler")
+    return FlexIPTrainingModel(frozen.requires_grad_(False), adapter, scheduler), adapter
 
 
-def _batch(adapter, step: int, rank: int):
-    """Step `step`'s encoded micro-batch of process `rank` (each process its own data), in bf16."""
+def _batch(adapter, step: int, rank: int, pooled: int | None = None):
+    """Step `step`'s encoded micro-batch of process `rank` (each process its own data), in bf16; with `pooled`,
+    FLUX.1's pooled text of that width."""
     from flexip.training.objective import EncodedBatch
 
     generator, config = torch.Generator().manual_seed(1000 * step + rank), adapter.config
@@ -194,10 +199,10 @@ def _batch(adapter, step: int, rank: int):
     def draw(*shape):
         return torch.randn(*shape, generator=generator).to(torch.bfloat16)
 
-    return EncodedBatch(
-        draw(2, 4, 8, 8), draw(2, 7, config.cross_attention_dim), None, draw(2, config.clip_embed_dim),
-        draw(2, 5, config.dino_hidden_dim), torch.tensor([0, 1]), torch.tensor([False, False]),
-    )  # fmt: skip
+    latents, text = draw(2, 4, 8, 8), draw(2, 7, config.cross_attention_dim)
+    clip, dino = draw(2, config.clip_embed_dim), draw(2, 5, config.dino_hidden_dim)
+    added = {"pooled_projections": draw(2, pooled)} if pooled else None
+    return EncodedBatch(latents, text, added, clip, dino, torch.tensor([0, 1]), torch.tensor([False, False]))
 
 
 def _fsdp_worker(rank: int, world: int, port: int, kit: Path, directory: Path) -> None:
@@ -228,7 +233,8 @@ def _fsdp_worker(rank: int, world: int, port: int, kit: Path, directory: Path) -
         return model, adapter, AcceleratedOptimizer(optimizer, device_placement=False)  # as prepare returns it
 
     def train_step(step: int) -> float:
-        loss, _ = model(_batch(adapter, step, rank), torch.Generator().manual_seed(step))
+        pooled = model.unet.config.get("pooled_projection_dim")
+        loss, _ = model(_batch(adapter, step, rank, pooled), torch.Generator().manual_seed(step))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -284,15 +290,17 @@ def _fsdp_worker(rank: int, world: int, port: int, kit: Path, directory: Path) -
     accelerator.end_training()
 
 
-def test_fsdp2_checkpoint_holds_only_the_adapter_and_resumes_exactly_on_two_gloo_processes(tmp_path, tiny_models):
+@pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_fsdp2_checkpoint_holds_only_the_adapter_and_resumes_exactly_on_two_gloo_processes(tmp_path, request, family):
+    kit = request.getfixturevalue(TINY_MODELS[family])
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
-    mp.spawn(_fsdp_worker, args=(2, _free_port(), tiny_models.root, checkpoint), nprocs=2)
+    mp.spawn(_fsdp_worker, args=(2, _free_port(), kit.root, checkpoint), nprocs=2)
     files = sorted(str(f.relative_to(checkpoint)) for f in checkpoint.rglob("*") if f.is_file())
     assert files == [
         "adapter/flexip_adapter.safetensors", "adapter/flexip_config.json", "optimizer.bin",
         "random_states_0.pkl", "random_states_1.pkl",
-    ]  # fmt: skip: no UNet, no accelerate model file
+    ]  # fmt: skip: no denoiser, no accelerate model file
 
 
 def _deepspeed_worker(rank: int, world: int, port: int, kit: Path, directory: Path) -> None:

@@ -9,7 +9,13 @@ from pathlib import Path
 from ..errors import FlexIPError
 from ..evaluation.benchmarks import BENCHMARKS, load_benchmark
 from ..evaluation.generate_config import Sampling
-from ..evaluation.methods import IP_ADAPTER_FILES, METHODS, FlexIPMethod, build_method
+from ..evaluation.methods import (
+    FLUX_IP_ADAPTER_ENCODER,
+    IP_ADAPTER_FILES,
+    METHODS,
+    FlexIPMethod,
+    build_method,
+)
 from ..evaluation.results import SCORES_FILE, SUMMARY_FILE
 from ..evaluation.score_config import IDENTITY_MODES, ScoreConfig
 from ..settings.numbers import DTYPES
@@ -102,7 +108,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         "--method",
         choices=list(METHODS),
         required=True,
-        help="flexip; ip-adapter (diffusers' load_ip_adapter); sd (no reference: the floor); "
+        help="flexip; ip-adapter (diffusers' load_ip_adapter: h94's layout on SD1.5 and SDXL, XLabs' on FLUX.1); "
+        "base (the base model alone, no reference: the floor; sd is another name for it, recorded as sd); "
         "folder (images made elsewhere, --images)",
     )
     p.add_argument(
@@ -110,8 +117,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--base",
-        help="Stable Diffusion base: hub id or diffusers directory (default: for flexip the base the adapter "
-        "records, otherwise SD v1.5)",
+        help="SD1.5, SDXL or FLUX.1 base: hub id or diffusers directory (default: for flexip the base the adapter "
+        "records, otherwise SD v1.5); its family sets the sampler and the default guidance",
     )
 
 
@@ -135,13 +142,18 @@ def _add_per_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ip-adapter-subfolder",
         help="ip-adapter: subfolder (default: the base's family's in h94/IP-Adapter: models on SD1.5, sdxl_models "
-        "on SDXL)",
+        "on SDXL; on FLUX.1 none, as in XLabs-AI/flux-ip-adapter)",
     )
     p.add_argument(
         "--ip-adapter-weight",
         help=f"ip-adapter: weight file (default: {IP_ADAPTER_FILES['sd15'][1]} on SD1.5, "
-        f"{IP_ADAPTER_FILES['sdxl'][1]} on SDXL; IP-Adapter Plus is ip-adapter-plus_sd15.safetensors / "
-        "ip-adapter-plus_sdxl_vit-h.safetensors)",
+        f"{IP_ADAPTER_FILES['sdxl'][1]} on SDXL, {IP_ADAPTER_FILES['flux'][1]} on FLUX.1; IP-Adapter Plus is "
+        "ip-adapter-plus_sd15.safetensors / ip-adapter-plus_sdxl_vit-h.safetensors)",
+    )
+    p.add_argument(
+        "--ip-adapter-image-encoder",
+        help="ip-adapter on FLUX.1: the CLIP image encoder, hub id or directory (default: "
+        f"{FLUX_IP_ADAPTER_ENCODER}, XLabs'; on SD the IP-Adapter's own image_encoder/)",
     )
     p.add_argument("--images", help="folder: a directory of <subject>/<NN>/<name>.png, NN the prompt's index")
 
@@ -157,19 +169,23 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
         help=f"images per prompt and dial value, seeds 0..N-1 (default: {sampling.seeds})",
     )
     p.add_argument(
-        "--steps", type=int, default=sampling.steps, help=f"denoising steps, DDIM (default: {sampling.steps})"
+        "--steps",
+        type=int,
+        default=sampling.steps,
+        help=f"denoising steps, DDIM (on FLUX.1 its flow-matching Euler; default: {sampling.steps})",
     )
     p.add_argument(
         "--guidance",
         type=float,
         default=sampling.guidance,
-        help=f"classifier-free guidance scale (default: {sampling.guidance})",
+        help="guidance scale (default: the base family's: 7.5 on SD1.5 and SDXL, classifier-free; 3.5 on FLUX.1, "
+        "its guidance embedding's, with true CFG off)",
     )
     p.add_argument(
         "--dtype",
         choices=DTYPES,
         default=sampling.dtype,
-        help=f"model dtype (default: {sampling.dtype}; float16 on GPUs)",
+        help=f"model dtype (default: {sampling.dtype}; float16 on GPUs, bfloat16 for FLUX.1)",
     )
 
 
@@ -188,6 +204,7 @@ def run_generate(args: argparse.Namespace) -> int:
         ip_adapter=args.ip_adapter,
         ip_adapter_subfolder=args.ip_adapter_subfolder,
         ip_adapter_weight=args.ip_adapter_weight,
+        ip_adapter_image_encoder=args.ip_adapter_image_encoder,
         images=args.images,
     )
     benchmark = load_benchmark(

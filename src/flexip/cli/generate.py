@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ..errors import FlexIPError
+from .clips import add_clip_options, over_frames, read_clip
 from .dial import add_dial_options, check_blocks, read_dials
 from .options import add_model_options, add_overwrite_option, model_settings, sampling_settings
-from .outputs import check_output
+from .outputs import check_clip_output, check_output
 from .subjects import add_subject_options, read_subjects
 
 EXAMPLES = """\
@@ -21,6 +22,10 @@ examples:
   flexip generate --reference dog.jpg --prompt "a dog" --gate 0.3 --out raw.png
   flexip generate --reference dog.jpg --mask left.png --reference cat.jpg --mask right.png \\
       --prompt "a dog and a cat" --preservation 0.7 --out two.png
+  flexip generate --adapter runs/a/adapter --motion-adapter guoyww/animatediff-motion-adapter-v1-5-2 \\
+      --reference dog.jpg --prompt "a dog running on the beach" --frames 16 --out dog.mp4   # or .gif, or a folder
+  flexip generate --adapter runs/a/adapter --motion-adapter guoyww/animatediff-motion-adapter-v1-5-2 \\
+      --reference dog.jpg --prompt "a dog running" --preservation 0.9:0.4 --dial-over frames --out dog.gif
 
 preservation: 1 keeps the subject's identity and fine detail, 0 lets the prompt restyle it freely; per UNet
 block as down=0.9,mid=0.6,up=0.3 (finer: up.block_0=0.5; unnamed blocks keep 0.5), or over the steps as
@@ -44,9 +49,14 @@ def register(subparsers) -> None:
     add_subject_options(parser)
     forms = "the dial in [0, 1], per block (down=0.9,mid=0.6,up=0.3) or a schedule (0.9:0.3)"
     add_dial_options(parser, "0.5", forms)
-    parser.add_argument("--out", required=True, help="image file to write (.png, .jpg or .webp)")
-    add_overwrite_option(parser, "an existing --out file")
+    parser.add_argument(
+        "--out", required=True,
+        help="image file to write (.png, .jpg or .webp); with --motion-adapter a clip: .mp4, .gif, or a folder "
+        "(a name without a suffix) of frame_000.png, ...",
+    )  # fmt: skip
+    add_overwrite_option(parser, "an existing --out file (a clip's frames in an existing folder)")
     add_model_options(parser)
+    add_clip_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -58,20 +68,33 @@ def run(args: argparse.Namespace) -> int:
             f"--{dial} {text}: generate makes one image at one value; for several values use `flexip sweep "
             f"--{dial} {text} --out DIR`"
         )
-    models, sampling = model_settings(args), sampling_settings(args)
+    clip = read_clip(args)
+    values = over_frames(values, args)
+    models, sampling = model_settings(args), sampling_settings(args, None if clip is None else clip.frames)
     check_blocks(args.adapter, values, sampling.scale)
-    out = check_output(args.out, [*args.reference, *(args.mask or [])], args.overwrite)
+    references = [*args.reference, *(args.mask or [])]
+    if clip is None:
+        out = check_output(args.out, references, args.overwrite)
+    else:
+        out, clip_format = check_clip_output(args.out, clip.frames, references, args.overwrite)
     subjects = read_subjects(args)
+    if clip is not None:
+        clip.note("generate")
 
     # torch: once the command is known good
+    from ..pipeline.clips import save_clip
     from ..pipeline.front_end import dial_records, generate, load_pipeline, note_demo_model, record
     from ..pipeline.output import save_image
 
     loaded = load_pipeline(models)
     note_demo_model(loaded, subjects.images, "flexip generate")
-    images = generate(loaded, args.prompt, values=values, sampling=sampling, dial=dial,
-                      **subjects.call_arguments())  # fmt: skip
+    outputs = generate(loaded, args.prompt, values=values, sampling=sampling, dial=dial,
+                       **subjects.call_arguments())  # fmt: skip
     settings = record(args.prompt, models=models, sampling=sampling, loaded=loaded, **subjects.record())
-    save_image(images[0], out, {**settings, **dial_records(loaded, values, dial)[0]})
+    settings.update(dial_records(loaded, values, dial)[0])
+    if clip is None:
+        save_image(outputs[0], out, settings)
+    else:
+        save_clip(outputs[0], out, {**settings, **clip.record()}, clip.fps, clip_format)
     print(f"wrote {out}")
     return 0

@@ -71,11 +71,13 @@ def add_loading_options(parser: argparse.ArgumentParser) -> None:
 def model_settings(args: argparse.Namespace) -> ModelSettings:
     """The loading options as `ModelSettings` (the device is checked once torch is imported)."""
     return ModelSettings(adapter=args.adapter, base=args.base, base_config=args.base_config, device=args.device,
-                         dtype=args.dtype, scheduler=getattr(args, "scheduler", "ddim"), prefix="--")  # fmt: skip
+                         dtype=args.dtype, scheduler=getattr(args, "scheduler", "ddim"),
+                         motion_adapter=getattr(args, "motion_adapter", None), prefix="--")  # fmt: skip
 
 
-def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
-    """The sampling options as `SamplingSettings`, each value checked under its flag's name."""
+def sampling_settings(args: argparse.Namespace, frames: int | None = None) -> SamplingSettings:
+    """The sampling options as `SamplingSettings`, each value checked under its flag's name; `frames` for a
+    clip (`clips.read_clip`)."""
     scales = parse_dials(args.scale, "--scale", SCALE)
     if len(scales) != 1:
         raise FlexIPError(f"--scale {args.scale}: give one number, or per block (down=1,mid=1,up=0.5)")
@@ -84,4 +86,4 @@ def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
         config = adapter_config(args.adapter)
         guidance = DEFAULT_GUIDANCE["sd15" if config is None else config.base_family]
     return SamplingSettings(steps=args.steps, guidance=guidance, scale=scales[0], seed=args.seed,
-                            negative_prompt=args.negative_prompt, prefix="--")  # fmt: skip
+                            negative_prompt=args.negative_prompt, frames=frames, prefix="--")  # fmt: skip

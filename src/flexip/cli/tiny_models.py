@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         "tests and plumbing checks",
         description="Write a complete tiny model set with random weights in the real diffusers/transformers "
         "formats: DIR/base (a Stable Diffusion 1.5 pipeline, SDXL's with --family sdxl, FLUX.1's with --family flux), "
-        "DIR/image_encoder (CLIP vision), DIR/dinov2, DIR/adapter (FlexIP), DIR/data (a small training set: "
+        "DIR/image_encoder (CLIP vision), DIR/dinov2, DIR/adapter (FlexIP), DIR/motion_adapter (an AnimateDiff "
+        "motion adapter for an sd15 or sdxl base), DIR/data (a small training set: "
         "manifest.jsonl and its pictures of coloured shapes), DIR/benchmark (benchmark.jsonl, for `flexip eval "
         "generate --benchmark jsonl`) and DIR/metrics (clip/, dino/ and aesthetic.safetensors, the backbones "
         "`flexip eval score` loads). It exists so that everything, training and evaluation included, runs "
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     family = family_named(args.family)
     models = save_tiny_model_set(args.directory, seed=args.seed, overwrite=args.overwrite, family=family)
     save_tiny_backbones(models.root, seed=args.seed, overwrite=args.overwrite)
-    parts = "base/, image_encoder/, dinov2/, adapter/, data/, benchmark/, metrics/"
+    motion = "motion_adapter/, " if models.motion_adapter.is_dir() else ""
+    parts = f"base/, image_encoder/, dinov2/, adapter/, {motion}data/, benchmark/, metrics/"
     print(f"wrote the tiny {family.title} model set to {models.root}: {parts}")
     if kept:
         print(f"kept what was already there: {', '.join(kept)} (pass --overwrite to replace them)")

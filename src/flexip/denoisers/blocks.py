@@ -47,4 +47,4 @@ def _flux_block(layer: str) -> tuple[str, int, int] | None:
 FLUX_BLOCKS = BlockNames(("double",), _flux_block)
 
 # A denoiser's name (flexip.denoisers) -> its block names.
-BLOCK_NAMES = {"unet": UNET_BLOCKS, "flux": FLUX_BLOCKS}
+BLOCK_NAMES = {"unet": UNET_BLOCKS, "flux": FLUX_BLOCKS, "motion_unet": UNET_BLOCKS}

@@ -25,7 +25,7 @@ ATTRIBUTES = ("name", "model_class", "pipeline_attribute", "block_names")
 
 class Denoiser(ABC):
     """One kind of denoiser, as generation needs it: an interface; `unet.py` is the UNet with cross-attention
-    (SD1.5, SDXL), `flux.py` FLUX.1's transformer."""
+    (SD1.5, SDXL), `flux.py` FLUX.1's transformer, `motion_unet.py` AnimateDiff's UNet."""
 
     name: ClassVar[str]  # for messages and the registry
     model_class: ClassVar[type]  # the diffusers model class
@@ -71,27 +71,44 @@ class Denoiser(ABC):
         """A denoiser call's arguments (those a forward pre-hook sees) with the per-call condition joined to
         them so that it reaches the joined layers: `condition_for(text, latent_size)` builds it, `text` the
         call's text embeddings and `latent_size()` the (height, width) of the latents' grid (`layer_grid`'s
-        second argument), asked for only when a condition is built."""
+        second argument), asked for only when a condition is built. A denoiser whose layers see a clip's frames
+        as rows (`frames` consecutive rows per sample, the text repeated per frame) passes
+        `condition_for(text, latent_size, frames)`."""
 
 
 class TrainableDenoiser(Denoiser):
-    """A denoiser FlexIP trains on: `Denoiser` and the training objective (docs/method.md §3)."""
+    """A denoiser FlexIP trains on: `Denoiser` and the training objective (docs/method.md §3). `config` is the
+    training config (`flexip.training.config.TrainConfig`), whose objective settings a denoiser reads."""
+
+    @abstractmethod
+    def scheduler_class(self) -> type:
+        """The diffusers scheduler class of the training noise schedule, loaded from the base's `scheduler/`."""
+
+    @abstractmethod
+    def sampler(self, scheduler):
+        """A fresh scheduler that samples validation images from a model trained on `scheduler`'s schedule."""
 
     @abstractmethod
     def check_schedule(self, scheduler, where: str) -> None:
         """Refuse, naming `where`, a base whose noise schedule the denoiser's objective does not train."""
 
     @abstractmethod
-    def noisy_and_target(self, scheduler, latents, generator) -> tuple:
-        """(noisy latents, timesteps, target) of a training batch, drawn from `generator`."""
+    def check_objective(self, config) -> None:
+        """Refuse, naming the key, objective settings of `config` that this denoiser does not train with."""
 
     @abstractmethod
-    def predict(self, model: nn.Module, noisy, timesteps, text, condition, added: dict | None):
-        """The model's prediction for a training batch, with the condition joined as `with_condition` joins it."""
+    def noisy_and_target(self, scheduler, latents, generator, config) -> tuple:
+        """(noisy latents, timesteps, target) of a training batch of (batch, channels, height, width) latents,
+        drawn from `generator`; the target is of the latents' shape."""
 
     @abstractmethod
-    def loss_weight(self, scheduler, timesteps, min_snr_gamma: float):
-        """Each sample's loss weight under min-SNR-gamma weighting."""
+    def predict(self, model: nn.Module, noisy, timesteps, text, condition, added: dict | None, config):
+        """The model's prediction for a training batch, of the latents' shape, with the condition joined as
+        `with_condition` joins it."""
+
+    @abstractmethod
+    def loss_weight(self, scheduler, timesteps, config):
+        """Each sample's loss weight, or None where the objective weighs every sample alike."""
 
     @abstractmethod
     def activation_values(self, model: nn.Module, resolution: int) -> int:

@@ -7,6 +7,7 @@ from torch import nn
 from ..errors import FlexIPError
 from .denoiser import Denoiser, missing_pieces
 from .flux import FluxDoubleStream
+from .motion_unet import MotionUNet
 from .unet import UNetCrossAttention
 
 DENOISERS: dict[str, Denoiser] = {}
@@ -24,6 +25,7 @@ def register(cls: type) -> Denoiser:
 
 UNET = register(UNetCrossAttention)
 FLUX = register(FluxDoubleStream)
+MOTION_UNET = register(MotionUNet)
 
 
 def denoiser_of(model: nn.Module) -> Denoiser:

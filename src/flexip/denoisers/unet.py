@@ -10,20 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from ..errors import FlexIPError
 from .blocks import UNET_BLOCKS
-from .denoiser import TrainableDenoiser
+from .denoiser import Denoiser, TrainableDenoiser
 
 
-class UNetCrossAttention(TrainableDenoiser):
-    name = "unet"
-    model_class = UNet2DConditionModel
-    pipeline_attribute = "unet"
-    block_names = UNET_BLOCKS
+class UNetLayers(Denoiser):
+    """What generation needs of a UNet whose cross-attention layers FlexIP joins, shared by Stable Diffusion's
+    UNet (`UNetCrossAttention`) and AnimateDiff's (`motion_unet.py`): the layers, their sizes and grids, and
+    the text reaching them as `encoder_hidden_states`."""
 
     def attention_layers(self, model: nn.Module) -> dict[str, nn.Module]:
         """The cross-attention layers, found through diffusers' processor API and `Attention.is_cross_attention`."""
@@ -69,6 +68,23 @@ class UNetCrossAttention(TrainableDenoiser):
             args = (*args[:2], (args[2], condition_for(args[2], latent_size)), *args[3:])
         return args, kwargs
 
+
+class UNetCrossAttention(UNetLayers, TrainableDenoiser):
+    """Stable Diffusion's UNet2DConditionModel (SD1.5, SDXL): its layers, and the epsilon objective FlexIP
+    trains it with."""
+
+    name = "unet"
+    model_class = UNet2DConditionModel
+    pipeline_attribute = "unet"
+    block_names = UNET_BLOCKS
+
+    def scheduler_class(self) -> type:
+        return DDPMScheduler
+
+    def sampler(self, scheduler) -> DDIMScheduler:
+        """DDIM on the training schedule (docs/method.md §4)."""
+        return DDIMScheduler.from_config(scheduler.config)
+
     def check_schedule(self, scheduler, where: str) -> None:
         """FlexIP trains a UNet with the epsilon objective (docs/method.md §3)."""
         if scheduler.config.prediction_type != "epsilon":
@@ -77,8 +93,11 @@ class UNetCrossAttention(TrainableDenoiser):
                 "(docs/method.md §3): use an epsilon-prediction model such as Stable Diffusion 1.5"
             )
 
+    def check_objective(self, config) -> None:
+        """Every setting of the epsilon objective applies (flow_matching is FLUX.1's, and unused here)."""
+
     def noisy_and_target(
-        self, scheduler, latents: torch.Tensor, generator: torch.Generator
+        self, scheduler, latents: torch.Tensor, generator: torch.Generator, config
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(noisy latents, timesteps, target): DDPM's forward process at uniform timesteps; the target of
         epsilon prediction is the noise."""
@@ -89,7 +108,7 @@ class UNetCrossAttention(TrainableDenoiser):
 
     def predict(
         self, model: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, condition,
-        added: dict | None,
+        added: dict | None, config,
     ) -> torch.Tensor:  # fmt: skip
         """The model's prediction for a training batch, the condition joined as in a pipeline's calls."""
         args, kwargs = self.with_condition(
@@ -97,9 +116,9 @@ class UNetCrossAttention(TrainableDenoiser):
         )
         return model(*args, **kwargs).sample
 
-    def loss_weight(self, scheduler, timesteps: torch.Tensor, min_snr_gamma: float) -> torch.Tensor:
-        """Each sample's min-SNR-gamma loss weight."""
-        return min_snr_weight(scheduler, timesteps, min_snr_gamma)
+    def loss_weight(self, scheduler, timesteps: torch.Tensor, config) -> torch.Tensor | None:
+        """Each sample's min-SNR-gamma loss weight (config min_snr_gamma; 0: none)."""
+        return min_snr_weight(scheduler, timesteps, config.min_snr_gamma) if config.min_snr_gamma else None
 
     def activation_values(self, model: nn.Module, resolution: int) -> int:
         """About how many values one sample's activations keep for the backward pass, at `resolution` px.

@@ -64,6 +64,8 @@ def _check_resume(out: Path, settings: dict) -> None:
     if not (out / GENERATION_FILE).is_file():
         return
     previous = read_settings(out)
+    # A generation.json without "family" (an older flexip's) is compared on the rest: its base decides it.
+    previous.setdefault("family", settings.get("family"))
     changed = sorted(
         key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key)
     )

@@ -1,7 +1,10 @@
 """The sampling settings every generating method shares, validated up front and recorded in generation.json.
 
-Methods differ only in themselves (docs/method.md §4): the same base, scheduler, steps, guidance and seeds.
-Kept free of torch, like `methods`, so that the command line can offer the choices without importing it.
+Methods differ only in themselves (docs/method.md §4): the same base, scheduler, steps, guidance and seeds. The
+guidance and the sampler are the base family's, as in `flexip generate`: guidance 7.5 on Stable Diffusion and
+3.5 on FLUX.1 (its guidance embedding; true CFG stays off), DDIM, which on FLUX.1, a flow-matching base, is its
+flow-matching Euler. Kept free of torch, like `methods`, so that the command line can offer the choices without
+importing it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from ..errors import FlexIPError
+from ..families.names import DEFAULT_GUIDANCE
+from ..schedulers import FLOW_MATCHING, SCHEDULERS
 from ..settings.numbers import DTYPES
 
 MAX_SEEDS = 1000
@@ -22,11 +27,10 @@ class Sampling:
     base: str | None = None  # hub id or diffusers directory; None: the method's default (`Method.base`)
     seeds: int = 4  # images per prompt (and dial value): seeds 0..seeds-1
     steps: int = 50
-    guidance: float = 7.5
+    guidance: float | None = None  # None: the base family's (DEFAULT_GUIDANCE)
     dtype: str = "float32"
     # Fixed for every method, so that methods differ only in themselves. The safety checker is off: its false
     # positives black out images and would count as failures of the method.
-    scheduler: str = field(default="DDIMScheduler", init=False)
     safety_checker: bool = field(default=False, init=False)
 
     def __post_init__(self):
@@ -34,13 +38,21 @@ class Sampling:
             raise FlexIPError(f"--seeds and --steps must be at least 1, got {self.seeds} and {self.steps}")
         if self.seeds > MAX_SEEDS:  # the plan lists every image before the first is made
             raise FlexIPError(f"--seeds {self.seeds}: give at most {MAX_SEEDS} images per prompt (papers use 4 to 10)")
-        if not math.isfinite(self.guidance):
+        if self.guidance is not None and not math.isfinite(self.guidance):
             raise FlexIPError(
                 f"--guidance={self.guidance} must be finite (7.5 is usual; <= 1 turns guidance off)"
             )
         if self.dtype not in DTYPES:
             raise FlexIPError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
-    def settings(self) -> dict:
-        """What generation.json records of these beside the base, which the method resolves."""
-        return {key: value for key, value in asdict(self).items() if key != "base"}
+    def guidance_on(self, family: str) -> float:
+        """The guidance scale on a base of `family` (a family's name): --guidance, else the family's."""
+        return DEFAULT_GUIDANCE[family] if self.guidance is None else self.guidance
+
+    def settings(self, family: str) -> dict:
+        """What generation.json records of these on a base of `family`, beside the base the method resolves."""
+        # `flexip generate`'s "ddim": DDIM, on FLUX.1 (a flow-matching base) its flow-matching Euler
+        sampler = FLOW_MATCHING["ddim"] if family == "flux" else SCHEDULERS["ddim"]
+        shared = {key: value for key, value in asdict(self).items() if key not in ("base", "safety_checker")}
+        return {**shared, "guidance": self.guidance_on(family), "scheduler": sampler,
+                "safety_checker": self.safety_checker}  # fmt: skip

@@ -1,5 +1,5 @@
-"""The methods `flexip eval generate` compares, one object each: FlexIP, IP-Adapter, plain Stable Diffusion
-(the floor) and images made elsewhere.
+"""The methods `flexip eval generate` compares, one object each: FlexIP, IP-Adapter, the base model alone (the
+floor; `sd` is another name of it) and images made elsewhere, on Stable Diffusion 1.5, SDXL and FLUX.1 bases.
 
 A method tells `generate`
 - `name`, `dial_name` and `dials`: its --method value, the name of its dial (None without one) and its values;
@@ -9,7 +9,8 @@ A method tells `generate`
 - `load(device)`: load its models once and return the function that makes one `Unit`'s images, one per dial
   value in the order of `dials`.
 
-Every generating method shares `Sampling` (base, scheduler, steps, guidance, seeds, safety checker off), so
+Every generating method shares `Sampling` (base, scheduler, steps, guidance, seeds, safety checker off; the
+scheduler and the default guidance the base family's, as in `flexip generate`), so
 methods differ only in themselves (docs/method.md §4). Importing this module imports neither torch nor
 diffusers (each `load` does), so that the command line can offer the choices quickly.
 """
@@ -27,6 +28,7 @@ from ..defaults import BASE_MODEL
 from ..denoisers.blocks import BLOCK_NAMES
 from ..errors import FlexIPError
 from ..families.names import DENOISER_OF_FAMILY
+from ..model_paths import check_hub_model, split_model_reference
 from ..settings.calibration import call_gates
 from ..settings.dial import SCALE
 from .benchmarks import IMAGE_SUFFIXES, Case
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from ..families.family import Family
     from ..models.adapter import FlexIPAdapter
 
 
@@ -88,7 +91,7 @@ class Method(ABC):
 
 @dataclass(frozen=True)
 class _Sampled(Method):
-    """A method that samples its images with Stable Diffusion and DDIM under the shared `Sampling`."""
+    """A method that samples its images with a base model and DDIM under the shared `Sampling`."""
 
     sampling: Sampling = field(default_factory=Sampling)
 
@@ -97,11 +100,21 @@ class _Sampled(Method):
         """The base model the images are made with: --base, else Stable Diffusion v1.5."""
         return self.sampling.base or BASE_MODEL
 
+    @property
+    def family(self) -> str:
+        """The name of the base's family ("sd15", "sdxl" or "flux"), which sets the sampler and the guidance."""
+        return self._family.name
+
+    @cached_property
+    def _family(self) -> Family:
+        return _family_of(self.base)
+
     def settings(self) -> dict:
-        shared = self.sampling.settings()
+        shared = self.sampling.settings(self.family)
         return {
             "method": self.name,
             "base": self.base,
+            "family": self.family,
             **self._options(),
             **shared,
             "dial_name": self.dial_name,
@@ -112,18 +125,20 @@ class _Sampled(Method):
 
     def load(self, device: torch.device) -> Callable[[Unit], list[Image.Image]]:
         import torch
-        from diffusers import DDIMScheduler
         from PIL import Image
 
+        from ..schedulers import make_scheduler
         from ..settings.numbers import check_steps
 
         pipe = self._pipeline(getattr(torch, self.sampling.dtype))
         check_steps(self.sampling.steps, "--steps", most=pipe.scheduler.config.num_train_timesteps)
-        pipe.safety_checker = None
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        if "safety_checker" in pipe.components:  # the Stable Diffusion families' (FLUX.1 has none)
+            pipe.safety_checker = None
+        pipe.scheduler = make_scheduler("ddim", pipe.scheduler)  # `flexip generate`'s default sampler
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        common = {"num_inference_steps": self.sampling.steps, "guidance_scale": self.sampling.guidance}
+        guidance = self.sampling.guidance_on(self.family)
+        common = {"num_inference_steps": self.sampling.steps, "guidance_scale": guidance}
         references: dict[str, Any] = {}  # the current subject's reference, loaded (and encoded) once
 
         def reference(path: str) -> Any:
@@ -156,12 +171,32 @@ class _Sampled(Method):
         """One unit's images, one per dial value; `noise()` gives a fresh generator at the unit's seed."""
 
 
-def _stable_diffusion(base: str, dtype: torch.dtype):
-    """The base's own text-to-image pipeline: Stable Diffusion 1.5's or SDXL's, as its model_index.json says."""
-    from ..families.registry import SD15, family_of_base, load_base
+def _family_of(base: str) -> Family:
+    """The family of the base at `base`, as its model_index.json (or a checkpoint file's keys) says; a hub id not
+    in the local cache has that small file fetched first, as the loader would. Stable Diffusion 1.5 where it
+    cannot be told (the hub unreachable: the loader then says what is wrong)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ..families.registry import SD15, family_of_base
+
+    family = family_of_base(base)
+    repo, subfolder = split_model_reference(base)
+    if family is None and subfolder is None and repo.count("/") == 1 and not Path(repo).exists():
+        try:
+            hf_hub_download(repo, "model_index.json")
+        except (HfHubHTTPError, OSError, ValueError):
+            return SD15
+        family = family_of_base(base)
+    return family or SD15
+
+
+def _base_pipeline(family: Family, base: str, dtype: torch.dtype):
+    """The base's own text-to-image pipeline (`StableDiffusionPipeline`, `StableDiffusionXLPipeline` or
+    `FluxPipeline`, as `family` says), in `dtype`."""
+    from ..families.registry import load_base
     from ..pipeline.pipeline import cast_components
 
-    family = family_of_base(base) or SD15
     try:
         pipe = load_base(family, base)
         cast_components(pipe, dtype)  # as FlexIPPipeline.from_pretrained casts, on any diffusers version
@@ -221,6 +256,13 @@ class FlexIPMethod(_Sampled):
 
         return FlexIPAdapter.from_pretrained(self.adapter)
 
+    @cached_property
+    def _family(self) -> Family:
+        """The family the adapter was trained on (a base of another is refused when the pipeline loads)."""
+        from ..families.registry import family_named
+
+        return family_named(self._adapter.config.base_family)
+
     @property
     def base(self) -> str:
         """--base, else the base model the adapter records (as `flexip generate --adapter` does)."""
@@ -229,7 +271,7 @@ class FlexIPMethod(_Sampled):
         base = self._adapter.resolve_model(self._adapter.config.base_model)
         if not base:
             raise FlexIPError(
-                f"the adapter {self.adapter} does not record its base model; give the Stable Diffusion base "
+                f"the adapter {self.adapter} does not record its base model; give the {self._family.title} base "
                 "it was trained on with --base"
             )
         return base
@@ -249,15 +291,26 @@ class FlexIPMethod(_Sampled):
         ).images
 
 
-# Base family -> (subfolder, weight file) of the plain IP-Adapter in h94/IP-Adapter, which --ip-adapter-subfolder
-# and --ip-adapter-weight default to (IP-Adapter Plus: ip-adapter-plus_sd15 / ip-adapter-plus_sdxl_vit-h).
+# Base family -> (subfolder, weight file) of the plain IP-Adapter that --ip-adapter-subfolder and
+# --ip-adapter-weight default to: h94/IP-Adapter's on the Stable Diffusion families (IP-Adapter Plus:
+# ip-adapter-plus_sd15 / ip-adapter-plus_sdxl_vit-h), XLabs-AI/flux-ip-adapter's on FLUX.1.
 IP_ADAPTER_FILES = {"sd15": ("models", "ip-adapter_sd15.safetensors"),
-                    "sdxl": ("sdxl_models", "ip-adapter_sdxl.safetensors")}  # fmt: skip
+                    "sdxl": ("sdxl_models", "ip-adapter_sdxl.safetensors"),
+                    "flux": ("", "ip_adapter.safetensors")}  # fmt: skip
+# The CLIP image encoder XLabs' FLUX.1 IP-Adapter was trained with (h94's sit in their image_encoder/ folders).
+FLUX_IP_ADAPTER_ENCODER = "openai/clip-vit-large-patch14"
+# Base family -> where its IP-Adapters are found, for messages.
+IP_ADAPTER_REPOSITORIES = {
+    "sd15": "h94/IP-Adapter",
+    "sdxl": "h94/IP-Adapter",
+    "flux": "XLabs-AI/flux-ip-adapter",
+}
 
 
 @dataclass(frozen=True)
 class IPAdapterMethod(_Sampled):
-    """IP-Adapter through diffusers' own `load_ip_adapter`; its scale is pipeline-wide: one call per scale."""
+    """IP-Adapter through diffusers' own `load_ip_adapter` (`IPAdapterMixin` on the Stable Diffusion families,
+    `FluxIPAdapterMixin`, with XLabs' layout, on FLUX.1); its scale is pipeline-wide: one call per scale."""
 
     name = "ip-adapter"
     dial_name = "scale"
@@ -265,35 +318,102 @@ class IPAdapterMethod(_Sampled):
     ip_adapter: str | None = None  # hub id or directory, as `load_ip_adapter` takes it
     ip_adapter_subfolder: str | None = None  # None: the base family's (IP_ADAPTER_FILES)
     ip_adapter_weight: str | None = None  # None: the base family's
+    ip_adapter_image_encoder: str | None = None  # FLUX.1's CLIP image encoder; None: FLUX_IP_ADAPTER_ENCODER
 
     def __post_init__(self):
         self._needs("ip_adapter")
         _check_scales(self.scale)
-        from ..families.registry import SD15, family_of_base
-
-        # h94/IP-Adapter's layout: the SD1.5 files under models/, the SDXL ones under sdxl_models/.
-        subfolder, weight = IP_ADAPTER_FILES[(family_of_base(self.base) or SD15).name]
-        object.__setattr__(self, "ip_adapter_subfolder", self.ip_adapter_subfolder or subfolder)
-        object.__setattr__(self, "ip_adapter_weight", self.ip_adapter_weight or weight)
+        flux = self.family == "flux"
+        if self.ip_adapter_image_encoder is not None and not flux:
+            raise FlexIPError(
+                f"--ip-adapter-image-encoder is for a FLUX.1 base, and {self.base} is {self._family.title}: "
+                "h94's IP-Adapters bring their own image_encoder/; drop the option"
+            )
+        subfolder, weight = IP_ADAPTER_FILES[self.family]
+        defaults = {"ip_adapter_subfolder": subfolder, "ip_adapter_weight": weight,
+                    "ip_adapter_image_encoder": FLUX_IP_ADAPTER_ENCODER if flux else None}  # fmt: skip
+        for option, default in defaults.items():
+            if getattr(self, option) is None:
+                object.__setattr__(self, option, default)
 
     @property
     def dials(self) -> tuple[float, ...]:
         return self.scale
 
-    def _pipeline(self, dtype: torch.dtype):
-        from ..model_paths import check_hub_model
+    def settings(self) -> dict:
+        """The shared record; the image encoder only on FLUX.1 (on Stable Diffusion the IP-Adapter's own)."""
+        settings = super().settings()
+        if self.ip_adapter_image_encoder is None:
+            del settings["ip_adapter_image_encoder"]
+        return settings
 
-        weight = f"{self.ip_adapter_subfolder}/{self.ip_adapter_weight}"
-        check_hub_model(self.ip_adapter, "--ip-adapter", weight)  # before the base loads: fail at once
-        pipe = _stable_diffusion(self.base, dtype)
+    def _weight_file(self) -> Path:
+        """The IP-Adapter's weight file, local or fetched into the Hugging Face cache (as the loader would)."""
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        relative = "/".join(part for part in (self.ip_adapter_subfolder, self.ip_adapter_weight) if part)
+        check_hub_model(self.ip_adapter, "--ip-adapter", relative)
+        cannot = f"cannot load the IP-Adapter {self.ip_adapter!r}"
+        if Path(self.ip_adapter).exists() or self.ip_adapter.startswith((".", "/", "~")):  # a local path
+            path = Path(self.ip_adapter, relative)
+            if not path.is_file():
+                raise FlexIPError(
+                    f"{cannot}: it has no {relative}; give the directory that has, or the file's place in it with "
+                    "--ip-adapter-subfolder and --ip-adapter-weight"
+                )
+            return path
+        subfolder = self.ip_adapter_subfolder or None
         try:
-            pipe.load_ip_adapter(
-                self.ip_adapter, subfolder=self.ip_adapter_subfolder, weight_name=self.ip_adapter_weight
+            return Path(hf_hub_download(self.ip_adapter, self.ip_adapter_weight, subfolder=subfolder))
+        except (HfHubHTTPError, OSError, ValueError) as e:
+            raise FlexIPError(f"{cannot}: cannot fetch {relative} ({str(e).splitlines()[0]})") from e
+
+    def _check_kind(self, path: Path) -> None:
+        """Refuse an IP-Adapter made for the other kind of denoiser, from its weight file's keys alone: FLUX.1's
+        project the image tokens with biases (XLabs' `double_blocks.N.processor.ip_adapter_double_stream_k_proj`,
+        `ip_adapter.N.to_k_ip.bias` once converted), a UNet's without (h94's `ip_adapter.N.to_k_ip.weight`)."""
+        from safetensors import SafetensorError, safe_open
+
+        if path.suffix != ".safetensors":
+            return  # diffusers reads it; its own errors name what is wrong
+        try:
+            with safe_open(path, framework="pt") as file:
+                keys = list(file.keys())
+        except (OSError, SafetensorError) as e:
+            raise FlexIPError(
+                f"--ip-adapter: {path} is not a whole safetensors file ({e}); fetch it again"
+            ) from e
+        for_flux = any(key.startswith("double_blocks.") or key.endswith("to_k_ip.bias") for key in keys)
+        base_is_flux = self.family == "flux"
+        if for_flux != base_is_flux:
+            made_for = "FLUX.1" if for_flux else "a Stable Diffusion UNet"
+            raise FlexIPError(
+                f"--ip-adapter {self.ip_adapter}: {path.name} is an IP-Adapter for {made_for}, but the base "
+                f"{self.base} is {self._family.title}; give one made for {self._family.title} (such as "
+                f"{IP_ADAPTER_REPOSITORIES[self.family]})"
             )
-        except (OSError, ValueError) as e:
+
+    def _pipeline(self, dtype: torch.dtype):
+        self._check_kind(self._weight_file())  # before the base loads: fail at once
+        encoder = {}
+        if self.ip_adapter_image_encoder is not None:  # FLUX.1: the CLIP image encoder is a model of its own
+            check_hub_model(self.ip_adapter_image_encoder, "--ip-adapter-image-encoder")
+            path, subfolder = split_model_reference(self.ip_adapter_image_encoder)
+            encoder = {
+                "image_encoder_pretrained_model_name_or_path": path,
+                "image_encoder_subfolder": subfolder or "",
+                "image_encoder_dtype": dtype,
+            }
+        pipe = _base_pipeline(self._family, self.base, dtype)
+        files = {"subfolder": self.ip_adapter_subfolder, "weight_name": self.ip_adapter_weight}
+        try:
+            pipe.load_ip_adapter(self.ip_adapter, **files, **encoder)
+        # diffusers refuses a file with OSError or ValueError, a missing key with KeyError, a shape with RuntimeError
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise FlexIPError(
                 f"cannot load the IP-Adapter {self.ip_adapter!r} (subfolder {self.ip_adapter_subfolder!r}, "
-                f"weight {self.ip_adapter_weight!r}): {str(e).splitlines()[0]}"
+                f"weight {self.ip_adapter_weight!r}) into {self.base}: {str(e).splitlines()[0]}"
             ) from e
         return pipe
 
@@ -306,16 +426,25 @@ class IPAdapterMethod(_Sampled):
 
 
 @dataclass(frozen=True)
-class PlainSDMethod(_Sampled):
-    """Stable Diffusion without a reference: the floor every method should clear on identity."""
+class PlainBaseMethod(_Sampled):
+    """The base model alone (Stable Diffusion 1.5, SDXL or FLUX.1), without a reference: the floor every method
+    should clear on identity."""
 
-    name = "sd"
+    name = "base"
 
     def _pipeline(self, dtype: torch.dtype):
-        return _stable_diffusion(self.base, dtype)
+        return _base_pipeline(self._family, self.base, dtype)
 
     def _images(self, pipe, prompt, reference, noise, common) -> list:
         return pipe(prompt, generator=noise(), **common).images
+
+
+@dataclass(frozen=True)
+class PlainSDMethod(PlainBaseMethod):
+    """`--method sd`, another name of `base`: the same images, recorded under its own name (method "sd", the
+    folder images/sd/), so that a results directory made under either name is continued under it."""
+
+    name = "sd"
 
 
 @dataclass(frozen=True)
@@ -355,7 +484,7 @@ class FolderMethod(Method):
 
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (FlexIPMethod, IPAdapterMethod, PlainSDMethod, FolderMethod)
+    cls.name: cls for cls in (FlexIPMethod, IPAdapterMethod, PlainBaseMethod, PlainSDMethod, FolderMethod)
 }
 
 

@@ -151,6 +151,7 @@ def score_results(directory: str | os.PathLike, scorer: Scorer) -> list[dict]:
     record = {
         "label": settings["label"],
         "method": settings["method"],
+        "family": settings.get("family"),  # the base's; None for imported images (and older results)
         "dial_name": settings["dial_name"],
         "benchmark": settings["benchmark"]["name"],
         **asdict(scorer.config),
@@ -208,7 +209,7 @@ def write_summary(directory: Path, rows: list[dict], settings: dict) -> None:
     first = rows[0]
     compared = "the reference used" if first["identity"] == "reference" else "all real images of the subject"
     lines = [
-        f"# {settings['label']} ({settings['method']}) on {settings['benchmark']['name']}\n",
+        f"# {settings['label']} ({_method(settings)}) on {settings['benchmark']['name']}\n",
         f"Identity compared with: {first['identity']} ({compared}).",
         (
             f"Backbones: CLIP-I/CLIP-T `{first['clip_model']}`, DINO-I `{first['dino_model']}`, CLIP-IQA "
@@ -217,6 +218,12 @@ def write_summary(directory: Path, rows: list[dict], settings: dict) -> None:
         markdown_table(SUMMARY_HEADER[:10], [row[:10] for row in table]),
     ]
     atomic_write_bytes(directory / f"{SUMMARY_FILE}.md", "\n".join(lines).encode())
+
+
+def _method(settings: dict) -> str:
+    """The method as the summary's title names it, with its base's family where it ran on one."""
+    family = settings.get("family")
+    return settings["method"] if family is None else f"{settings['method']}, {family} base"
 
 
 def read_summary(directory: str | os.PathLike) -> list[dict]:

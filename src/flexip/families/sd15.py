@@ -1,4 +1,6 @@
-"""Stable Diffusion 1.5 (and bases of its shape): one CLIP text encoder, no pooled text, no added conditions."""
+"""Stable Diffusion 1.5 (and bases of its shape): one CLIP text encoder, no pooled text, no added conditions.
+AnimateDiff's UNet made from such a base (its motion modules added) is of the family too: an SD1.5 adapter
+joins its spatial layers."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..denoisers.registry import UNET
+from ..denoisers.registry import MOTION_UNET, UNET
 from .family import Family, TextConditioning
 
 
@@ -24,7 +26,8 @@ class StableDiffusion15(Family):
     vae_overflows_in_fp16 = False
 
     def matches(self, model: nn.Module) -> bool:
-        return self.denoiser.matches(model) and getattr(model.config, "addition_embed_type", None) is None
+        unet = self.denoiser.matches(model) or MOTION_UNET.matches(model)
+        return unet and getattr(model.config, "addition_embed_type", None) is None
 
     def encode_prompt(self, pipe, arguments: dict, images_per_prompt: int, guided: bool) -> dict:
         lora_scale = (arguments.get("cross_attention_kwargs") or {}).get("scale")

@@ -11,7 +11,7 @@ from diffusers import StableDiffusionXLPipeline
 from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ..denoisers.registry import UNET
+from ..denoisers.registry import MOTION_UNET, UNET
 from .family import Family, TextConditioning
 from .sd15 import tokens
 
@@ -30,14 +30,16 @@ class StableDiffusionXL(Family):
     vae_overflows_in_fp16 = True
 
     def matches(self, model: nn.Module) -> bool:
-        return self.denoiser.matches(model) and getattr(model.config, "addition_embed_type", None) == "text_time"
+        unet = self.denoiser.matches(model) or MOTION_UNET.matches(model)  # AnimateDiff's SDXL UNet too
+        return unet and getattr(model.config, "addition_embed_type", None) == "text_time"
 
     def encode_prompt(self, pipe, arguments: dict, images_per_prompt: int, guided: bool) -> dict:
         lora_scale = (arguments.get("cross_attention_kwargs") or {}).get("scale")
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        # The count per prompt by position: AnimateDiff's SDXL pipeline names it num_videos_per_prompt.
         encoded = pipe.encode_prompt(
-            prompt=arguments.get("prompt"), prompt_2=arguments.get("prompt_2"), device=pipe._execution_device,
-            num_images_per_prompt=images_per_prompt, do_classifier_free_guidance=guided,
+            arguments.get("prompt"), arguments.get("prompt_2"), pipe._execution_device, images_per_prompt,
+            do_classifier_free_guidance=guided,
             negative_prompt=arguments.get("negative_prompt"), negative_prompt_2=arguments.get("negative_prompt_2"),
             **{name: arguments.get(name) for name in names}, lora_scale=lora_scale,
             clip_skip=arguments.get("clip_skip"),

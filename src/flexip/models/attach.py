@@ -11,7 +11,7 @@ from .processor import FlexIPAttnProcessor
 from .projections import BranchProjections
 
 # A denoiser's name -> the processor FlexIP installs in its joined layers.
-PROCESSORS = {"unet": FlexIPAttnProcessor, "flux": FlexIPFluxAttnProcessor}
+PROCESSORS = {"unet": FlexIPAttnProcessor, "flux": FlexIPFluxAttnProcessor, "motion_unet": FlexIPAttnProcessor}
 
 
 def is_flexip(processor: object) -> bool:

@@ -5,7 +5,8 @@
 computed from the layer's query Q in the attention's (B, h, N, d) layout, each branch only for its active rows
 (weight != 0), its keys/values from the condition's cache once filled, several references summed with their
 weights and masks. The processors differ in where Q comes from and where the sum goes (`processor.py` adds it
-to a UNet's text attention, `flux_processor.py` hands it to a FLUX block).
+to a UNet's text attention, `flux_processor.py` hands it to a FLUX block). A clip's layer (`condition.frames`
+rows per sample) attends with each sample's frames as one sequence of queries (`_add_clip_branch`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def _add_branch(
     if rows is not None and rows.numel() == 0:
         return hidden_states
     keys_values = _keys_values(condition, tokens, rows, to_k, to_v, heads, norm_k)
+    if condition.frames > 1:
+        return _add_clip_branch(hidden_states, query, condition, rows, factor, keys_values)
     full_query = query
     if rows is not None:
         query = query[rows]
@@ -72,6 +75,38 @@ def _add_branch(
     # `index_put` keeps the attention's memory layout, so the reshape after it stays a view (`index_add`
     # would return a contiguous tensor, and the reshape would copy it).
     return hidden_states.index_put((rows,), out * factor, accumulate=True)
+
+
+def _add_clip_branch(
+    hidden_states: torch.Tensor | None, query: torch.Tensor, condition: FlexIPCondition, rows: torch.Tensor | None,
+    factor: torch.Tensor, keys_values: list[tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:  # fmt: skip
+    """`_add_branch` for a clip: the query's rows are (sample, frame), the keys/values' rows samples. The frames
+    of a sample share its keys/values, so its frames' queries attend as one sequence, (B, h, F·N, d), a view
+    of the (B·F, h, N, d) query: the keys/values are read as they are, never repeated per frame. The output
+    goes back to (B, F, h, N, d), where `factor` (rows, F, 1, 1, 1) gives each frame its own weight."""
+    frames, positions = condition.frames, query.shape[2]
+    clip_query = query.transpose(1, 2).unflatten(0, (-1, frames)).flatten(1, 2).transpose(1, 2)
+    if rows is not None:
+        clip_query = clip_query[rows]
+    if not condition.mixed:
+        out = F.scaled_dot_product_attention(clip_query, *keys_values[0])
+    else:
+        out = None
+        for subject, (key, value) in zip(condition.subjects, keys_values):
+            share = subject.share(positions, condition.layer_grid, query.dtype)
+            if isinstance(share, torch.Tensor):  # the same mask in every frame
+                share = share.repeat(1, 1, frames, 1)
+            term = F.scaled_dot_product_attention(clip_query, key, value) * share
+            out = term if out is None else out + term
+    out = out.unflatten(2, (frames, positions)).transpose(1, 2)  # (rows, F, h, N, d)
+    if hidden_states is None:
+        hidden_states = query.new_zeros(query.shape, dtype=out.dtype)
+    clip = hidden_states.unflatten(0, (-1, frames))
+    factor = factor.to(clip.dtype)
+    if rows is None:
+        return torch.addcmul(clip, out, factor).flatten(0, 1)
+    return clip.index_put((rows,), out * factor, accumulate=True).flatten(0, 1)
 
 
 def _keys_values(

@@ -41,6 +41,10 @@ class FlexIPCondition:
     # branch): the module itself, not its id, so a processor built later for another layer can never find
     # this one's values.
     kv_cache: dict[nn.Linear, list[tuple[torch.Tensor, torch.Tensor]]] | None = field(default=None)
+    # The frames of each sample's clip: a video denoiser's layers see `frames` consecutive rows per sample (one
+    # per frame), which read that sample's tokens and keys/values; the weights then have a row per sample and
+    # frame (`BranchWeights`). 1 for images.
+    frames: int = 1
     # Whether the subjects are mixed (several, or a weight or mask) rather than added as they come; a plain
     # bool, which torch.compile reads as a constant.
     mixed: bool = field(init=False)

@@ -19,7 +19,9 @@ The path a `preservation` value takes, from the call to the attention processor 
    schedule, later calls get the same tokens and key/value cache with that step's weights.
 5. The UNet passes `(text, condition)` to every cross-attention layer, where `FlexIPAttnProcessor` adds
    s·g·Attn(Q, K_P, V_P) + s·(1 − g)·Attn(Q, K_S, V_S) to the text attention, each branch summed over the
-   references with their weights and masks.
+   references with their weights and masks. On AnimateDiff's UNet a layer's rows are (sample, frame): the
+   condition is the samples', read by every frame, and the weights (a schedule over the frames too) have a
+   row per sample and frame (`denoisers/motion_unet.py`).
 
 Why this shape: diffusers' loops (every scheduler, guidance, callbacks, ControlNet, LoRA) run unchanged,
 because the only thing FlexIP changes is what the UNet receives, and it changes it where diffusers' own
@@ -115,7 +117,7 @@ def _checked_call(pipe, stock_call, args, kwargs, reference, preservation, gate,
 
     check_steps(setting("num_inference_steps"), most=pipe.scheduler.config.num_train_timesteps)
     guidance_scale = check_guidance(setting("guidance_scale"))
-    images_per_prompt = setting("num_images_per_prompt")
+    images_per_prompt = setting(call.per_prompt)
     images_per_prompt = 1 if images_per_prompt is None else check_images_per_prompt(images_per_prompt)
     if arguments.get("prompt") is None and arguments.get("prompt_embeds") is None:
         raise FlexIPError("give a prompt (or prompt_embeds)")
@@ -129,8 +131,13 @@ def _checked_call(pipe, stock_call, args, kwargs, reference, preservation, gate,
         )
     prepared = [pipe.flexip.prepare_reference(item) for item in references]
     subjects = check_subjects(len(prepared), reference_weights, reference_masks, _image_size(pipe, call, arguments))
-    if any(value.schedule is not None for value in values) and "callback_on_step_end" not in signature.parameters:
+    if any(value.over_steps for value in values) and "callback_on_step_end" not in signature.parameters:
         raise FlexIPError(f"{type(pipe).__name__} takes no callback_on_step_end, which a schedule needs; give numbers")
+    if any(value.over_frames for value in values) and not call.makes_clips:
+        raise FlexIPError(
+            f"{values[0].name}: a schedule over the frames needs a pipeline that makes clips (AnimateDiff's); "
+            f"{type(pipe).__name__} makes images: run the schedule over the steps, or give numbers"
+        )
     return _CheckedCall(call, arguments, values, scales, guidance_scale, images_per_prompt, prepared, subjects)
 
 
@@ -148,17 +155,21 @@ def _per_value_arguments(pipe, checked: _CheckedCall, embeds: dict, samples: int
     arguments.update({name: None for name in pipe.flexip.family.prompt_names})
     arguments.update({name: per_value(tensor) for name, tensor in embeds.items()})
     arguments.update(
-        num_images_per_prompt=1, generator=_per_sample_generators(arguments.get("generator"), samples, repeats)
+        {checked.call.per_prompt: 1}, generator=_per_sample_generators(arguments.get("generator"), samples, repeats)
     )
     if latents is not None:
         arguments["latents"] = per_value(latents)
     if isinstance(arguments["generator"], list) and checked.call.starts_from_image:
-        # A pipeline that starts from `image` (img2img, inpainting) VAE-encodes it with one generator per
-        # image: one copy per sample makes every sample draw from its generator as a call of its own would.
-        for name in ("image", "mask_image"):
+        # A pipeline that starts from `image` (img2img, inpainting) or a `video` VAE-encodes it with one
+        # generator per output: one copy per sample makes every sample draw from its generator as a call of
+        # its own would.
+        for name in checked.call.inputs:
             if arguments.get(name) is not None:
-                arguments[name] = _per_sample_images(arguments[name], name, samples, repeats)
-    if any(dial.schedule is not None for dial in checked.dials):
+                if name == "video":
+                    arguments[name] = _per_sample_videos(arguments[name], samples, repeats)
+                else:
+                    arguments[name] = _per_sample_images(arguments[name], name, samples, repeats)
+    if any(dial.over_steps for dial in checked.dials):
         _advance_at_each_step(pipe.flexip, arguments)
     return arguments
 
@@ -254,6 +265,22 @@ def _per_sample_generators(generator, samples: int, repeats: int) -> list[torch.
     if repeats == 1:
         return own if isinstance(generator, list) or samples > 1 else generator
     return [_copy(source) for source in own for _ in range(repeats)]
+
+
+def _per_sample_videos(video, samples: int, repeats: int) -> list:
+    """An init video (one: a list of frames, or one per prompt and clip: a list of them or a (clips, frames,
+    ...) array) as one per sample, the values innermost."""
+    if isinstance(video, (torch.Tensor, np.ndarray)) and video.ndim == 5:
+        videos = list(video)
+    elif isinstance(video, list) and video and isinstance(video[0], list):
+        videos = video
+    else:
+        videos = [video]
+    if len(videos) == 1:
+        return videos * (samples * repeats)
+    if len(videos) != samples:
+        raise FlexIPError(f"video holds {len(videos)} clips; give one, or one per prompt and clip ({samples})")
+    return [clip for clip in videos for _ in range(repeats)]
 
 
 def _per_sample_images(images, name: str, samples: int, repeats: int):

@@ -1,12 +1,15 @@
 """What each diffusers pipeline FlexIP supports does in a call, declared rather than guessed from signatures
-or tensor shapes: whether it starts from an image, the size it makes when given none, and how it guides.
+or tensor shapes: whether it starts from an image (or a video), the size it makes when given none, how it
+guides, and whether it makes clips.
 
 The Stable Diffusion pipelines guide as diffusers' `do_classifier_free_guidance` says: when `guidance_scale` > 1
 and the UNet has no guidance embedding (`time_cond_proj_dim`), each step is one UNet call on a batch of two
 halves, the unconditional half first. FLUX.1's pipelines take `guidance_scale` into the transformer's guidance
 embedding (no unconditional pass); with `true_cfg_scale` > 1 and a negative prompt (diffusers' `do_true_cfg`),
-each step makes a second transformer call, after the conditional one, on the negative prompt alone. A pipeline
-class not declared here is refused by `load_flexip`, naming these.
+each step makes a second transformer call, after the conditional one, on the negative prompt alone. AnimateDiff's
+pipelines make clips: their UNet folds each sample's frames into its batch (`denoisers/motion_unet.py`), they
+count outputs per prompt as `num_videos_per_prompt`, and the video-to-video one starts from a `video`. A
+pipeline class not declared here is refused by `load_flexip`, naming these.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 import diffusers
 
-from ..denoisers.registry import FLUX, UNET, Denoiser
+from ..denoisers.registry import FLUX, MOTION_UNET, UNET, Denoiser
 from ..errors import FlexIPError
 
 
@@ -42,6 +45,10 @@ class PipelineCall:
     # Reference masks divide the image stream among subjects; a pipeline whose image stream also holds a context
     # image's tokens (FLUX.1 Kontext) has no grid of the generated image alone to divide.
     takes_masks: bool = True
+    # The arguments it VAE-encodes with the call's generators when it starts from an image (or a video).
+    inputs: tuple[str, ...] = ("image", "mask_image")
+    per_prompt: str = "num_images_per_prompt"  # the argument counting its outputs per prompt
+    makes_clips: bool = False  # its outputs are clips of frames (a dial may run over the frames)
 
     def model(self, pipe):
         """The pipeline's denoiser model (its UNet or transformer)."""
@@ -67,6 +74,9 @@ CONTROLNET = PipelineCall(UNET, starts_from_image=False, default_side=None)  # s
 FLUX_TEXT_TO_IMAGE = PipelineCall(FLUX, starts_from_image=False, default_side=_flux_side, negative_call=True)
 FLUX_FROM_IMAGE = PipelineCall(FLUX, starts_from_image=True, default_side=_flux_side, negative_call=True)
 FLUX_KONTEXT = PipelineCall(FLUX, starts_from_image=False, default_side=None, negative_call=True, takes_masks=False)
+CLIPS = {"per_prompt": "num_videos_per_prompt", "makes_clips": True}
+TEXT_TO_CLIP = PipelineCall(MOTION_UNET, starts_from_image=False, default_side=_unet_side, **CLIPS)
+CLIP_FROM_CLIP = PipelineCall(MOTION_UNET, starts_from_image=True, default_side=_unet_side, inputs=("video",), **CLIPS)
 
 SUPPORTED: dict[str, PipelineCall] = {
     "StableDiffusionPipeline": TEXT_TO_IMAGE,
@@ -82,6 +92,9 @@ SUPPORTED: dict[str, PipelineCall] = {
     "FluxInpaintPipeline": FLUX_FROM_IMAGE,
     "FluxControlNetPipeline": FLUX_TEXT_TO_IMAGE,  # its control image is resized to the size it makes
     "FluxKontextPipeline": FLUX_KONTEXT,
+    "AnimateDiffPipeline": TEXT_TO_CLIP,
+    "AnimateDiffVideoToVideoPipeline": CLIP_FROM_CLIP,
+    "AnimateDiffSDXLPipeline": TEXT_TO_CLIP,
 }
 
 

@@ -1,5 +1,6 @@
 """What every front end (the command line, a web page) does with its settings (`flexip.settings.generation`):
-load the pipeline they name (`load_pipeline`), generate (`generate`), record everything needed to reproduce an
+load the pipeline they name (`load_pipeline`: with a motion adapter, diffusers' `AnimateDiffPipeline` with
+FlexIP loaded), generate images or clips (`generate`), record everything needed to reproduce an
 image beside it (`record`, and `dial_records` for the dial: the value given and the raw gate it stands for),
 label the dial's values (`dial_labels`), and say what the embedded demo model is when it gets a user's picture
 (`note_demo_model`)."""
@@ -7,6 +8,8 @@ label the dial's values (`dial_labels`), and say what the embedded demo model is
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -19,6 +22,9 @@ from .. import __version__
 from ..demo_subject import DEMO_REFERENCE, demo_reference
 from ..errors import FlexIPError
 from ..families.names import GPU_DTYPE
+from ..families.registry import SD15, family_named
+from ..model_paths import load_weights
+from ..models.adapter import FlexIPAdapter
 from ..models.config_file import CONFIG_NAME, read_config
 from ..schedulers import make_scheduler
 from ..settings.calibration import call_gates
@@ -26,12 +32,14 @@ from ..settings.dial import Dial, DialSchedule, sweep_record
 from ..settings.dial_map import MappedSchedule
 from ..settings.generation import ModelSettings, SamplingSettings
 from .embedded import EmbeddedModel, embedded_model
-from .pipeline import FlexIPPipeline
+from .pipeline import FlexIPPipeline, _stock_pipeline, cast_components
+from .stock import load_flexip
 
 
 @dataclass
 class LoadedModel:
-    pipe: FlexIPPipeline  # on the chosen device, with the chosen scheduler
+    pipe: FlexIPPipeline  # on the chosen device, with the chosen scheduler; with a motion adapter, an
+    # AnimateDiffPipeline with FlexIP loaded
     embedded: EmbeddedModel | None  # the embedded default, when no adapter was named
     record: dict  # base, adapter, device and dtype as resolved, for the files written
     # Set once `note_demo_model` has spoken; the copies a web page makes of this object (one per scheduler)
@@ -69,9 +77,12 @@ def load_pipeline(settings: ModelSettings) -> LoadedModel:
             adapter, base = embedded.models.adapter, settings.base or embedded.models.base
         else:
             adapter, base = settings.adapter, settings.base
-        pipe = FlexIPPipeline.from_pretrained(
-            base, adapter=adapter, torch_dtype=getattr(torch, dtype_name), base_config=settings.base_config
-        )
+        if settings.motion_adapter is None:
+            pipe = FlexIPPipeline.from_pretrained(
+                base, adapter=adapter, torch_dtype=getattr(torch, dtype_name), base_config=settings.base_config
+            )
+        else:
+            pipe = _animation_pipeline(base, adapter, settings, getattr(torch, dtype_name))
     pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler)
     # diffusers warns that a float16 pipeline moved to a CPU will fail; it runs there (slowly), so the
     # warning would be untrue.
@@ -79,7 +90,51 @@ def load_pipeline(settings: ModelSettings) -> LoadedModel:
     record = {"base": pipe.config._name_or_path, "adapter": str(adapter), "device": str(device), "dtype": dtype_name}
     if settings.base_config:
         record["base_config"] = settings.base_config
+    if settings.motion_adapter is not None:
+        record["motion_adapter"] = settings.motion_adapter
     return LoadedModel(pipe, embedded, record)
+
+
+def _animation_pipeline(base: str | None, adapter: str, settings: ModelSettings, dtype: torch.dtype):
+    """diffusers' `AnimateDiffPipeline` of the adapter's Stable Diffusion 1.5 base (or `base`) and the motion
+    adapter `settings` name (safetensors only), with FlexIP loaded (`load_flexip`)."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    adapter = FlexIPAdapter.from_pretrained(adapter)
+    family = family_named(adapter.config.base_family)
+    if family is not SD15:
+        raise FlexIPError(
+            f"the adapter was trained for {family.title}, but AnimateDiff's motion adapters run on Stable Diffusion "
+            "1.5: give an adapter trained on Stable Diffusion 1.5"
+        )
+    base = base or adapter.resolve_model(adapter.config.base_model)
+    if not base:
+        raise FlexIPError(f"the adapter does not record its base model; name the {family.title} base it was trained on")
+    stock = _stock_pipeline(family, base, settings.base_config, {})
+    motion = load_weights(MotionAdapter, settings.motion_adapter)
+    motion_channels, unet_channels = (tuple(model.config.block_out_channels) for model in (motion, stock.unet))
+    if motion_channels != unet_channels:
+        raise FlexIPError(
+            f"{settings.prefix}motion-adapter {settings.motion_adapter}: its motion modules are for UNet blocks of "
+            f"{motion_channels} channels, the base's UNet has {unet_channels}; give a motion adapter made for "
+            "this base"
+        )
+    parts = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+    # The pipeline builds its motion UNet from the base's UNet and casts it to the UNet's dtype, with diffusers'
+    # warning of modules "that should be kept in float32" where there are none (as `cast_components` says).
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    logger.addFilter(_not_empty_float32_warning)
+    try:
+        pipe = AnimateDiffPipeline(**{part: getattr(stock, part) for part in parts}, motion_adapter=motion)
+    finally:
+        logger.removeFilter(_not_empty_float32_warning)
+    pipe.register_to_config(_name_or_path=os.fspath(base))  # as diffusers' from_pretrained records it
+    cast_components(pipe, dtype)
+    return load_flexip(pipe, adapter)
+
+
+def _not_empty_float32_warning(record: logging.LogRecord) -> bool:
+    return "should be kept in float32: []" not in record.getMessage()
 
 
 def _gpu_dtype(adapter: str | None) -> str:
@@ -150,7 +205,8 @@ def generate(
     on_step: Callable[[int], None] | None = None, reference_weights: list[float] | None = None,
     reference_masks: list | None = None, dial: str = "preservation",
 ) -> list:  # fmt: skip
-    """One image per dial value (any of the dial's forms), in one batch from the same starting noise.
+    """One image per dial value (any of the dial's forms), in one batch from the same starting noise; with
+    `sampling.frames` (on an AnimateDiff pipeline), one clip, a list of frames, per value.
 
     `values` are the call's `dial` argument: "preservation" (the dial, calibrated on a calibrated adapter) or
     "gate" (the raw g). `reference` is one image or a list (`FlexIPPipeline.__call__`: with
@@ -163,13 +219,15 @@ def generate(
         return tensors
 
     generator = torch.Generator("cpu").manual_seed(sampling.seed)  # CPU noise: the same image on any device
-    return loaded.pipe(
+    clip = {} if sampling.frames is None else {"num_frames": sampling.frames}
+    output = loaded.pipe(
         prompt, reference=reference, **{dial: values}, scale=sampling.scale,
         reference_weights=reference_weights, reference_masks=reference_masks,
         num_inference_steps=sampling.steps, guidance_scale=sampling.guidance,
         negative_prompt=sampling.negative_prompt, generator=generator,
-        callback_on_step_end=None if on_step is None else step_end,
-    ).images  # fmt: skip
+        callback_on_step_end=None if on_step is None else step_end, **clip,
+    )  # fmt: skip
+    return output.images if sampling.frames is None else output.frames
 
 
 def record(

@@ -4,7 +4,9 @@ Stable Diffusion pipelines call `unet(latents, t, encoder_hidden_states=prompt_e
 embeddings. `FlexIPInjection` holds the adapter attached to the denoiser (the UNet, or FLUX.1's transformer) and
 a forward pre-hook that, while a call made inside `generating(...)` is running, joins a `FlexIPCondition` to the
 call where its denoiser module says (`Denoiser.with_condition`: `(prompt_embeds, condition)` on a UNet, an
-entry of FLUX's `joint_attention_kwargs`). The per-call state lives in a `contextvars.ContextVar`, so calls
+entry of FLUX's `joint_attention_kwargs`); AnimateDiff's UNet, whose layers see a row per sample and frame, also
+says how many frames each sample has, and the condition is built for the samples and read by every frame.
+The per-call state lives in a `contextvars.ContextVar`, so calls
 running at the same time in different threads each see their own reference and dial. Outside `generating`,
 the denoiser runs the base model. `flexip_call` (`pipeline/call.py`) is the one caller of `generating`; its
 docstring follows a preservation value end to end.
@@ -33,7 +35,7 @@ from ..models.weights import BranchWeights
 from ..references.cache import ReferenceCache
 from ..references.encoded import EncodedReference
 from ..references.encoder import ReferenceEncoder
-from ..settings.dial import LayerDial
+from ..settings.dial import LayerDial, frame_progress
 from .images import load_reference_image
 from .subjects import check_aspect
 
@@ -47,7 +49,7 @@ class _Generation:
     injection: FlexIPInjection
     references: list[EncodedReference]  # one per subject term (batch 1 each)
     subjects: tuple[Subject, ...]  # how each reference's branches enter the layers (PLAIN: one reference)
-    dials: list[LayerDial]  # g of each conditional sample, per layer or over the steps
+    dials: list[LayerDial]  # g of each conditional sample, per layer, over the steps or over the frames
     scales: tuple[float, ...]  # s of each layer
     num_samples: int  # conditional samples per denoiser call
     guided: bool  # guidance makes an unconditional prediction each step (calls.py)
@@ -56,6 +58,7 @@ class _Generation:
     negative_call: bool
     progress: float = 0.0  # of the denoising steps: 0 at the first executed step, 1 at the last (`advance`)
     calls: int = 0  # denoiser calls so far
+    frames: int = 1  # of each sample's clip (a video denoiser's layers see a row per sample and frame)
     # The text embeddings and condition of each kind of call: the conditional one (False), the negative one (True).
     text: dict[bool, torch.Tensor] = field(default_factory=dict)
     condition: dict[bool, FlexIPCondition] = field(default_factory=dict)
@@ -63,7 +66,7 @@ class _Generation:
     @property
     def scheduled(self) -> bool:
         """Whether some sample's g moves over the steps (the weights are then renewed at every denoiser call)."""
-        return any(dial.schedule is not None for dial in self.dials)
+        return any(dial.over_steps for dial in self.dials)
 
 
 _CURRENT: contextvars.ContextVar[_Generation | None] = contextvars.ContextVar(
@@ -219,10 +222,10 @@ class FlexIPInjection:
         if state is None or state.injection is not self:
             return None
         return self.denoiser.with_condition(
-            args, kwargs, lambda text, latent_size: self._condition(state, text, latent_size)
+            args, kwargs, lambda text, latent_size, frames=1: self._condition(state, text, latent_size, frames)
         )
 
-    def _condition(self, state: _Generation, text: torch.Tensor, latent_size) -> FlexIPCondition:
+    def _condition(self, state: _Generation, text: torch.Tensor, latent_size, frames: int) -> FlexIPCondition:
         if not isinstance(text, torch.Tensor):
             model = self.denoiser.model_class.__name__
             raise FlexIPError(
@@ -239,15 +242,11 @@ class FlexIPInjection:
             if state.scheduled:  # the same tokens and keys/values, this step's weights
                 return condition.reweighted(*self._weights(state, text))
             return condition
-        n = state.num_samples
-        if text.shape[0] != (2 * n if halves else n):
-            raise FlexIPError(
-                f"the {self.denoiser.model_class.__name__} got a batch of {text.shape[0]} text embeddings, where "
-                f"this call makes {2 * n if halves else n} ({n} samples{', with guidance' if halves else ''})"
-            )
+        given, text = text, self._samples_text(state, text, halves, frames)
+        state.frames = frames
         weights, layer_weights = self._weights(state, text)
         # Under a schedule, a branch that some step may use is computed even if this step's weights skip it.
-        moving = [dial for dial in state.dials if dial.schedule is not None and any(state.scales)]
+        moving = [dial for dial in state.dials if dial.over_steps and any(state.scales)]
         may_use = (any(d.reaches(0.0) for d in moving), any(d.reaches(1.0) for d in moving))
         rows = text.shape[0]
         features = [
@@ -259,7 +258,7 @@ class FlexIPInjection:
         # prompt's embeddings, which are that half of `text`, or all of it.
         null_rows = None
         if halves:
-            null_rows = torch.arange(rows, device=text.device) < n
+            null_rows = torch.arange(rows, device=text.device) < state.num_samples
         elif negative:
             null_rows = torch.ones(rows, dtype=torch.bool, device=text.device)
         subjects, grid = state.subjects, tuple(latent_size())
@@ -270,20 +269,44 @@ class FlexIPInjection:
             subjects = tuple(
                 Subject(s.weight, None if s.mask is None else s.mask.to(text.device)) for s in subjects
             )  # fmt: skip
-        state.text[negative] = text
+        state.text[negative] = given
         state.condition[negative] = self.adapter.condition(
             features, text, weights, layer_weights, null_rows=null_rows, may_use=may_use, subjects=subjects,
             latent_size=grid, grid=self.denoiser.layer_grid, kv_all_rows=state.scheduled,
-            kv_cache={} if self._cache_kv else None,
+            kv_cache={} if self._cache_kv else None, frames=frames,
         )  # fmt: skip
         return state.condition[negative]
 
+    def _samples_text(self, state: _Generation, text: torch.Tensor, halves: bool, frames: int) -> torch.Tensor:
+        """A call's text embeddings with a row per sample (guidance's half first when `halves`), checked against
+        the call's batch: as they come, or on a denoiser whose layers see a clip's `frames` as rows (the text
+        repeated per frame), each sample's first row, checked to be one prompt per clip."""
+        n, model = state.num_samples, self.denoiser.model_class.__name__
+        if text.shape[0] != (2 * n if halves else n) * frames:
+            clips = f" of {frames} frames" if frames > 1 else ""
+            raise FlexIPError(
+                f"the {model} got a batch of {text.shape[0]} text embeddings, where this call makes "
+                f"{2 * n if halves else n}{clips} ({n} samples{', with guidance' if halves else ''})"
+            )
+        if frames == 1:
+            return text
+        samples = text[::frames]
+        if not torch.equal(text, samples.repeat_interleave(frames, dim=0)):
+            raise FlexIPError(
+                f"the {model} got other text embeddings for the frames of one clip (a prompt per frame, as "
+                "FreeNoise's): FlexIP conditions a clip on one prompt; give one"
+            )
+        return samples
+
     def _weights(self, state: _Generation, text: torch.Tensor) -> tuple[BranchWeights, dict[nn.Module, BranchWeights]]:
-        """Every layer's branch weights s·g and s·(1−g) at the state's progress: those most layers share, and
-        the layers whose weights differ (a per-block dial). Made on the CPU from the dial's numbers, so no
-        host synchronisation, and moved to the text's device."""
-        layers = self.adapter.layer_projections()
-        g = torch.tensor([dial.at(state.progress, len(layers)) for dial in state.dials])  # (samples, layers)
+        """Every layer's branch weights s·g and s·(1−g) at the state's progress, a row per sample and frame:
+        those most layers share, and the layers whose weights differ (a per-block dial). Made on the CPU from
+        the dial's numbers, so no host synchronisation, and moved to the text's device."""
+        layers, frames = self.adapter.layer_projections(), state.frames
+        g = torch.tensor([
+            dial.at(state.progress, len(layers), frame_progress(frame, frames))
+            for dial in state.dials for frame in range(frames)
+        ])  # (samples * frames, layers)  # fmt: skip
         if state.guided and not state.negative_call:
             g = g.repeat(2, 1)  # the unconditional half first, sample for sample
         s = torch.tensor(state.scales)
@@ -294,7 +317,8 @@ class FlexIPInjection:
             column = (tuple(preservation[:, index].tolist()), tuple(personalization[:, index].tolist()))
             if column not in by_column:
                 by_column[column] = BranchWeights.create(
-                    preservation[:, index].contiguous(), personalization[:, index].contiguous(), text.dtype, text.device
+                    preservation[:, index].contiguous(), personalization[:, index].contiguous(), text.dtype, text.device,
+                    frames,
                 )  # fmt: skip
             per_layer[projections] = by_column[column]
         shared = max(by_column.values(), key=lambda weights: sum(w is weights for w in per_layer.values()))

@@ -32,7 +32,7 @@ def load_flexip(
     dino_encoder: str | os.PathLike | None = None,
 ):
     """Give a Stable Diffusion, SDXL or FLUX.1 pipeline (text-to-image, img2img, inpainting, ControlNet; FLUX.1
-    Kontext) FlexIP's reference and dial (`pipeline/calls.py` lists the classes).
+    Kontext; AnimateDiff's clips) FlexIP's reference and dial (`pipeline/calls.py` lists the classes).
 
     `adapter` is an adapter directory or a loaded `FlexIPAdapter`; the encoders default to those its config
     names. Returns `pipe`, now called as `pipe(prompt, ..., reference=image, preservation=0.7)`.
@@ -80,7 +80,8 @@ def _with_reference(stock_class: type) -> type:
         __call__.__doc__ = (
             f"{stock_class.__name__}'s call with FlexIP (arXiv 2504.07405): `reference` (a PIL image, an image path "
             "or an EncodedReference, or a list of them with `reference_weights` and `reference_masks`), "
-            "`preservation` g in [0, 1], a per-block dict or a flexip.DialSchedule, or a list of them made in one "
+            "`preservation` g in [0, 1], a per-block dict or a flexip.DialSchedule (over the steps, or a clip's frames), "
+            "or a list of them made in one "
             "batch from one starting noise (default 0.5; 1 keeps the subject's identity, 0 follows the prompt's "
             "edits; the calibrated dial on a calibrated adapter), `gate` the raw g instead (same forms), `scale` s >= 0 or a per-block dict (default 1; 0 is the base model); see FlexIPPipeline's "
             "call. Without a reference it is the stock call.\n\n"

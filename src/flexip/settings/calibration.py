@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..denoisers.blocks import BlockNames
 from ..errors import FlexIPError
-from .dial import PRESERVATION, Dial, DialSchedule, dials, scheduled
+from .dial import PRESERVATION, Dial, DialSchedule, FrameSchedule, axis_of, dials, scheduled
 from .dial_blocks import block_values
 from .dial_map import DialMap, MappedSchedule
 
@@ -60,16 +60,18 @@ def gate_dial(value: Dial, dial_map: DialMap, layers: Sequence[str], names: Bloc
     """The raw-gate dial that dial value `value` (any form) stands for on an adapter calibrated by `dial_map`,
     whose joined `layers` `names` places in blocks: a number mapped; a per-block dict as every block's mapped
     value, the blocks it leaves out at the mapped default (so the record replays as the raw gate); a schedule
-    seen through the map."""
+    (over the steps or the frames) seen through the map."""
     form = value.form
     if isinstance(form, dict):
         form = _every_block(block_values(form, layers, names, value.name, PRESERVATION.default), dial_map, layers,
                             names)  # fmt: skip
     elif isinstance(form, DialSchedule):
         form = MappedSchedule(form, dial_map)
-    elif callable(form):  # any callable of the progress: mapped step by step (not recordable, as before)
+    elif callable(form):  # any callable of the progress: mapped value by value (not recordable, as before)
         schedule = form
         form = lambda progress: dial_map(scheduled(schedule, progress, value.name))
+        if axis_of(schedule) == "frames":
+            form = FrameSchedule(form)
     else:
         form = dial_map(form)
     return Dial(form, value.name)

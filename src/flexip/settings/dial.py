@@ -7,6 +7,8 @@ A call's `preservation` is one of these forms, or a list of them (a sweep, one b
     {"up": {"block_0": [0.0, 1.0, 0.0]}}     finer keys name a block, and a list gives each of its attentions
     DialSchedule(start=0.9, end=0.3)         over the steps: progress 0 at the first executed step, 1 at the last
     lambda progress: ...                     any callable of the progress with values in [0, 1]
+    DialSchedule(0.9, 0.3, over="frames")    over a clip's frames: progress f / (F - 1) at frame f of F
+    FrameSchedule(lambda progress: ...)      any callable of the frame's progress
 
 `scale` takes a number or a per-block dict, from 0 to `SCALE_MAX`. Every front end turns what its user gave
 into `Dial`s: `dials` for Python values, `dial_text.parse_dials` for the text of the command line and the web
@@ -30,6 +32,8 @@ from .dial_map import DialMap, MappedSchedule
 from .numbers import SCALE_MAX, as_number
 
 SHAPES = ("linear", "cosine")
+# What a schedule's progress runs over: the denoising steps, or the frames of a clip.
+AXES = ("steps", "frames")
 # Where a schedule given as any callable is tried at the boundary, before the first step.
 PROBES = (0.0, 0.5, 1.0)
 
@@ -62,12 +66,14 @@ SCALE = Quantity("scale", SCALE_MAX, 1.0, "1 is the trained strength, 0 the base
 
 @dataclass(frozen=True)
 class DialSchedule:
-    """g over the denoising steps: `start` at the first executed step, `end` at the last, in between `shape`
-    ("linear", or "cosine": slow at both ends) of the progress."""
+    """g over the denoising steps (`over="steps"`): `start` at the first executed step, `end` at the last, in
+    between `shape` ("linear", or "cosine": slow at both ends) of the progress; or over a clip's frames
+    (`over="frames"`): `start` at the first frame, `end` at the last."""
 
     start: float
     end: float
     shape: str = "linear"
+    over: str = "steps"
 
     def __post_init__(self):
         for name in ("start", "end"):
@@ -77,6 +83,8 @@ class DialSchedule:
             object.__setattr__(self, name, value)
         if self.shape not in SHAPES:
             raise FlexIPError(f"DialSchedule shape={self.shape!r} is not one of {', '.join(SHAPES)}")
+        if self.over not in AXES:
+            raise FlexIPError(f"DialSchedule over={self.over!r} is not one of {', '.join(AXES)}")
 
     def __call__(self, progress: float) -> float:
         if self.shape == "cosine":
@@ -85,18 +93,52 @@ class DialSchedule:
 
 
 @dataclass(frozen=True)
+class FrameSchedule:
+    """Any callable of a frame's progress (f / (F - 1) at frame f of F), with values in [0, 1], as g over a
+    clip's frames; a bare callable runs over the steps."""
+
+    function: Callable[[float], float]
+    over = "frames"
+
+    def __call__(self, progress: float) -> float:
+        return self.function(progress)
+
+
+def axis_of(schedule: Callable[[float], float]) -> str:
+    """What `schedule`'s progress runs over: "frames" for a schedule made so, else "steps"."""
+    return getattr(schedule, "over", "steps")
+
+
+def frame_progress(frame: int, frames: int) -> float:
+    """The progress of frame `frame` (from 0) of a clip of `frames`: 0 at the first, 1 at the last."""
+    return frame / (frames - 1) if frames > 1 else 0.0
+
+
+@dataclass(frozen=True)
 class LayerDial:
-    """One sample's value in every joined layer: constant per layer, or a schedule for all of them."""
+    """One sample's value in every joined layer: constant per layer, or a schedule (over the steps or over the
+    frames) for all of them."""
 
     values: tuple[float, ...] | None  # one per layer, in the adapter's layer order; None: `schedule`
     schedule: Callable[[float], float] | None = None
     name: str = "preservation"
 
-    def at(self, progress: float, layers: int) -> tuple[float, ...]:
-        """The value of each of `layers` layers at `progress` (0 at the first executed step, 1 at the last)."""
+    @property
+    def over_steps(self) -> bool:
+        """Whether the value moves over the denoising steps (the weights are renewed at every step)."""
+        return self.schedule is not None and axis_of(self.schedule) == "steps"
+
+    @property
+    def over_frames(self) -> bool:
+        """Whether the value moves over a clip's frames (each frame's rows get their own weights)."""
+        return self.schedule is not None and axis_of(self.schedule) == "frames"
+
+    def at(self, progress: float, layers: int, frame: float = 0.0) -> tuple[float, ...]:
+        """The value of each of `layers` layers at step `progress` (0 at the first executed step, 1 at the last)
+        in the frame whose progress is `frame` (`frame_progress`)."""
         if self.schedule is None:
             return self.values
-        return (scheduled(self.schedule, progress, self.name),) * layers
+        return (scheduled(self.schedule, frame if self.over_frames else progress, self.name),) * layers
 
     def reaches(self, end: float) -> bool:
         """Whether the value may differ from `end` somewhere (a branch whose weight is 1 - g or g may act)."""
@@ -161,10 +203,27 @@ class Dial:
                 self._resolved[key] = LayerDial((self.form,) * len(layers), name=self.name)
         return self._resolved[key]
 
+    def over(self, axis: str) -> Dial:
+        """The same dial with its schedule running over `axis` ("steps" or "frames"); a dial that holds no
+        `DialSchedule` is refused in one line."""
+        if axis not in AXES:
+            raise FlexIPError(f"{self.name}: over={axis!r} is not one of {', '.join(AXES)}")
+        if not isinstance(self.form, DialSchedule):
+            raise FlexIPError(
+                f"{self.name} {self._shown()} is not a schedule: only a schedule START:END (e.g. 0.9:0.3) runs over "
+                f"the {axis}"
+            )
+        form = self.form
+        return Dial(DialSchedule(form.start, form.end, form.shape, axis), self.name, self.quantity)
+
+    def _shown(self) -> str:
+        return self.text() if not callable(self.form) or isinstance(self.form, DialSchedule) else repr(self.form)
+
     def record(self):
-        """As JSON for the settings beside an image (a number stays a number); `from_record` reads it."""
+        """As JSON for the settings beside an image (a number stays a number; a schedule over the frames says
+        so with `"over": "frames"`); `from_record` reads it."""
         if isinstance(self.form, DialSchedule):
-            return {"start": self.form.start, "end": self.form.end, "shape": self.form.shape}
+            return schedule_record(self.form)
         if isinstance(self.form, MappedSchedule):
             return self.form.record()
         if callable(self.form):
@@ -173,8 +232,8 @@ class Dial:
 
     @classmethod
     def from_record(cls, record, quantity: Quantity = PRESERVATION) -> Dial:
-        if isinstance(record, dict) and set(record) in ({"start", "end", "shape"}, {"start", "end", "shape", "map"}):
-            schedule = DialSchedule(record["start"], record["end"], record["shape"])
+        if isinstance(record, dict) and {"start", "end", "shape"} <= set(record) <= SCHEDULE_KEYS:
+            schedule = DialSchedule(record["start"], record["end"], record["shape"], record.get("over", "steps"))
             record = schedule if "map" not in record else MappedSchedule(schedule, _map(record["map"]))
         return cls(record, quantity=quantity)
 
@@ -192,6 +251,19 @@ class Dial:
                     items.append(f"{part}={_entry_text(spec)}")
             return ",".join(items)
         return f"{self.form:g}"
+
+
+# The keys of a recorded schedule: its numbers, its axis when it runs over the frames, a calibrated map.
+SCHEDULE_KEYS = {"start", "end", "shape", "over", "map"}
+
+
+def schedule_record(schedule: DialSchedule) -> dict:
+    """A schedule as JSON; `over` only when it runs over the frames, so the record of one over the steps is the
+    same as before there were frames."""
+    record = {"start": schedule.start, "end": schedule.end, "shape": schedule.shape}
+    if schedule.over != "steps":
+        record["over"] = schedule.over
+    return record
 
 
 def dials(value, name: str | None = None, quantity: Quantity = PRESERVATION) -> list[Dial]:

@@ -62,13 +62,14 @@ class DialMap:
 
 @dataclass(frozen=True)
 class MappedSchedule:
-    """A schedule of u over the steps, as the raw gate: g = dial_map(schedule(progress)).
+    """A schedule of u (over the steps or the frames), as the raw gate: g = dial_map(schedule(progress)).
 
-    What a calibrated adapter runs for a `DialSchedule` of `preservation`, and what the settings beside its
+    What a calibrated adapter runs for a `DialSchedule` of `preservation` (over the steps or the frames, as it
+    runs), and what the settings beside its
     image record as the gate (`record`; `Dial.from_record` reads it back), so the raw gate reproduces it.
     """
 
-    schedule: object  # a DialSchedule (start, end, shape)
+    schedule: object  # a DialSchedule (start, end, shape, over)
     dial_map: DialMap
 
     def __call__(self, progress: float) -> float:
@@ -78,7 +79,15 @@ class MappedSchedule:
     def ends(self) -> tuple[float, float]:
         return self.dial_map(self.schedule.start), self.dial_map(self.schedule.end)
 
+    @property
+    def over(self) -> str:
+        """What the schedule's progress runs over ("steps" or "frames")."""
+        return self.schedule.over
+
     def record(self) -> dict:
         schedule = self.schedule
-        return {"start": schedule.start, "end": schedule.end, "shape": schedule.shape, "map": self.dial_map.record()}
+        record = {"start": schedule.start, "end": schedule.end, "shape": schedule.shape}
+        if schedule.over != "steps":
+            record["over"] = schedule.over
+        return {**record, "map": self.dial_map.record()}
 

@@ -23,6 +23,8 @@ class ModelSettings:
     device: str | None = None  # torch device; None: cuda when available, else cpu
     dtype: str | None = None  # float32 | float16 | bfloat16; None: float16 on CUDA, float32 otherwise
     scheduler: str = "ddim"  # a name of flexip.schedulers.SCHEDULERS
+    # An AnimateDiff motion adapter (hub id or directory) for a Stable Diffusion 1.5 base: clips, not images.
+    motion_adapter: str | None = None
     # How the front end's user names these settings, before each name in a message: "--" on the command line.
     prefix: str = field(default="", compare=False, repr=False)
 
@@ -42,6 +44,7 @@ class SamplingSettings:
     scale: float | dict | Dial = 1.0  # the adapters' strength s, or per block ({"up": 0.8}); 0 is the base model
     seed: int = 0  # drives a CPU generator: the same seed gives the same image on any device
     negative_prompt: str | None = None
+    frames: int | None = None  # a clip's frame count (with a motion adapter); None: an image
     # How the front end's user names these settings, before each name in a message: "--" on the command line.
     prefix: str = field(default="", compare=False, repr=False)
 
@@ -51,3 +54,6 @@ class SamplingSettings:
         if not isinstance(self.scale, Dial):
             object.__setattr__(self, "scale", Dial(self.scale, f"{self.prefix}scale", SCALE))
         check_seed(self.seed, name=f"{self.prefix}seed")
+        frames = self.frames
+        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
+            raise FlexIPError(f"{self.prefix}frames={self.frames!r}: give a whole number of frames, 1 or more")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
+from diffusers import AutoencoderKL, DiffusionPipeline
 from torch import nn
 
 from ..denoisers.denoiser import TrainableDenoiser
@@ -17,7 +17,7 @@ from ..errors import FlexIPError
 from ..families.registry import FAMILIES, Family, family_named, family_of_unet
 from ..model_paths import check_hub_model, refuse_pickled_weights
 from ..references.encoder import ReferenceEncoder
-from .config import PRECISION_DTYPES, ModelConfig
+from .config import PRECISION_DTYPES, ModelConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class FrozenModels:
     family: Family  # the base model's (flexip.families)
     text: dict[str, object]  # the family's tokenizers and text encoders, by pipeline component name
     vae: AutoencoderKL
-    unet: nn.Module  # the denoiser (a UNet2DConditionModel for SD1.5 and SDXL: FlexIP trains on those)
-    noise_scheduler: DDPMScheduler  # the training noise schedule of the base model
+    unet: nn.Module  # the denoiser (a UNet2DConditionModel for SD1.5 and SDXL, FLUX.1's transformer)
+    noise_scheduler: object  # the base's training noise schedule, of the denoiser's `scheduler_class()`
     encoder: ReferenceEncoder
 
     def modules(self) -> list[nn.Module]:
@@ -99,13 +99,18 @@ def load_reference_encoder(config: ModelConfig, dtype: torch.dtype) -> Reference
     )
 
 
+def _trainable_titles() -> str:
+    return ", ".join(f.title for f in FAMILIES.values() if isinstance(f.denoiser, TrainableDenoiser))
+
+
 def refuse_untrainable(denoiser: Denoiser, where: str) -> None:
     """Refuse, naming `where`, a base whose denoiser FlexIP joins for generation but does not train on yet."""
     if not isinstance(denoiser, TrainableDenoiser):
-        title = " or ".join(family.title for family in FAMILIES.values() if family.denoiser is denoiser)
+        families = [family.title for family in FAMILIES.values() if family.denoiser is denoiser]
+        title = " or ".join(families) or denoiser.model_class.__name__  # a denoiser no family runs by default
         raise FlexIPError(
             f"{where} is a {title} base: FlexIP generates on {title} but does not train on it yet; train on a "
-            "Stable Diffusion 1.5 or SDXL base"
+            f"base of one of {_trainable_titles()}"
         )
 
 
@@ -121,8 +126,15 @@ def _denoiser_of_base(base: str) -> TrainableDenoiser:
     known = ", ".join(f"{d.pipeline_attribute}: {d.model_class.__name__}" for d in DENOISERS.values())
     raise FlexIPError(
         f"config model.base {base!r}: its model_index.json names no denoiser FlexIP joins ({known}); give a "
-        "Stable Diffusion 1.5 or SDXL base"
+        f"base of one of {_trainable_titles()}"
     )
+
+
+def check_objective(config: TrainConfig) -> None:
+    """Refuse objective settings the base's denoiser does not train with, before any model loads."""
+    _check_local("base", config.model.base)
+    check_hub_model(config.model.base, "config model.base", "model_index.json")
+    _denoiser_of_base(config.model.base).check_objective(config)
 
 
 def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
@@ -139,7 +151,7 @@ def load_frozen_models(config: ModelConfig, dtype: torch.dtype) -> FrozenModels:
         return part(cls, subfolder, use_safetensors=True, **kwargs)
 
     denoiser = _denoiser_of_base(base)
-    scheduler = part(DDPMScheduler, "scheduler")
+    scheduler = part(denoiser.scheduler_class(), "scheduler")
     unet = weights(denoiser.model_class, denoiser.pipeline_attribute, torch_dtype=dtype)
     family = family_of_unet(unet)
     denoiser.check_schedule(scheduler, f"config model.base {base!r}")

@@ -51,8 +51,8 @@ def _seed(value: int, key: str) -> None:
 
 @dataclass
 class ModelConfig:
-    # Stable Diffusion 1.5 or SDXL pipeline directory or hub id (unet/, vae/, text encoders, tokenizers,
-    # scheduler/); the family is read from its UNet.
+    # Stable Diffusion 1.5, SDXL or FLUX.1 pipeline directory or hub id (unet/ or transformer/, vae/, text
+    # encoders, tokenizers, scheduler/); the family is read from its denoiser.
     base: str = BASE_MODEL
     # A VAE to use instead of the base's (AutoencoderKL directory or hub id), e.g. SDXL's float16 fix
     # madebyollin/sdxl-vae-fp16-fix; empty: the base's own (SDXL's then encodes in float32 under fp16).
@@ -63,7 +63,7 @@ class ModelConfig:
     # Where `flexip tiny-models` output is written when absent, so tiny.yaml runs from a fresh clone; empty
     # for real models. base/image_encoder/dino_encoder still name the directories to load.
     tiny_models: str = ""
-    tiny_family: str = "sd15"  # the base family of the tiny model set written there: sd15 or sdxl
+    tiny_family: str = "sd15"  # the base family of the tiny model set written there: sd15, sdxl or flux
     dino_layer: int = -2  # which DINOv2 hidden state feeds the Preservation adapter (docs/method.md §2.1)
     preservation: PreservationConfig = field(default_factory=PreservationConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
@@ -205,6 +205,42 @@ class CalibrationConfig:
         self.plan()
 
 
+# flow_matching.weighting_scheme -> what it does (diffusers' SD3/FLUX training utilities): the first three draw
+# the timesteps (a logit-normal, a "mode" density or uniform) and weigh every sample alike; the last two draw them
+# uniformly and weigh the loss by sigma.
+WEIGHTING_SCHEMES = ("logit_normal", "mode", "none", "sigma_sqrt", "cosmap")
+
+
+@dataclass
+class FlowMatchingConfig:
+    """FLUX.1's flow-matching objective (a FLUX.1 base only): how its noise levels are drawn and weighed, as
+    diffusers' FLUX training examples set them, and the guidance its transformer is given."""
+
+    weighting_scheme: str = "logit_normal"  # one of WEIGHTING_SCHEMES
+    logit_mean: float = 0.0  # logit_normal: the mean and spread of the noise level's logit
+    logit_std: float = 1.0
+    mode_scale: float = 1.29  # mode: how far the density leans to the middle noise levels (SD3's 1.29)
+    # The value of the transformer's guidance embedding (FLUX.1-dev's; FLUX.1-schnell has none): what the model
+    # is trained at, which generation then uses as its guidance scale; 3.5 is FluxPipeline's default.
+    guidance: float = 3.5
+
+    def check(self) -> None:
+        if self.weighting_scheme not in WEIGHTING_SCHEMES:
+            raise FlexIPError(
+                f"config flow_matching.weighting_scheme: {self.weighting_scheme!r} is not one of "
+                f"{', '.join(WEIGHTING_SCHEMES)}"
+            )
+        if not math.isfinite(self.logit_mean):
+            raise FlexIPError(f"config flow_matching.logit_mean: {self.logit_mean} must be finite")
+        if not 0 < self.logit_std < math.inf:
+            raise FlexIPError(f"config flow_matching.logit_std: {self.logit_std} must be a finite number above 0")
+        # Outside [-1, 2 / (pi - 2)] the "mode" map is not monotone: no longer a density (SD3, section 3.1).
+        if not -1 <= self.mode_scale <= 2 / (math.pi - 2):
+            raise FlexIPError(f"config flow_matching.mode_scale: {self.mode_scale} must be in [-1, 1.75]")
+        if not 0 <= self.guidance < math.inf:
+            raise FlexIPError(f"config flow_matching.guidance: {self.guidance} must be 0 or positive, and finite")
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -231,6 +267,8 @@ class TrainConfig:
     # MSE. It shifts weight to the noisy steps where a subject's global look (colour, background) is decided;
     # the demo recipe needs it (docs/demo-model.md, Part 2).
     min_snr_gamma: float = 0.0
+    # The objective's settings on a FLUX.1 base (flow matching); min_snr_gamma is the Stable Diffusion families'.
+    flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     # Extra loss weight on the subject: pixels inside an image pair's mask (its target is its reference) weigh
     # 1 + this, the rest 1; video pairs have no target mask. 0 = off. A small subject is a few latent pixels
     # whose error the background drowns out (docs/demo-model.md, Part 2).
@@ -255,6 +293,7 @@ class TrainConfig:
         self.dropout.check()
         self.validation.check()
         self.calibration.check()
+        self.flow_matching.check()
 
     def _check_run(self) -> None:
         """How long the run is, how often it checkpoints and logs, and where its metrics go."""

@@ -47,7 +47,7 @@ from .components import (
 )
 from .config import DropoutConfig, TrainConfig
 from .data import UNREADABLE, load_pair
-from .objective import EncodedBatch, condition_dropout
+from .objective import EncodedBatch, condition_dropout, denoiser_latents
 from .stream import (
     SHARD_ERRORS,
     key_number,
@@ -353,7 +353,7 @@ def encode_cached_batch(
     encoder_dtype = next(models.encoder.parameters()).dtype
     clip_embeds, dino_tokens = batch["clip_embeds"].to(device, encoder_dtype), batch["dino_tokens"].to(device, encoder_dtype)
     moments = batch["moments"].to(device, models.vae.dtype)
-    latents = DiagonalGaussianDistribution(moments).sample(generator) * models.vae.config.scaling_factor
+    latents = denoiser_latents(models.vae, DiagonalGaussianDistribution(moments).sample(generator))
     subject = batch["subject"].to(device, latents.dtype) if "subject" in batch else None
     return EncodedBatch(
         latents, embeds, added, clip_embeds, dino_tokens, batch["modality"].to(device), drop_image.to(device), subject

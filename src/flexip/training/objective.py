@@ -1,5 +1,6 @@
 """The training objective (docs/method.md §3): the frozen denoiser's loss with the gated adapters (for the
-UNet, epsilon-prediction MSE; the denoiser draws the noise and timesteps and says the target: `flexip.denoisers`).
+UNet, epsilon-prediction MSE; for FLUX.1, flow matching's velocity MSE; the denoiser draws the noise and
+timesteps, says the target and weighs the loss: `flexip.denoisers`).
 
 `encode_batch` runs the frozen encoders (no gradient) and applies condition dropout; `FlexIPTrainingModel`
 is the one module handed to `accelerator.prepare`, so DDP syncs exactly the parameters that train.
@@ -11,19 +12,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
 from torch import nn
 
 from ..denoisers.registry import denoiser_of
 from ..models.adapter import FlexIPAdapter
 from ..models.config import MODALITIES
 from .components import FrozenModels
-from .config import DropoutConfig
+from .config import DropoutConfig, TrainConfig
 
 
 @dataclass
 class EncodedBatch:
-    latents: torch.Tensor  # (batch, 4, H/8, W/8), scaled like the UNet expects
+    latents: torch.Tensor  # (batch, channels, H/8, W/8), shifted and scaled as the denoiser expects
     text_embeds: torch.Tensor  # (batch, 77, cross_attention_dim)
     added: dict[str, torch.Tensor] | None  # the UNet's added_cond_kwargs (SDXL: pooled text, size conditioning)
     clip_embeds: torch.Tensor  # (batch, clip_embed_dim)
@@ -59,7 +59,7 @@ def encode_batch(
     reference = models.encoder(batch["references"])
 
     pixels = batch["pixel_values"].to(device, models.vae.dtype)
-    latents = models.vae.encode(pixels).latent_dist.sample(generator) * models.vae.config.scaling_factor
+    latents = denoiser_latents(models.vae, models.vae.encode(pixels).latent_dist.sample(generator))
     subject = None
     if "target_masks" in batch:
         subject = F.adaptive_avg_pool2d(batch["target_masks"].to(device, latents.dtype), latents.shape[-2:])
@@ -69,27 +69,39 @@ def encode_batch(
     )  # fmt: skip
 
 
+def denoiser_latents(vae, sample: torch.Tensor) -> torch.Tensor:
+    """A VAE latent as the denoiser takes it: (sample - shift_factor) * scaling_factor (FLUX.1's VAE has a
+    shift; Stable Diffusion's none)."""
+    if vae.config.get("shift_factor") is not None:
+        sample = sample - vae.config.shift_factor
+    return sample * vae.config.scaling_factor
+
+
 class FlexIPTrainingModel(nn.Module):
-    """The frozen UNet with the adapter attached; `forward` returns the batch's loss and each sample's g.
+    """The frozen denoiser (`unet`: a UNet or FLUX.1's transformer) with the adapter attached; `forward` returns
+    the batch's loss and each sample's g. `config` gives the objective's settings (min_snr_gamma,
+    subject_loss_weight, flow_matching); unset, the defaults.
 
     Only the adapter's parameters require gradients: DDP (through `accelerator.prepare`) syncs just those.
     """
 
     def __init__(
-        self, unet: nn.Module, adapter: FlexIPAdapter, noise_scheduler: DDPMScheduler,
-        min_snr_gamma: float = 0.0, subject_loss_weight: float = 0.0,
+        self, unet: nn.Module, adapter: FlexIPAdapter, noise_scheduler, config: TrainConfig | None = None
     ):  # fmt: skip
         super().__init__()
         self.unet = unet
         self.denoiser = denoiser_of(unet)  # its objective: noise, timesteps, target and how it is called
         self.adapter = adapter
         self.noise_scheduler = noise_scheduler
-        self.min_snr_gamma = min_snr_gamma
-        self.subject_loss_weight = subject_loss_weight
+        # Not `config`: accelerate and DeepSpeed read a model's `config` as a transformers config.
+        self.settings = config or TrainConfig()
         adapter.attach(unet)
 
     def forward(self, batch: EncodedBatch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        noisy, timesteps, target = self.denoiser.noisy_and_target(self.noise_scheduler, batch.latents, generator)
+        config = self.settings
+        noisy, timesteps, target = self.denoiser.noisy_and_target(
+            self.noise_scheduler, batch.latents, generator, config
+        )
 
         # g per sample from its modality's logit plus noise: the gradient reaches the logits through the
         # branch weights g and 1 - g (docs/method.md §2.4).
@@ -98,10 +110,13 @@ class FlexIPTrainingModel(nn.Module):
         condition = self.adapter(
             batch.clip_embeds, batch.dino_tokens, batch.text_embeds, preservation=g, null_rows=batch.drop_image
         )
-        prediction = self.denoiser.predict(self.unet, noisy, timesteps, batch.text_embeds, condition, batch.added)
-        per_sample = per_sample_mse(prediction, target, batch.subject, self.subject_loss_weight)
-        if self.min_snr_gamma:
-            per_sample = per_sample * self.denoiser.loss_weight(self.noise_scheduler, timesteps, self.min_snr_gamma)
+        prediction = self.denoiser.predict(
+            self.unet, noisy, timesteps, batch.text_embeds, condition, batch.added, config
+        )
+        per_sample = per_sample_mse(prediction, target, batch.subject, config.subject_loss_weight)
+        weight = self.denoiser.loss_weight(self.noise_scheduler, timesteps, config)
+        if weight is not None:
+            per_sample = per_sample * weight
         return per_sample.mean(), g.detach()
 
 

@@ -45,6 +45,7 @@ from .checkpoint import (
 from .components import (
     FrozenModels,
     absolute_reference,
+    check_objective,
     frozen_dtype,
     load_frozen_models,
     prepare_tiny_models,
@@ -122,14 +123,14 @@ def _free_memory(device: torch.device) -> int:
 
 
 def _check_memory(config: TrainConfig, unet, device: torch.device) -> None:
-    """Refuse a batch whose UNet activations alone cannot fit, before the first step (else the kernel kills it);
+    """Refuse a batch whose denoiser activations alone cannot fit, before the first step (else the kernel kills it);
     the denoiser estimates them (`Denoiser.activation_values`)."""
     per_sample = denoiser_of(unet).activation_values(unet, config.data.resolution)
     needed = config.batch_size * per_sample * (4 if config.mixed_precision == "no" else 2)
     free = _free_memory(device)
     if needed > free:
         raise FlexIPError(
-            f"config batch_size: {config.batch_size} needs about {needed / 2**30:.1f} GiB for the UNet's "
+            f"config batch_size: {config.batch_size} needs about {needed / 2**30:.1f} GiB for the denoiser's "
             f"activations, more than the {free / 2**30:.1f} GiB free on {device}; lower batch_size (and raise "
             "gradient_accumulation_steps), or set gradient_checkpointing=true"
         )
@@ -223,12 +224,13 @@ def start(config: TrainConfig, resume: str | None, overwrite: bool = False) -> R
 
 
 def build(run: Run) -> Built:
-    """The frozen models on the device, a fresh adapter attached to the UNet, and the data stream."""
+    """The frozen models on the device, a fresh adapter attached to the denoiser, and the data stream."""
     config = run.config
     recorded = recorded_lanes(run.resume_from) if run.resume_from else None
     source = open_source(config, run.accelerator.num_processes, recorded)
     if source.lanes is not None:
         logger.info(source.lanes.note)
+    check_objective(config)
     models = load_frozen_models(config.model, frozen_dtype(config.mixed_precision))
     for module in models.modules():
         module.to(run.accelerator.device)
@@ -240,9 +242,7 @@ def build(run: Run) -> Built:
     adapter = _build_adapter(config, models.unet, models.encoder)
     if config.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
-    model = FlexIPTrainingModel(
-        models.unet, adapter, models.noise_scheduler, config.min_snr_gamma, config.subject_loss_weight
-    )
+    model = FlexIPTrainingModel(models.unet, adapter, models.noise_scheduler, config)
     if config.compile_unet:  # in place, so the adapter's processors and hooks stay where they are
         models.unet.compile()
     return Built(models, adapter, model, source)

@@ -1,8 +1,9 @@
 """The validation sweep: fixed references and prompts generated at several g, saved as one contact sheet.
 
 Rows are (reference, prompt), columns the reference and one image per g; every image of a row starts from the
-same noise, so a row shows what the dial alone changes. It samples through `FlexIPPipeline` (DDIM and
-classifier-free guidance, docs/method.md §4) built on the training UNet and adapter, so a validation image is
+same noise, so a row shows what the dial alone changes. It samples through the family's FlexIP pipeline built on
+the training denoiser and adapter, with the denoiser's sampler (a UNet: DDIM and classifier-free guidance,
+docs/method.md §4; FLUX.1: its flow-matching Euler sampler and guidance embedding), so a validation image is
 what a user of the exported adapter gets.
 """
 
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
-from diffusers import DDIMScheduler
 from PIL import Image
 
 from ..contact_sheet import contact_sheet
+from ..denoisers.registry import denoiser_of
 from ..models.adapter import FlexIPAdapter
 from ..pipeline.injection import FlexIPInjection
 from ..pipeline.pipeline import flexip_pipeline_for
@@ -35,12 +36,12 @@ def sweep(
     resolution: int, device: torch.device,
 ) -> list[list[Image.Image]]:  # fmt: skip
     """One row of generated images per (reference, prompt), one column per `config.preservation` value."""
-    scheduler = DDIMScheduler.from_config(models.noise_scheduler.config)
+    scheduler = denoiser_of(models.unet).sampler(models.noise_scheduler)
     pipe = models.family.assemble(
         models.vae, models.unet, scheduler, models.text, cls=flexip_pipeline_for(models.family)
     )
     pipe.set_progress_bar_config(disable=True)
-    # The adapter is attached to the training UNet already and stays float32 there (mixed precision).
+    # The adapter is attached to the training denoiser already and stays float32 there (mixed precision).
     pipe.flexip = FlexIPInjection(models.unet, adapter, models.encoder, follow_model=False)
     try:
         return [
