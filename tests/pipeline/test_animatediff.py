@@ -187,3 +187,8 @@ def test_a_prompt_per_frame_is_refused_in_one_line(pipe, reference):
     finally:
         hook.remove()
     assert "\n" not in str(error.value)
+
+
+def test_a_bad_clip_count_is_named_as_the_pipeline_names_it(pipe, reference):
+    with pytest.raises(FlexIPError, match=r"^num_videos_per_prompt=0 must be an integer >= 1$"):
+        pipe("a dog", reference=reference, num_frames=FRAMES, num_videos_per_prompt=0, num_inference_steps=1)

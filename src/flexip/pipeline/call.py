@@ -118,7 +118,7 @@ def _checked_call(pipe, stock_call, args, kwargs, reference, preservation, gate,
     check_steps(setting("num_inference_steps"), most=pipe.scheduler.config.num_train_timesteps)
     guidance_scale = check_guidance(setting("guidance_scale"))
     images_per_prompt = setting(call.per_prompt)
-    images_per_prompt = 1 if images_per_prompt is None else check_images_per_prompt(images_per_prompt)
+    images_per_prompt = 1 if images_per_prompt is None else check_images_per_prompt(images_per_prompt, call.per_prompt)
     if arguments.get("prompt") is None and arguments.get("prompt_embeds") is None:
         raise FlexIPError("give a prompt (or prompt_embeds)")
     references = list(reference) if isinstance(reference, (list, tuple)) else [reference]

@@ -57,14 +57,11 @@ def check_guidance(guidance_scale: float, name: str = "guidance_scale") -> float
     return number
 
 
-def check_images_per_prompt(num_images_per_prompt: int) -> int:
-    if (
-        isinstance(num_images_per_prompt, bool)
-        or not isinstance(num_images_per_prompt, int)
-        or num_images_per_prompt < 1
-    ):
-        raise FlexIPError(f"num_images_per_prompt={num_images_per_prompt!r} must be an integer >= 1")
-    return num_images_per_prompt
+def check_images_per_prompt(count: int, name: str = "num_images_per_prompt") -> int:
+    """A call's outputs per prompt, named as the pipeline names it (`num_videos_per_prompt` for clips)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise FlexIPError(f"{name}={count!r} must be an integer >= 1")
+    return count
 
 
 def check_reference_weights(weights, count: int, masked: bool) -> list[float]:
