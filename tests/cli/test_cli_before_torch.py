@@ -5,6 +5,7 @@ The cases run in one fresh Python (torch is already imported in this one), each 
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,11 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path, tiny_models):
     (tmp_path / "taken.mp4").write_bytes(b"an earlier clip")
     (tmp_path / "frames").mkdir()
     (tmp_path / "frames" / "frame_020.png").write_bytes(b"an earlier, longer clip's frame")
+
+    flux_adapter = tmp_path / "flux-adapter"  # the SD adapter's files, its config naming FLUX.1
+    shutil.copytree(tiny_models.adapter, flux_adapter)
+    config = json.loads((flux_adapter / "flexip_config.json").read_text())
+    (flux_adapter / "flexip_config.json").write_text(json.dumps({**config, "base_family": "flux"}))
 
     damaged = tmp_path / "damaged-adapter"
     damaged.mkdir()
@@ -111,6 +117,7 @@ def test_mistakes_are_answered_before_torch_is_imported(tmp_path, tiny_models):
         (clip(out=str(tmp_path / "frames")), "already holds frame_020.png"),
         (clip("--preservation", "0.5", "--dial-over", "frames"), "--dial-over frames: --preservation 0.5"),
         (clip(adapter=()), "needs --adapter"),
+        (clip(adapter=("--adapter", str(flux_adapter))), "run on Stable Diffusion 1.5 and SDXL"),
         (clip("--motion-adapter", adapter), "config.json"),
         (clip(adapter=("--adapter", str(damaged))), "cannot read its gate.logits"),
     ]

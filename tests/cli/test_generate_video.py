@@ -10,12 +10,16 @@ import sys
 import av
 import numpy as np
 import pytest
+import torch
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from fixtures import picture, pixels, settings_of
 from flexip.cli import main
 from flexip.cli.clips import starting_points_note
 from flexip.models.learned_gate import learned_points
+from flexip.pipeline.front_end import load_pipeline
+from flexip.settings.generation import ModelSettings
 
 FRAMES_OVER_CLIP = {"start": 0.9, "end": 0.3, "shape": "linear", "over": "frames"}
 
@@ -97,3 +101,25 @@ def test_on_a_calibrated_adapter_the_note_names_the_dial_values_of_the_learned_g
     note = starting_points_note(learned_points(calibrated_adapter))
     assert note.startswith("this adapter learned g = 0.20 on video frames and 0.80 on still images (preservation ")
     assert "on its calibrated dial): suggested starting points for --preservation" in note
+
+
+def test_an_sdxl_adapter_makes_its_clip_on_animatediff_sdxl_with_the_bases_added_conditioning(
+    tmp_path, tiny_xl_models, reference
+):
+    out = tmp_path / "xl.gif"
+    argv = ["generate", "--reference", str(reference), "--prompt", "a dog running", "--adapter",
+            str(tiny_xl_models.adapter), "--motion-adapter", str(tiny_xl_models.motion_adapter), "--frames", "2",
+            "--steps", "1", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    with Image.open(out) as gif:
+        assert gif.n_frames == 2 and json.loads(gif.info["comment"])["frames"] == 2
+
+    # diffusers' motion UNet leaves SDXL's added-conditioning embedding freshly drawn; the front end copies the
+    # base's own into it.
+    settings = ModelSettings(adapter=str(tiny_xl_models.adapter), motion_adapter=str(tiny_xl_models.motion_adapter),
+                             device="cpu")  # fmt: skip
+    pipe = load_pipeline(settings).pipe
+    base = UNet2DConditionModel.from_pretrained(tiny_xl_models.base / "unet")
+    assert type(pipe).__name__ == "AnimateDiffSDXLPipeline"
+    for name, value in base.add_embedding.state_dict().items():
+        assert torch.equal(pipe.unet.add_embedding.state_dict()[name], value), name

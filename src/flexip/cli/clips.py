@@ -1,6 +1,6 @@
 """The options that make a clip instead of an image (--motion-adapter, --frames, --fps, --dial-over), read and
 checked before torch is imported: the frame count against the motion adapter's own limit in its config.json,
-the adapter's family (AnimateDiff's motion adapters are Stable Diffusion 1.5's), and the dial's schedules
+the adapter's family (AnimateDiff's motion adapters are Stable Diffusion 1.5's or SDXL's), and the dial's schedules
 moved over the frames. The gate the adapter learned per modality is shown as a suggested starting point."""
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ from .dial import adapter_config
 DEFAULT_FRAMES = 16
 DEFAULT_FPS = 8
 EXAMPLE_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
+# The base families AnimateDiff has motion adapters for.
+CLIP_FAMILIES = ("sd15", "sdxl")
 # MotionAdapter's own default, for a config.json that leaves it out.
 MOTION_MAX_SEQ_LENGTH = 32
 
 VIDEO_NOTE = """\
-With --motion-adapter (an AnimateDiff motion adapter for Stable Diffusion 1.5) the output is a clip of --frames
-frames with one reference for the whole clip; --dial-over frames runs a schedule START:END from the first frame
+With --motion-adapter (an AnimateDiff motion adapter of the adapter's base family: Stable Diffusion 1.5, or SDXL
+with e.g. guoyww/animatediff-motion-adapter-sdxl-beta) the output is a clip of --frames frames with one reference
+for the whole clip; --dial-over frames runs a schedule START:END from the first frame
 to the last. Video frames usually suit a lower preservation than still images: training learns one gate per
 modality (its video pairs are two frames of a clip, the subject in another pose), and a clip's generation
 starts by naming the g this adapter learned for each, as suggested starting points (with the preservation
@@ -63,7 +66,7 @@ def add_clip_options(parser: argparse.ArgumentParser):
     group.add_argument(
         "--motion-adapter", default=None,
         help=f"AnimateDiff motion adapter, a hub id or diffusers directory (e.g. {EXAMPLE_MOTION_ADAPTER}): "
-        "make a clip; needs --adapter trained on Stable Diffusion 1.5",
+        "make a clip; needs --adapter trained on Stable Diffusion 1.5 or SDXL, and a motion adapter of that family",
     )  # fmt: skip
     group.add_argument(
         "--frames", default=None,
@@ -93,13 +96,13 @@ def read_clip(args: argparse.Namespace) -> Clip | None:
     if args.adapter is None:
         raise FlexIPError(
             f"--motion-adapter {args.motion_adapter} needs --adapter, a FlexIP adapter trained on Stable Diffusion "
-            "1.5: the embedded demo model's base takes no motion adapter"
+            "1.5 or SDXL: the embedded demo model's base takes no motion adapter"
         )
     family = adapter_config(args.adapter).base_family
-    if family != "sd15":
+    if family not in CLIP_FAMILIES:
         raise FlexIPError(
             f"--adapter {args.adapter} is for {family}, but AnimateDiff's motion adapters run on Stable Diffusion "
-            "1.5: give an adapter trained on Stable Diffusion 1.5"
+            "1.5 and SDXL: give an adapter trained on one of those"
         )
     most = motion_max_frames(args.motion_adapter)
     frames = _whole_number("--frames", args.frames, DEFAULT_FRAMES, most,

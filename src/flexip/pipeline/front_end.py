@@ -22,7 +22,7 @@ from .. import __version__
 from ..demo_subject import DEMO_REFERENCE, demo_reference
 from ..errors import FlexIPError
 from ..families.names import GPU_DTYPE
-from ..families.registry import SD15, family_named
+from ..families.registry import SD15, SDXL, family_named
 from ..model_paths import load_weights
 from ..models.adapter import FlexIPAdapter
 from ..models.config_file import CONFIG_NAME, read_config
@@ -96,16 +96,17 @@ def load_pipeline(settings: ModelSettings) -> LoadedModel:
 
 
 def _animation_pipeline(base: str | None, adapter: str, settings: ModelSettings, dtype: torch.dtype):
-    """diffusers' `AnimateDiffPipeline` of the adapter's Stable Diffusion 1.5 base (or `base`) and the motion
-    adapter `settings` name (safetensors only), with FlexIP loaded (`load_flexip`)."""
-    from diffusers import AnimateDiffPipeline, MotionAdapter
+    """diffusers' AnimateDiff pipeline (`AnimateDiffPipeline`, or `AnimateDiffSDXLPipeline` for an SDXL adapter) of
+    the adapter's base (or `base`) and the motion adapter `settings` name (safetensors only), with FlexIP loaded
+    (`load_flexip`)."""
+    from diffusers import AnimateDiffPipeline, AnimateDiffSDXLPipeline, MotionAdapter
 
     adapter = FlexIPAdapter.from_pretrained(adapter)
     family = family_named(adapter.config.base_family)
-    if family is not SD15:
+    if family not in (SD15, SDXL):
         raise FlexIPError(
             f"the adapter was trained for {family.title}, but AnimateDiff's motion adapters run on Stable Diffusion "
-            "1.5: give an adapter trained on Stable Diffusion 1.5"
+            "1.5 and SDXL: give an adapter trained on one of those"
         )
     base = base or adapter.resolve_model(adapter.config.base_model)
     if not base:
@@ -119,15 +120,20 @@ def _animation_pipeline(base: str | None, adapter: str, settings: ModelSettings,
             f"{motion_channels} channels, the base's UNet has {unet_channels}; give a motion adapter made for "
             "this base"
         )
-    parts = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+    parts = ("vae", "unet", "scheduler", *family.text_parts)
     # The pipeline builds its motion UNet from the base's UNet and casts it to the UNet's dtype, with diffusers'
     # warning of modules "that should be kept in float32" where there are none (as `cast_components` says).
     logger = logging.getLogger("diffusers.models.modeling_utils")
     logger.addFilter(_not_empty_float32_warning)
     try:
-        pipe = AnimateDiffPipeline(**{part: getattr(stock, part) for part in parts}, motion_adapter=motion)
+        cls = AnimateDiffSDXLPipeline if family is SDXL else AnimateDiffPipeline
+        pipe = cls(**{part: getattr(stock, part) for part in parts}, motion_adapter=motion)
     finally:
         logger.removeFilter(_not_empty_float32_warning)
+    if family is SDXL:
+        # diffusers' `UNetMotionModel.from_unet2d` copies every part of the UNet but SDXL's added-conditioning
+        # embedding (pooled text and size ids), which it leaves freshly drawn: the base's own is copied here.
+        pipe.unet.add_embedding.load_state_dict(stock.unet.add_embedding.state_dict())
     pipe.register_to_config(_name_or_path=os.fspath(base))  # as diffusers' from_pretrained records it
     cast_components(pipe, dtype)
     return load_flexip(pipe, adapter)
