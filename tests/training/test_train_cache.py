@@ -17,6 +17,7 @@ from flexip.training.components import load_frozen_models
 from flexip.training.config import load_config
 from flexip.training.data import load_pair
 from flexip.training.feature_cache import FEATURES, feature_shapes, load_cached
+from flexip.training.objective import FlexIPTrainingModel
 from flexip.training.stream import key_number, pair_of, shard_samples, shard_urls
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
@@ -130,3 +131,38 @@ def test_a_folder_that_is_not_a_cache_is_refused(tmp_path, tiny_models, shards, 
     config = CONFIGS / "tiny.yaml"
     assert main(train_args(tiny_models, config, tmp_path / "run", 1, f"data.cache={shards}")) == 2
     assert "is not a feature cache (cache.json is missing" in capsys.readouterr().err
+
+
+def test_training_from_the_cache_moves_its_encoders_to_the_device_only_to_validate(
+    tmp_path, tiny_models, shards, monkeypatch
+):
+    """Every frozen module goes to the device (`Module.to`) before the first step, but for the text and
+    reference encoders, whose outputs the cache holds: they come only for the validation sweep (the last step's
+    here), go back after it, and come again when the run ends, ready to generate from."""
+    config = CONFIGS / "tiny.yaml"
+    cache = tmp_path / "cache"
+    assert main(["prep", "cache", str(shards), "--config", str(config), "--out", str(cache),
+                 *sets(model_overrides(tiny_models))]) == 0  # fmt: skip
+    events = []
+    module_to, forward = torch.nn.Module.to, FlexIPTrainingModel.forward
+
+    def spy_to(module, *args, **kwargs):
+        events.append(type(module).__name__)
+        return module_to(module, *args, **kwargs)
+
+    def spy_forward(model, *args, **kwargs):
+        events.append("step")
+        return forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy_to)
+    monkeypatch.setattr(FlexIPTrainingModel, "forward", spy_forward)
+    encoders = ["CLIPTextModel", "ReferenceEncoder"]
+    assert main(train_args(tiny_models, config, tmp_path / "cached", 2, f"data.cache={cache}")) == 0
+    first, last = events.index("step"), len(events) - 1 - events[::-1].index("step")
+    assert {"AutoencoderKL", "UNet2DConditionModel"} <= set(events[:first])
+    assert not set(encoders) & set(events[:last])
+    assert sorted(events[last + 1 :]) == sorted(encoders * 3)  # to validate, back, and at the end
+
+    events.clear()
+    assert main(train_args(tiny_models, config, tmp_path / "shards", 2, f"data.shards={shards}")) == 0
+    assert set(encoders) <= set(events[: events.index("step")])  # from shards they encode every batch

@@ -4,7 +4,7 @@ the two reference encoders."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,6 +14,7 @@ from torch import nn
 from ..denoisers.denoiser import TrainableDenoiser
 from ..denoisers.registry import DENOISERS, Denoiser
 from ..errors import FlexIPError
+from ..families.family import TextConditioning
 from ..families.registry import FAMILIES, Family, family_named, family_of_unet
 from ..model_paths import check_hub_model, refuse_pickled_weights
 from ..references.encoder import ReferenceEncoder
@@ -35,11 +36,21 @@ class FrozenModels:
     unet: nn.Module  # the denoiser (a UNet2DConditionModel for SD1.5 and SDXL, FLUX.1's transformer)
     noise_scheduler: object  # the base's training noise schedule, of the denoiser's `scheduler_class()`
     encoder: ReferenceEncoder
+    # The empty caption's conditioning (condition dropout's) for each count of dropped captions, encoded once per
+    # count (`feature_cache.empty_captions`).
+    empty_captions: dict[int, TextConditioning] = field(default_factory=dict)
 
     def modules(self) -> list[nn.Module]:
         """Every frozen module with weights (text encoders, VAE, UNet, reference encoders)."""
-        text = [part for part in self.text.values() if isinstance(part, nn.Module)]
-        return [*text, self.vae, self.unet, self.encoder]
+        return [*self.text_encoders(), self.vae, self.unet, self.encoder]
+
+    def text_encoders(self) -> list[nn.Module]:
+        return [part for part in self.text.values() if isinstance(part, nn.Module)]
+
+    def cached_encoders(self) -> list[nn.Module]:
+        """The encoders whose outputs a feature cache holds (the text and reference encoders): training from a
+        cache runs them only for the empty caption and the validation sweep."""
+        return [*self.text_encoders(), self.encoder]
 
 
 def absolute_reference(reference: str) -> str:

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes, check_writable
 from ..errors import FlexIPError
+from ..families.family import TextConditioning
 from ..models.config import MODALITIES
 from .components import (
     FrozenModels,
@@ -258,7 +259,7 @@ def feature_shapes(models: FrozenModels, resolution: int, device: torch.device) 
     `dino_tokens` without their variant axis: what `load_cached` checks every sample against. The reference
     encoders run once on a blank picture, as their token count depends on their processors."""
     grid = resolution // 2 ** (len(models.vae.config.block_out_channels) - 1)
-    text = models.family.encode_captions(models.text, [""], torch.zeros(1, 6), device)
+    text = empty_captions(models, 1, device)
     reference = models.encoder([Image.new("RGB", (resolution, resolution))])
     shapes = {
         "moments": (2 * models.vae.config.latent_channels, grid, grid),
@@ -333,6 +334,22 @@ def collate_cached(samples: list[dict]) -> dict:
     return batch
 
 
+# SDXL's size conditioning in a sample's added conditioning: each sample's own, whatever its caption.
+SIZE_IDS = "time_ids"
+
+
+def empty_captions(models: FrozenModels, count: int, device: torch.device) -> TextConditioning:
+    """The empty caption's conditioning for `count` samples on `device`: encoded where the text encoders are (the
+    CPU, while training from a cache on an accelerator: `trainer.build`) once per count, as a batch of `count`
+    (the rows of a batch are not bit for bit those of a batch of one); its size ids are zeros."""
+    if count not in models.empty_captions:
+        home = next(models.text_encoders()[0].parameters()).device
+        text = models.family.encode_captions(models.text, [""] * count, torch.zeros(count, 6), home)
+        added = {name: value.to(device) for name, value in (text.added or {}).items()} or None
+        models.empty_captions[count] = TextConditioning(text.embeds.to(device), added)
+    return models.empty_captions[count]
+
+
 @torch.no_grad()
 def encode_cached_batch(
     models: FrozenModels, batch: dict, dropout: DropoutConfig, generator: torch.Generator
@@ -344,12 +361,12 @@ def encode_cached_batch(
     embeds = batch["embeds"].to(device, text_dtype)
     added = {name: value.to(device, text_dtype) for name, value in batch["added"].items()} or None
     dropped = drop_text.nonzero().flatten().tolist()
-    if dropped:  # the empty caption's conditioning, with each dropped sample's own size ids
-        sizes = batch["added"]["time_ids"][dropped] if added and "time_ids" in added else torch.zeros(len(dropped), 6)
-        empty = models.family.encode_captions(models.text, [""] * len(dropped), sizes, device)
+    if dropped:  # the empty caption's conditioning; each dropped sample keeps its own size ids (SDXL's time_ids)
+        empty = empty_captions(models, len(dropped), device)
         embeds[dropped] = empty.embeds.to(embeds.dtype)
         for name, value in (empty.added or {}).items():
-            added[name][dropped] = value.to(added[name].dtype)
+            if name != SIZE_IDS:
+                added[name][dropped] = value.to(added[name].dtype)
     encoder_dtype = next(models.encoder.parameters()).dtype
     clip_embeds, dino_tokens = batch["clip_embeds"].to(device, encoder_dtype), batch["dino_tokens"].to(device, encoder_dtype)
     moments = batch["moments"].to(device, models.vae.dtype)
