@@ -86,6 +86,13 @@ class DialSchedule:
         if self.over not in AXES:
             raise FlexIPError(f"DialSchedule over={self.over!r} is not one of {', '.join(AXES)}")
 
+    def record(self) -> dict:
+        """As JSON; `over` only for a schedule over the frames, so one over the steps records its numbers alone."""
+        record = {"start": self.start, "end": self.end, "shape": self.shape}
+        if self.over != "steps":
+            record["over"] = self.over
+        return record
+
     def __call__(self, progress: float) -> float:
         if self.shape == "cosine":
             progress = (1 - math.cos(math.pi * progress)) / 2
@@ -223,7 +230,7 @@ class Dial:
         """As JSON for the settings beside an image (a number stays a number; a schedule over the frames says
         so with `"over": "frames"`); `from_record` reads it."""
         if isinstance(self.form, DialSchedule):
-            return schedule_record(self.form)
+            return self.form.record()
         if isinstance(self.form, MappedSchedule):
             return self.form.record()
         if callable(self.form):
@@ -255,15 +262,6 @@ class Dial:
 
 # The keys of a recorded schedule: its numbers, its axis when it runs over the frames, a calibrated map.
 SCHEDULE_KEYS = {"start", "end", "shape", "over", "map"}
-
-
-def schedule_record(schedule: DialSchedule) -> dict:
-    """A schedule as JSON; `over` only when it runs over the frames, so the record of one over the steps is the
-    same as before there were frames."""
-    record = {"start": schedule.start, "end": schedule.end, "shape": schedule.shape}
-    if schedule.over != "steps":
-        record["over"] = schedule.over
-    return record
 
 
 def dials(value, name: str | None = None, quantity: Quantity = PRESERVATION) -> list[Dial]:

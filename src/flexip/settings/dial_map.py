@@ -85,9 +85,5 @@ class MappedSchedule:
         return self.schedule.over
 
     def record(self) -> dict:
-        schedule = self.schedule
-        record = {"start": schedule.start, "end": schedule.end, "shape": schedule.shape}
-        if schedule.over != "steps":
-            record["over"] = schedule.over
-        return {**record, "map": self.dial_map.record()}
+        return {**self.schedule.record(), "map": self.dial_map.record()}
 
